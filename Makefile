@@ -1,0 +1,32 @@
+# sparse-ft — `make run` (offline quickstart) and `make test` install into .venv first if needed.
+PY ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test bench lint clean env-file
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# The main job, offline: fine-tune the bundled pretrained MiniLM on the generated NLI task.
+run: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) run.py experiment=quickstart $(ARGS)
+
+test: install
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PYTHON) -m sparse_ft.bench --out bench.json $(ARGS)
+
+# environment.yml mirrors pyproject.toml's pins (tests/test_packaging.py checks it)
+env-file: install
+	$(PYTHON) -m sparse_ft.envfile > environment.yml
+
+clean:
+	rm -rf outputs multirun wandb bench.json .pytest_cache

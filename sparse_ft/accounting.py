@@ -1,0 +1,61 @@
+"""Parameter and storage accounting, measured on tensors and files, never taken from flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu", copy=True) for n, p in module.named_parameters()}
+
+
+def count_updated(module: nn.Module, initial: dict[str, torch.Tensor]) -> int:
+    """Entries whose bits differ from `initial` (a weight that moved and came back counts as unchanged)."""
+    changed = 0
+    for name, p in module.named_parameters():
+        before = initial[name]
+        now = p.detach().to("cpu")
+        changed += int((now.view(-1) != before.view(-1)).sum())
+    return changed
+
+
+def param_block(module: nn.Module, trainable: int, updated: int) -> dict:
+    total = sum(p.numel() for p in module.parameters())
+    return {
+        "total": total,
+        "trainable": trainable,
+        "updated": updated,
+        "updated_fraction": updated / total if total else 0.0,
+        "trainable_fraction": trainable / total if total else 0.0,
+    }
+
+
+def dense_fp32_bytes(module: nn.Module) -> int:
+    """Bytes of the tensors of a dense fp32 checkpoint of this model (shared tensors once)."""
+    seen, total = set(), 0
+    for t in module.state_dict().values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
+        if key not in seen and t.is_floating_point():
+            seen.add(key)
+            total += t.numel() * 4
+        elif not t.is_floating_point():
+            total += t.numel() * t.element_size()
+    return total
+
+
+def storage_block(run_dir: Path, dense_bytes: int, extra: dict | None = None) -> dict:
+    """Bytes of every artifact under checkpoints/ (and those a method reports) with the ratio to dense fp32."""
+    artifacts = {}
+    files = sorted((run_dir / "checkpoints").rglob("*")) if (run_dir / "checkpoints").exists() else []
+    for f in files:
+        if f.is_file() and not f.name.startswith("."):
+            artifacts[str(f.relative_to(run_dir))] = f.stat().st_size
+    for name, size in (extra or {}).items():
+        artifacts[name] = size
+    return {
+        "dense_fp32_bytes": dense_bytes,
+        "artifacts": {k: {"bytes": v, "ratio_to_dense_fp32": v / dense_bytes if dense_bytes else None} for k, v in artifacts.items()},
+    }

@@ -1,0 +1,78 @@
+"""Validation of the composed config: runs before any data or model is loaded."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work. The message starts with the offending key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+def _number(cfg, key: str, prefix: str, *, low=None, high=None, low_open=False, integer=False):
+    value = cfg.get(key)
+    full = f"{prefix}.{key}"
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(full, f"{value!r} is not {'an integer' if integer else 'a number'}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(full, f"{value!r} must be {'>' if low_open else '>='} {low}")
+    if high is not None and value > high:
+        raise ConfigError(full, f"{value!r} must be <= {high}")
+    return value
+
+
+def _choice(cfg, key: str, prefix: str, choices) -> None:
+    value = cfg.get(key)
+    if value not in choices:
+        raise ConfigError(f"{prefix}.{key}", f"{value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def validate_trainer(t) -> None:
+    p = "trainer"
+    _choice(t, "optimizer", p, ("adamw", "sgd"))
+    _number(t, "lr", p, low=0, low_open=True)
+    _number(t, "weight_decay", p, low=0)
+    _number(t, "momentum", p, low=0, high=1)
+    _number(t, "adam_eps", p, low=0, low_open=True)
+    betas = t.get("adam_betas")
+    if betas is None or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ConfigError("trainer.adam_betas", f"{betas!r} must be two numbers in [0, 1)")
+    _choice(t, "scheduler", p, ("linear", "cosine", "constant"))
+    _number(t, "warmup_ratio", p, low=0, high=1)
+    _number(t, "warmup_steps", p, low=0, integer=True)
+    _number(t, "epochs", p, low=0)
+    _number(t, "max_steps", p, low=0, integer=True)
+    if t.max_steps == 0 and t.epochs == 0:
+        raise ConfigError("trainer.epochs", "0 epochs and max_steps=0: nothing would train")
+    for key in ("batch_size", "eval_batch_size", "grad_accum", "log_every"):
+        _number(t, key, p, low=1, integer=True)
+    _number(t, "max_grad_norm", p, low=0)
+    _number(t, "eval_every", p, low=0, integer=True)
+    _number(t, "num_workers", p, low=0, integer=True)
+    _choice(t, "precision", p, ("fp32", "bf16", "fp16"))
+    device = t.get("device")
+    if device not in ("auto", "cpu", "cuda") and not (isinstance(device, str) and device.startswith("cuda:")):
+        raise ConfigError("trainer.device", f"{device!r} is not auto, cpu, cuda or cuda:N")
+    _choice(t, "predict", p, (None, "test"))
+    _choice(t, "progress", p, ("auto", True, False))
+
+
+def task_modality(task_cfg) -> str:
+    return "image" if task_cfg.get("kind") in ("cifar10", "digits") else "text"
+
+
+def validate(cfg) -> None:
+    """Every check that needs no data and no weights. Raises ConfigError naming the key."""
+    from .methods import method_class
+    from .models import check_fits
+    from .tasks import validate_task_cfg
+
+    if isinstance(cfg.get("seed"), bool) or not isinstance(cfg.get("seed"), int) or cfg.seed < 0:
+        raise ConfigError("seed", f"{cfg.get('seed')!r} must be a non-negative integer")
+    validate_trainer(cfg.trainer)
+    validate_task_cfg(cfg.task)
+    check_fits(cfg.model, task_modality(cfg.task))
+    method_class(cfg.method.name).validate(cfg.method)

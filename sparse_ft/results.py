@@ -1,0 +1,54 @@
+"""The run directory: `metrics.jsonl` (one JSON object per logged step/eval), `summary.json`,
+`config.yaml`, `checkpoints/`. Its names are a public contract (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .train.checkpoint import atomic_path
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)  # JSON has no NaN/inf
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return _jsonable(value.item())
+    return value
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = atomic_path(path)
+    try:
+        tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class RunWriter:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._metrics = open(self.metrics_path, "a", encoding="utf-8")
+
+    def log_metrics(self, record: dict) -> None:
+        self._metrics.write(json.dumps(_jsonable(record)) + "\n")
+        self._metrics.flush()
+
+    def write_summary(self, summary: dict) -> Path:
+        path = self.run_dir / "summary.json"
+        write_json_atomic(path, summary)
+        return path
+
+    def close(self) -> None:
+        if not self._metrics.closed:
+            self._metrics.close()

@@ -1,0 +1,138 @@
+"""Tasks: data, splits, label space and metrics (see ``base.TaskData``).
+
+``validate_task_cfg(task_cfg)`` runs cheap checks before anything loads; ``load_task(task_cfg, seed)``
+dispatches on ``task.kind``:
+
+* ``glue``          — the nine GLUE tasks (``glue.py``), local TSV folder or Hugging Face datasets
+* ``synthetic_nli`` — deterministic generated sentence-pair task (``synthetic.py``)
+* ``cifar10``       — torchvision CIFAR-10 (``vision.py``)
+* ``digits``        — scikit-learn's bundled digits, as 3x32x32 images (``vision.py``)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from numbers import Integral
+
+from ..config import ConfigError
+from .base import DataError, TaskData, TextExample
+
+logger = logging.getLogger(__name__)
+
+TASK_KINDS = ("glue", "synthetic_nli", "cifar10", "digits")
+SPLIT_SCHEMES = ("glue", "read")
+
+__all__ = [
+    "DataError",
+    "TaskData",
+    "TextExample",
+    "TASK_KINDS",
+    "SPLIT_SCHEMES",
+    "load_task",
+    "validate_task_cfg",
+]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _positive_int(cfg, key: str, *, optional: bool) -> None:
+    if key not in cfg:
+        return
+    value = cfg.get(key)
+    if value is None and optional:
+        return
+    if not _is_int(value) or value <= 0:
+        allowed = "a positive integer or null" if optional else "a positive integer"
+        raise ConfigError(f"task.{key}", f"must be {allowed}, got {value!r}")
+
+
+def _bool(cfg, key: str) -> None:
+    if key in cfg and not isinstance(cfg.get(key), bool):
+        raise ConfigError(f"task.{key}", f"must be true or false, got {cfg.get(key)!r}")
+
+
+def _string(cfg, key: str, *, optional: bool) -> None:
+    if key not in cfg:
+        return
+    value = cfg.get(key)
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"task.{key}", f"must be a non-empty string{' or null' if optional else ''}, got {value!r}")
+
+
+def validate_task_cfg(task_cfg) -> None:
+    """Cheap checks of a task config; raises :class:`ConfigError` naming the key. Loads nothing."""
+    if task_cfg is None:
+        raise ConfigError("task", "missing; choose one, e.g. task=rte")
+    kind = task_cfg.get("kind")
+    if kind not in TASK_KINDS:
+        raise ConfigError("task.kind", f"unknown kind {kind!r}; expected one of {list(TASK_KINDS)}")
+    name = task_cfg.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("task.name", f"must be a non-empty string, got {name!r}")
+    for key in ("max_train_samples", "max_eval_samples"):
+        _positive_int(task_cfg, key, optional=True)
+    _positive_int(task_cfg, "max_length", optional=False)
+
+    if kind == "glue":
+        from .glue import GLUE_TASKS
+
+        if name not in GLUE_TASKS:
+            raise ConfigError("task.name", f"unknown GLUE task {name!r}; expected one of {sorted(GLUE_TASKS)}")
+        scheme = task_cfg.get("split_scheme", "glue")
+        if scheme not in SPLIT_SCHEMES:
+            raise ConfigError("task.split_scheme", f"must be one of {list(SPLIT_SCHEMES)}, got {scheme!r}")
+        _string(task_cfg, "data_dir", optional=True)
+        data_dir = task_cfg.get("data_dir")
+        if data_dir is not None and not os.path.isdir(data_dir):
+            raise ConfigError(
+                "task.data_dir",
+                f"{data_dir!r} is not an existing directory (expected a GLUE folder with e.g. "
+                f"RTE/train.tsv; or set task.data_dir=null to use Hugging Face datasets)",
+            )
+        _string(task_cfg, "hf_dataset", optional=False)
+        _string(task_cfg, "hf_config", optional=False)
+    elif kind == "synthetic_nli":
+        for key in ("num_train", "num_validation", "num_test"):
+            _positive_int(task_cfg, key, optional=False)
+        if "seed_data" in task_cfg and not _is_int(task_cfg.get("seed_data")):
+            raise ConfigError("task.seed_data", f"must be an integer, got {task_cfg.get('seed_data')!r}")
+        if task_cfg.get("split_scheme", None) not in (None, "glue"):
+            raise ConfigError("task.split_scheme", "synthetic_nli has fixed train/validation/test splits; leave it unset")
+    else:  # image tasks
+        if kind == "cifar10":
+            _string(task_cfg, "root", optional=False)
+        _bool(task_cfg, "download")
+        _bool(task_cfg, "augment")
+        if task_cfg.get("split_scheme", None) is not None:
+            raise ConfigError("task.split_scheme", f"not used by {kind} (fixed splits); leave it unset")
+
+
+def load_task(task_cfg, seed: int) -> TaskData:
+    """Validate ``task_cfg`` and load the task. Data and splits never depend on ``seed``."""
+    validate_task_cfg(task_cfg)
+    kind = task_cfg.get("kind")
+    if kind == "glue":
+        from .glue import load_glue as loader
+    elif kind == "synthetic_nli":
+        from .synthetic import load_synthetic_nli as loader
+    elif kind == "cifar10":
+        from .vision import load_cifar10 as loader
+    else:
+        from .vision import load_digits_task as loader
+    task = loader(task_cfg, seed)
+    task.info.setdefault("kind", kind)
+    task.info["run_seed"] = seed
+    logger.info(
+        "task %s (%s): %s; sizes %s; source %s",
+        task.name,
+        kind,
+        task.info.get("split_scheme"),
+        task.sizes(),
+        task.info.get("source"),
+    )
+    return task

@@ -1,0 +1,79 @@
+"""Wall time and peak memory per phase ("setup", "mask", "train", "eval", ...).
+
+Phases may repeat (evaluation runs many times): seconds add up, peaks take the maximum.
+CPU peak memory is the process's peak resident set size, reset at each phase start through
+/proc/self/clear_refs where the kernel allows it (else the peak since process start, flagged).
+GPU peak memory is `torch.cuda.max_memory_allocated`, reset at each phase start — which also
+keeps multirun jobs, which share one process, from seeing each other's peaks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        _CLEAR_REFS.write_text("5")  # "5": reset the peak RSS (VmHWM), Linux >= 4.0
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+class ResourceMonitor:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self.peak_bytes: dict[str, int] = {}
+        self.peak_rss_bytes: dict[str, int] = {}
+        self.rss_reset_works = True
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.rss_reset_works &= _reset_peak_rss()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if cuda:
+                torch.cuda.synchronize(self.device)
+                peak = torch.cuda.max_memory_allocated(self.device)
+                self.peak_bytes[name] = max(self.peak_bytes.get(name, 0), int(peak))
+            rss = _peak_rss_bytes()
+            self.peak_rss_bytes[name] = max(self.peak_rss_bytes.get(name, 0), rss)
+            if not cuda:
+                self.peak_bytes[name] = self.peak_rss_bytes[name]
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def memory_block(self) -> dict:
+        block = {
+            "device": self.device.type,
+            "measure": "torch.cuda.max_memory_allocated" if self.device.type == "cuda" else "peak RSS (VmHWM)",
+            "peak_bytes": dict(self.peak_bytes),
+            "peak_rss_bytes": dict(self.peak_rss_bytes),
+        }
+        if not self.rss_reset_works:
+            block["note"] = "peak RSS could not be reset per phase: figures are peaks since process start"
+        return block

@@ -1,0 +1,36 @@
+"""Optimizer and learning-rate schedule from `trainer.*`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def build_optimizer(cfg, param_groups: list[dict]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov))
+    raise ValueError(f"trainer.optimizer: {cfg.optimizer!r}")  # config validation catches this first
+
+
+def warmup_steps(cfg, total_steps: int) -> int:
+    return int(cfg.warmup_steps) if cfg.warmup_steps > 0 else int(math.ceil(cfg.warmup_ratio * total_steps))
+
+
+def build_scheduler(cfg, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warm = warmup_steps(cfg, total_steps)
+    kind = cfg.scheduler
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm  # never a zero-lr first step
+        if kind == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, total_steps - warm)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))  # cosine
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
