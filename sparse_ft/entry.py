@@ -172,6 +172,8 @@ def _run(cfg: DictConfig, run_dir: Path, writer: RunWriter, summary: dict) -> fl
             collate=bundle.collate,
             loss=bundle.loss,
             phase=telemetry.phase,
+            per_example_loss=bundle.per_example_loss,
+            logits=bundle.logits if bundle.logits_fn is not None else None,
         )
         method.prepare(module, ctx)
         trainer = Trainer(cfg.trainer, bundle, task, method, features, device, cfg.seed, writer.log_metrics, telemetry.phase)

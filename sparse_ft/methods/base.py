@@ -31,6 +31,8 @@ class MethodContext:
     train_features: object  # the encoded training split (a Dataset)
     collate: Callable
     loss: Callable[[dict], torch.Tensor]  # bundle.loss on a batch already on `device`
+    per_example_loss: Callable[[dict], torch.Tensor] | None = None  # shape (B,)
+    logits: Callable[[dict], torch.Tensor] | None = None  # shape (B, C); None for text-to-text
     phase: Callable[[str], ContextManager] = None  # telemetry phase, e.g. phase("mask")
     extra: dict = field(default_factory=dict)
 
@@ -52,6 +54,10 @@ class Method:
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         return decay_groups(self.module.named_parameters(), weight_decay)
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """A term added to the task loss before backward (e.g. an L0 penalty); None = none."""
+        return None
 
     def after_backward(self, step: int) -> None: ...
 

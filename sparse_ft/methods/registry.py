@@ -15,9 +15,20 @@ def register(name: str):
     return deco
 
 
-def method_class(name: str):
-    from . import dense  # noqa: F401  (importing a module registers its methods)
+def _import_all() -> None:
+    """Import every module of this package: each registers its methods with @register."""
+    import importlib
+    import pkgutil
 
+    from .. import methods
+
+    for info in pkgutil.iter_modules(methods.__path__):
+        importlib.import_module(f"{methods.__name__}.{info.name}")
+
+
+def method_class(name: str):
+    if name not in _METHODS:
+        _import_all()
     if name not in _METHODS:
         raise ConfigError("method.name", f"unknown method {name!r}; known: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]

@@ -25,6 +25,11 @@ class ModelBundle:
     collate: Callable[[list], dict]  # features -> batch of tensors (keys below)
     loss_fn: Callable[[nn.Module, dict], torch.Tensor]
     predict_fn: Callable[[nn.Module, dict], torch.Tensor]
+    # per-example negative log-likelihood, shape (B,) (T5: summed over target tokens); used
+    # by methods that need per-sample gradients (FISH's Fisher)
+    per_example_loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None
+    # class scores, shape (B, C) (None for text-to-text models); "expected" Fisher needs them
+    logits_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None
     tokenizer: Any = None
     info: dict = field(default_factory=dict)
 
@@ -32,6 +37,14 @@ class ModelBundle:
     # text-to-text models, "target_ids" the decoder targets.
     def loss(self, batch: dict) -> torch.Tensor:
         return self.loss_fn(self.module, batch)
+
+    def per_example_loss(self, batch: dict) -> torch.Tensor:
+        return self.per_example_loss_fn(self.module, batch)
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        if self.logits_fn is None:
+            raise NotImplementedError(f"{self.arch} models have no class logits")
+        return self.logits_fn(self.module, batch)
 
     @torch.no_grad()
     def predict(self, batch: dict) -> torch.Tensor:

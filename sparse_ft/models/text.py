@@ -184,11 +184,23 @@ def _inputs(batch):
     return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
 
-def classifier_loss(module, batch):
-    logits = module(**_inputs(batch)).logits
+def classifier_logits(module, batch):
+    return module(**_inputs(batch)).logits
+
+
+def _classifier_loss(module, batch, reduction: str):
+    logits = classifier_logits(module, batch)
     if logits.shape[-1] == 1:
-        return F.mse_loss(logits.squeeze(-1).float(), batch["labels"].float())
-    return F.cross_entropy(logits.float(), batch["labels"])
+        return F.mse_loss(logits.squeeze(-1).float(), batch["labels"].float(), reduction=reduction)
+    return F.cross_entropy(logits.float(), batch["labels"], reduction=reduction)
+
+
+def classifier_loss(module, batch):
+    return _classifier_loss(module, batch, "mean")
+
+
+def classifier_per_example_loss(module, batch):
+    return _classifier_loss(module, batch, "none")
 
 
 def classifier_predict(module, batch):
@@ -198,6 +210,14 @@ def classifier_predict(module, batch):
 
 def seq2seq_loss(module, batch):
     return module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["target_ids"]).loss
+
+
+def seq2seq_per_example_loss(module, batch):
+    """Negative sequence log-likelihood of each example's target: sum over its target tokens."""
+    targets = batch["target_ids"]
+    logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=targets).logits
+    token_nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    return token_nll.sum(dim=1)
 
 
 def make_seq2seq_predict(tokenizer, task: TaskData):
@@ -241,5 +261,7 @@ def build_text_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle
         collate=make_collate(tokenizer, task.problem),
         loss_fn=seq2seq_loss if seq2seq else classifier_loss,
         predict_fn=make_seq2seq_predict(tokenizer, task) if seq2seq else classifier_predict,
+        per_example_loss_fn=seq2seq_per_example_loss if seq2seq else classifier_per_example_loss,
+        logits_fn=None if seq2seq else classifier_logits,
         tokenizer=tokenizer,
     )

@@ -75,6 +75,14 @@ def image_loss(module, batch):
     return F.cross_entropy(module(batch["pixel_values"]), batch["labels"])
 
 
+def image_per_example_loss(module, batch):
+    return F.cross_entropy(module(batch["pixel_values"]), batch["labels"], reduction="none")
+
+
+def image_logits(module, batch):
+    return module(batch["pixel_values"])
+
+
 def image_predict(module, batch):
     return module(batch["pixel_values"]).argmax(-1).cpu()
 
@@ -90,4 +98,6 @@ def build_vision_bundle(model_cfg, task: TaskData) -> ModelBundle:
         collate=collate_images,
         loss_fn=image_loss,
         predict_fn=image_predict,
+        per_example_loss_fn=image_per_example_loss,
+        logits_fn=image_logits,
     )

@@ -9,7 +9,6 @@ import contextlib
 import logging
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -157,6 +156,9 @@ class Trainer:
                     batch = to_device(batch, self.device)
                     with self._autocast():
                         loss = self.bundle.loss(batch)
+                        extra = self.method.extra_loss()
+                        if extra is not None:
+                            loss = loss + extra
                     loss_value = float(loss.detach())
                     if not math.isfinite(loss_value):
                         raise TrainingDiverged(f"loss is {loss_value} at optimizer step {st.step + 1} (epoch {st.epoch})")
@@ -247,8 +249,3 @@ class Trainer:
             raise ValueError(f"split {split!r} has no labels to evaluate against")
         return {k: float(v) for k, v in self.task.metric_fn(preds, labels).items()}
 
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start

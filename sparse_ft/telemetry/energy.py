@@ -1,0 +1,685 @@
+"""GPU/CPU energy telemetry: ``energy.csv`` (raw samples) and ``summary.json → energy``.
+
+Usage (the entry point does exactly this)::
+
+    mon = EnergyMonitor(cfg.energy, run_dir)
+    mon.start()                      # one long-lived background sampler
+    with mon.phase("train"): ...     # phases may repeat; their figures are summed
+    with mon.phase("eval"): ...
+    summary["energy"] = mon.stop()   # idempotent; never raises because of the telemetry source
+
+Backends (``energy.backend``): ``nvml`` (pynvml thread), ``nvidia_smi`` (ONE
+``nvidia-smi --query-gpu=... -lms <ms>`` child read line by line), ``auto`` (NVML if it inits
+and sees a GPU, else nvidia-smi if on PATH and it lists a GPU, else CPU package energy from
+RAPL) and ``off``. Whenever RAPL is readable, ``cpu_kwh`` is reported as well (read at start,
+stop, phase boundaries and polled from the sampler so counter wraps are seen).
+
+Three GPU energy figures are reported, each as a total and per phase:
+
+``kwh_counter``
+    NVML ``nvmlDeviceGetTotalEnergyConsumption`` (mJ since driver load, Volta+): last − first
+    sample, summed over GPUs (1 kWh = 3.6e9 mJ). Per phase, the counter is linearly
+    interpolated at the phase boundaries. None without a counter (nvidia-smi, pre-Volta).
+``kwh_power_integral``
+    ∫ power dt with the trapezoid rule over the samples of each GPU, summed (W·s / 3.6e6).
+``kwh_util_estimate``
+    READ's Appendix D estimate in continuous form (their eq. 15): per GPU
+    ``E = p0 · ∫ u(t)/100 dt`` with u the utilisation in percent, integrated with the same
+    trapezoid rule, and p0 that GPU's enforced power limit in kW unless ``energy.p0_kw`` is
+    set (READ: 0.25 kW, the V100's TDP). In kWh: ``p0_kw * ∫(u/100) dt[s] / 3600``.
+
+    Relation to READ's eq. 16, ``E = U · p0 / 6000`` with ``U = Σ_i u_i`` the sum of the
+    per-minute percent samples: each sample then stands for 60 s, and
+    ``Σ_i (u_i/100) · p0 · 60 s / 3600 s/h = U · p0 / 6000`` — the rectangle rule of the same
+    integral. With 1-minute samples the trapezoid rule used here gives exactly
+    ``U · p0 / 6000 − p0 · (u_first + u_last) / 12000`` (the two end samples count half a
+    minute), i.e. the two agree up to half a sample at each end (see :func:`read_eq16_kwh`).
+
+Per-phase figures integrate only the part of each GPU's sample curve inside the phase's
+intervals: trapezoids are clipped at the boundaries by linear interpolation. Parts of a phase
+before the first or after the last sample are not extrapolated (the NVML and RAPL samplers take
+a sample at start and at stop, so the curve spans the run). The integration lives in pure
+functions over arrays (:func:`integrate`, :func:`counter_delta`, …) so it can be checked by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .energy_nvml import NvmlRow, NvmlSampler
+from .energy_smi import SmiRow, SmiSampler, probe_smi
+from .rapl import RaplReader
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ["t_s", "gpu", "name", "util_pct", "power_w", "mem_used_mib", "energy_counter_mj", "phase"]
+BACKENDS = ("auto", "nvml", "nvidia_smi", "off")
+DEFAULTS: dict[str, Any] = {"backend": "auto", "interval_s": 1.0, "p0_kw": None, "gpus": None}
+MJ_PER_KWH = 3.6e9  # millijoules in one kWh
+WS_PER_KWH = 3.6e6  # joules (W·s) in one kWh
+UJ_PER_KWH = 3.6e12  # microjoules in one kWh
+FLUSH_EVERY_S = 5.0
+PHASE_KEYS = ("seconds", "kwh_counter", "kwh_power_integral", "kwh_util_estimate", "cpu_kwh")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure integration helpers (times in seconds, any common origin)
+# ---------------------------------------------------------------------------------------------
+
+def merge_intervals(intervals: Iterable[Sequence[float]]) -> list[tuple[float, float]]:
+    """Sorted union of ``[a, b)`` intervals; empty or reversed ones are dropped."""
+    ivs = sorted((float(a), float(b)) for a, b in intervals if b > a)
+    out: list[tuple[float, float]] = []
+    for a, b in ivs:
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def interval_seconds(intervals: Iterable[Sequence[float]]) -> float:
+    """Total length of the union of the intervals."""
+    return float(sum(b - a for a, b in merge_intervals(intervals)))
+
+
+def _clean(ts, ys) -> tuple[np.ndarray, np.ndarray]:
+    ts = np.asarray(ts, dtype=float)
+    ys = np.asarray(ys, dtype=float)
+    ok = np.isfinite(ts) & np.isfinite(ys)
+    ts, ys = ts[ok], ys[ok]
+    order = np.argsort(ts, kind="stable")
+    return ts[order], ys[order]
+
+
+def _trapezoid(t: np.ndarray, y: np.ndarray) -> float:
+    if t.size < 2:
+        return 0.0
+    return float(np.sum((y[1:] + y[:-1]) * 0.5 * np.diff(t)))
+
+
+def _clip(ts: np.ndarray, intervals) -> list[tuple[float, float]]:
+    out = []
+    for a, b in merge_intervals(intervals):
+        a, b = max(a, ts[0]), min(b, ts[-1])
+        if b > a:
+            out.append((a, b))
+    return out
+
+
+def integrate(ts, ys, intervals: Iterable[Sequence[float]] | None = None) -> float:
+    """Trapezoid ∫ y dt over the sampled curve (NaN samples dropped).
+
+    With ``intervals``, only the part of the curve inside their union counts: the trapezoids
+    are clipped at each boundary, the value there found by linear interpolation. Parts of an
+    interval outside ``[ts[0], ts[-1]]`` contribute nothing. Fewer than 2 samples → 0.0.
+    """
+    ts, ys = _clean(ts, ys)
+    if ts.size < 2:
+        return 0.0
+    if intervals is None:
+        return _trapezoid(ts, ys)
+    total = 0.0
+    for a, b in _clip(ts, intervals):
+        i = int(np.searchsorted(ts, a, side="right"))
+        j = int(np.searchsorted(ts, b, side="left"))
+        t = np.concatenate(([a], ts[i:j], [b]))
+        y = np.concatenate(([np.interp(a, ts, ys)], ys[i:j], [np.interp(b, ts, ys)]))
+        total += _trapezoid(t, y)
+    return float(total)
+
+
+def counter_delta(ts, cs, intervals: Iterable[Sequence[float]] | None = None) -> float:
+    """Increase of a cumulative counter: last − first, or Σ over intervals of C(b) − C(a) with
+    C linearly interpolated at the (clipped) boundaries. Fewer than 2 samples → 0.0."""
+    ts, cs = _clean(ts, cs)
+    if ts.size < 2:
+        return 0.0
+    if intervals is None:
+        return float(cs[-1] - cs[0])
+    return float(sum(np.interp(b, ts, cs) - np.interp(a, ts, cs) for a, b in _clip(ts, intervals)))
+
+
+def power_kwh(ts, power_w, intervals=None) -> float:
+    """∫ P dt in kWh (P in W, t in s)."""
+    return integrate(ts, power_w, intervals) / WS_PER_KWH
+
+
+def counter_kwh(ts, counter_mj, intervals=None) -> float:
+    """Energy-counter increase in kWh (counter in mJ)."""
+    return counter_delta(ts, counter_mj, intervals) / MJ_PER_KWH
+
+
+def util_kwh(ts, util_pct, p0_kw: float, intervals=None) -> float:
+    """READ eq. 15 with the trapezoid rule: ``p0_kw · ∫ u/100 dt[s] / 3600``."""
+    return float(p0_kw) * integrate(ts, np.asarray(util_pct, dtype=float) / 100.0, intervals) / 3600.0
+
+
+def read_eq16_kwh(util_samples_pct: Iterable[float], p0_kw: float = 0.25) -> float:
+    """READ eq. 16 as printed: ``U · p0 / 6000`` with ``U`` the sum of per-minute percent samples."""
+    return float(sum(util_samples_pct)) * float(p0_kw) / 6000.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+def energy_options(cfg: Any) -> dict[str, Any]:
+    """Validated ``energy`` options (DictConfig, mapping or None). ValueError names the key."""
+    def get(key):
+        if cfg is None:
+            return DEFAULTS[key]
+        if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
+            return cfg.get(key, DEFAULTS[key])
+        return getattr(cfg, key, DEFAULTS[key])
+
+    backend = get("backend")
+    if backend is False:  # YAML 1.1 reads a bare `off` as false
+        backend = "off"
+    backend = "auto" if backend is None else str(backend).strip().lower().replace("-", "_")
+    if backend not in BACKENDS:
+        raise ValueError(f"energy.backend={get('backend')!r}: expected one of {', '.join(BACKENDS)}")
+    try:
+        interval = float(get("interval_s"))
+    except (TypeError, ValueError):
+        raise ValueError(f"energy.interval_s={get('interval_s')!r}: expected seconds > 0") from None
+    if not (interval > 0 and math.isfinite(interval)):
+        raise ValueError(f"energy.interval_s={interval!r}: expected seconds > 0")
+    p0 = get("p0_kw")
+    if p0 is not None:
+        try:
+            p0 = float(p0)
+        except (TypeError, ValueError):
+            raise ValueError(f"energy.p0_kw={p0!r}: expected kW > 0 or null") from None
+        if not (p0 > 0 and math.isfinite(p0)):
+            raise ValueError(f"energy.p0_kw={p0!r}: expected kW > 0 or null")
+    gpus = get("gpus")
+    if gpus is not None:
+        if isinstance(gpus, str):
+            gpus = [g for g in gpus.replace(" ", "").split(",") if g]
+        elif isinstance(gpus, int):
+            gpus = [gpus]
+        try:
+            gpus = [int(g) for g in gpus]
+        except (TypeError, ValueError):
+            raise ValueError(f"energy.gpus={get('gpus')!r}: expected null or a list of GPU indices") from None
+        if any(g < 0 for g in gpus):
+            raise ValueError(f"energy.gpus={gpus!r}: indices must be >= 0")
+    return {"backend": backend, "interval_s": interval, "p0_kw": p0, "gpus": gpus}
+
+
+def selected_gpus(cfg_gpus: list[int] | None) -> list[int] | None:
+    """GPU indices to sample; None = all. ``energy.gpus`` wins; else CUDA_VISIBLE_DEVICES when
+    it holds integer ids (UUID/MIG entries cannot be mapped → all GPUs, with a log line).
+    As in CUDA, the list ends at the first negative id (``-1`` or ``""`` = no GPU)."""
+    if cfg_gpus is not None:
+        return list(cfg_gpus)
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is None:
+        return None
+    ids: list[int] = []
+    for item in cvd.split(","):
+        item = item.strip()
+        if not item:
+            break
+        try:
+            i = int(item)
+        except ValueError:
+            log.info("energy: CUDA_VISIBLE_DEVICES=%r is not integer ids; sampling all GPUs", cvd)
+            return None
+        if i < 0:
+            break
+        ids.append(i)
+    return ids
+
+
+def _fmt(v: float | int | str | None, nd: int = 3) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    v = float(v)
+    if not math.isfinite(v):
+        return ""
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.{nd}f}".rstrip("0").rstrip(".")
+
+
+class _Series:
+    """One GPU's samples (compact arrays; NaN = field unavailable)."""
+
+    __slots__ = ("index", "name", "power_limit_w", "t", "util", "power", "counter")
+
+    def __init__(self, index: int):
+        self.index = index
+        self.name = ""
+        self.power_limit_w: float | None = None
+        self.t, self.util, self.power, self.counter = (array("d") for _ in range(4))
+
+    def n_finite(self, ys) -> int:
+        return int(np.isfinite(np.asarray(ys, dtype=float)).sum())
+
+
+def _nan(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _sum_or_none(values: list[float | None]) -> float | None:
+    if not values or any(v is None for v in values):
+        return None
+    return float(sum(values))
+
+
+# ---------------------------------------------------------------------------------------------
+# The monitor
+# ---------------------------------------------------------------------------------------------
+
+class EnergyMonitor:
+    """Energy telemetry for one run; see the module docstring.
+
+    ``cfg``: the ``energy`` config (DictConfig, mapping or None for defaults).
+    ``rapl_root``: powercap root (default :data:`sparse_ft.telemetry.rapl.RAPL_ROOT`).
+    ``clock``: monotonic clock in seconds (tests may inject one). ``smi_exe``: nvidia-smi path
+    (default: looked up on PATH at start).
+    """
+
+    def __init__(self, cfg: Any, run_dir: os.PathLike | str, *, rapl_root: str | os.PathLike | None = None,
+                 clock: Callable[[], float] = time.monotonic, smi_exe: str | None = None):
+        opts = energy_options(cfg)
+        self.backend_requested: str = opts["backend"]
+        self.interval_s: float = opts["interval_s"]
+        self.p0_kw: float | None = opts["p0_kw"]
+        self.gpus_cfg: list[int] | None = opts["gpus"]
+        self.run_dir = Path(run_dir)
+        self.csv_path = self.run_dir / "energy.csv"
+        self.backend: str | None = None
+        self._rapl_root = rapl_root
+        self._clock = clock
+        self._smi_exe = smi_exe
+        self._t0: float | None = None
+        self._lock = threading.RLock()
+        self._series: dict[int, _Series] = {}
+        self._cpu_t = array("d")
+        self._cpu_uj = array("d")
+        self._cpu_last_poll = -math.inf
+        self._cpu_domains = ""
+        self._intervals: dict[str, list[tuple[float, float]]] = {}
+        self._stack: list[tuple[str, float]] = []
+        self._reasons: list[str] = []
+        self._sampler: NvmlSampler | SmiSampler | None = None
+        self._rapl: RaplReader | None = None
+        self._rapl_thread: threading.Thread | None = None
+        self._rapl_stop = threading.Event()
+        self._csv_file = None
+        self._csv = None
+        self._last_flush = 0.0
+        self._samples = 0
+        self._garbage_lines = 0
+        self._started = False
+        self._summary: dict | None = None
+
+    # -- clock ---------------------------------------------------------------------------------
+    def _now(self) -> float:
+        """Seconds since the monitor started (monotonic)."""
+        if self._t0 is None:
+            self._t0 = self._clock()
+        return self._clock() - self._t0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> "EnergyMonitor":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.stop()
+        return False
+
+    def start(self) -> None:
+        """Start the (single) background sampler. Never raises because of the telemetry source."""
+        if self._started or self._summary is not None:
+            return
+        self._started = True
+        self._now()
+        if self.backend_requested == "off":
+            return
+        try:
+            self._start()
+        except Exception as e:  # noqa: BLE001 - telemetry must never take a run down
+            log.warning("energy: monitor failed to start: %s", e, exc_info=True)
+            self._reasons.append(f"energy monitor failed to start: {type(e).__name__}: {e}")
+            self._halt_samplers()
+            self.backend = None
+
+    def _start(self) -> None:
+        self._open_csv()
+        req = self.backend_requested
+        indices = selected_gpus(self.gpus_cfg)
+        why: list[str] = []
+        if indices == []:
+            why.append(f"no GPU selected (energy.gpus={self.gpus_cfg}, "
+                       f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+
+        rapl = RaplReader(self._rapl_root)
+        if rapl.open():
+            self._rapl = rapl
+            self._cpu_domains = "+".join(rapl.domains)
+            self._cpu_read()  # the first reading, at t≈0
+
+        if indices != [] and req in ("auto", "nvml"):
+            s = NvmlSampler(self._on_nvml, self._now, self.interval_s, indices)
+            ok, err = s.probe()
+            if ok:
+                self.backend, self._sampler = "nvml", s
+                for g in s.gpus:
+                    ser = self._get_series(g.index)
+                    ser.name, ser.power_limit_w = g.name, g.power_limit_w
+            else:
+                why.append(err)
+        if self.backend is None and indices != [] and req in ("auto", "nvidia_smi"):
+            exe = self._smi_exe or shutil.which("nvidia-smi")
+            if not exe:
+                why.append("nvidia-smi not on PATH")
+            else:
+                ok, msg = probe_smi(exe, indices) if req == "auto" else (True, None)
+                if not ok:
+                    why.append(msg)
+                else:
+                    s = SmiSampler(self._on_smi, self._now, self.interval_s, indices, exe=exe)
+                    s.on_tick = self._cpu_poll
+                    ok, err = s.start()
+                    if ok:
+                        self.backend, self._sampler = "nvidia_smi", s
+                    else:
+                        why.append(err)
+
+        if self.backend == "nvml":
+            self._sampler.on_tick = self._cpu_poll
+            self._sampler.start()
+        elif self.backend is None:
+            if req == "auto" and self._rapl is not None:
+                self.backend = "rapl"
+                log.info("energy: no GPU (%s); measuring CPU package energy via RAPL", "; ".join(why))
+                self._rapl_thread = threading.Thread(target=self._rapl_loop, name="energy-rapl", daemon=True)
+                self._rapl_thread.start()
+            else:
+                gpu_part = "; ".join(w for w in why if w)
+                if req == "auto":
+                    reason = f"no GPU ({gpu_part}) and RAPL not readable: {rapl.error}"
+                else:
+                    reason = f"energy.backend={req}: {gpu_part}"
+                self._reasons.append(reason)
+                log.warning("energy: telemetry unavailable: %s", reason)
+        if self.backend is not None:
+            log.info("energy: backend=%s interval=%gs -> %s", self.backend, self.interval_s, self.csv_path)
+
+    def _halt_samplers(self) -> None:
+        s, self._sampler = self._sampler, None
+        if s is not None:
+            try:
+                s.stop()
+                self._garbage_lines += int(getattr(s, "garbage_lines", 0))
+            except Exception as e:  # noqa: BLE001
+                self._reasons.append(f"stopping the {self.backend} sampler failed: {e}")
+        if self._rapl_thread is not None:
+            self._rapl_stop.set()
+            self._rapl_thread.join(timeout=5.0)
+            self._rapl_thread = None
+
+    def stop(self) -> dict:
+        """Stop the sampler, close ``energy.csv`` and return the summary block (idempotent)."""
+        if self._summary is not None:
+            return self._summary
+        try:
+            self._stop()
+        except Exception as e:  # noqa: BLE001
+            log.warning("energy: error while stopping: %s", e, exc_info=True)
+            self._reasons.append(f"energy monitor failed to stop cleanly: {type(e).__name__}: {e}")
+        try:
+            summary = self._build_summary()
+        except Exception as e:  # noqa: BLE001
+            log.warning("energy: could not build the summary: %s", e, exc_info=True)
+            summary = self._empty_summary(f"energy summary failed: {type(e).__name__}: {e}")
+        self._summary = summary
+        return summary
+
+    def _stop(self) -> None:
+        if not self._started:
+            if self.backend_requested != "off":
+                self._reasons.append("energy monitor was never started")
+            return
+        t_end = self._now()
+        for name, t in self._stack:  # close phases left open (an exception escaped, say)
+            self._intervals.setdefault(name, []).append((t, t_end))
+        self._stack.clear()
+        sampler = self._sampler
+        self._halt_samplers()
+        if self._rapl is not None:
+            self._cpu_read(write_row=self.backend == "rapl")  # the last reading, at stop
+        if isinstance(sampler, SmiSampler) and sampler.reason:
+            self._reasons.append(sampler.reason)
+        if isinstance(sampler, NvmlSampler) and sampler.errors:
+            self._reasons.append(f"NVML: {sampler.errors} error(s) while sampling (last: {sampler.last_error})")
+        if self._rapl is not None and self._rapl.read_errors:
+            self._reasons.append(f"RAPL: {self._rapl.read_errors} read error(s) (last: {self._rapl.error})")
+        self._close_csv()
+
+    # -- phases --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Mark ``[start, end)`` of a named phase; repeated phases are summed."""
+        token = None
+        try:
+            if self._summary is None:
+                t = self._boundary()
+                token = (str(name), t)
+                self._stack.append(token)
+        except Exception as e:  # noqa: BLE001
+            log.warning("energy: phase %r start not recorded: %s", name, e)
+        try:
+            yield self
+        finally:
+            try:
+                if token is not None and self._summary is None and token in self._stack:
+                    t = self._boundary()
+                    self._stack.remove(token)
+                    self._intervals.setdefault(token[0], []).append((token[1], t))
+            except Exception as e:  # noqa: BLE001
+                log.warning("energy: phase %r end not recorded: %s", name, e)
+
+    def _boundary(self) -> float:
+        """Time of a phase boundary; with RAPL, a reading taken at exactly that time."""
+        if self._rapl is not None and self._started:
+            return self._cpu_read()
+        return self._now()
+
+    def _current_phase(self) -> str:
+        try:  # read from sampler threads while the main thread may pop: no check-then-index
+            return self._stack[-1][0]
+        except IndexError:
+            return ""
+
+    # -- sinks (called from sampler threads) -----------------------------------------------------
+    def _get_series(self, index: int) -> _Series:
+        s = self._series.get(index)
+        if s is None:
+            s = self._series[index] = _Series(index)
+        return s
+
+    def _add(self, t: float, gpu: int, name: str, util, power, mem, counter, limit) -> None:
+        with self._lock:
+            s = self._get_series(gpu)
+            if name:
+                s.name = name
+            if limit is not None:
+                s.power_limit_w = float(limit)
+            s.t.append(float(t))
+            s.util.append(_nan(util))
+            s.power.append(_nan(power))
+            s.counter.append(_nan(counter))
+            self._samples += 1
+            self._write_row([_fmt(t, 6), str(gpu), name, _fmt(util), _fmt(power), _fmt(mem),
+                             _fmt(counter), self._current_phase()])
+
+    def _on_nvml(self, t: float, r: NvmlRow) -> None:
+        self._add(t, r.index, r.name, r.util_pct, r.power_w, r.mem_used_mib, r.counter_mj, r.power_limit_w)
+
+    def _on_smi(self, t: float, r: SmiRow) -> None:
+        self._add(t, r.index, r.name, r.util_pct, r.power_w, r.mem_used_mib, None, r.power_limit_w)
+
+    # -- RAPL ------------------------------------------------------------------------------------
+    def _cpu_read(self, write_row: bool = False) -> float:
+        """One RAPL reading (cumulative µJ) stamped with the current time; returns that time."""
+        with self._lock:
+            t = self._now()
+            uj = self._rapl.read_uj()
+            prev_t = self._cpu_t[-1] if self._cpu_t else None
+            prev_uj = self._cpu_uj[-1] if self._cpu_uj else None
+            self._cpu_t.append(t)
+            self._cpu_uj.append(uj)
+            self._cpu_last_poll = t
+            if write_row:
+                power = None
+                if prev_t is not None and t > prev_t:
+                    power = (uj - prev_uj) / 1e6 / (t - prev_t)
+                self._samples += 1
+                self._write_row([_fmt(t, 6), "cpu", f"rapl:{self._cpu_domains}", "", _fmt(power), "",
+                                 _fmt(uj / 1000.0), self._current_phase()])
+            return t
+
+    def _cpu_poll(self) -> None:
+        """Rate-limited RAPL reading from a GPU sampler thread (catches counter wraps)."""
+        if self._rapl is not None and self._now() - self._cpu_last_poll >= self.interval_s:
+            try:
+                self._cpu_read()
+            except Exception as e:  # noqa: BLE001
+                log.debug("energy: RAPL poll failed: %s", e)
+
+    def _rapl_loop(self) -> None:
+        next_t = time.monotonic()
+        while not self._rapl_stop.is_set():
+            try:
+                self._cpu_read(write_row=True)
+            except Exception as e:  # noqa: BLE001
+                log.debug("energy: RAPL read failed: %s", e)
+            next_t = max(next_t + self.interval_s, time.monotonic())
+            self._rapl_stop.wait(max(0.0, next_t - time.monotonic()))
+
+    # -- CSV ------------------------------------------------------------------------------------
+    def _open_csv(self) -> None:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._csv_file = open(self.csv_path, "w", newline="", encoding="utf-8")
+            self._csv = csv.writer(self._csv_file)
+            self._csv.writerow(CSV_COLUMNS)
+            self._csv_file.flush()
+            self._last_flush = time.monotonic()
+        except OSError as e:
+            log.warning("energy: cannot write %s: %s", self.csv_path, e)
+            self._reasons.append(f"energy.csv not written: {e}")
+            self._csv_file = self._csv = None
+
+    def _write_row(self, row: list[str]) -> None:
+        if self._csv is None:
+            return
+        try:
+            self._csv.writerow(row)
+            if time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
+                self._csv_file.flush()
+                self._last_flush = time.monotonic()
+        except (OSError, ValueError) as e:  # disk full / closed file: keep sampling in memory
+            log.warning("energy: writing %s failed: %s", self.csv_path, e)
+            self._csv = None
+
+    def _close_csv(self) -> None:
+        with self._lock:
+            f, self._csv_file, self._csv = self._csv_file, None, None
+            if f is not None:
+                try:
+                    f.close()
+                except OSError as e:
+                    self._reasons.append(f"energy.csv close failed: {e}")
+
+    # -- summary --------------------------------------------------------------------------------
+    def _empty_summary(self, reason: str | None) -> dict:
+        return {
+            "available": False, "reason": reason, "backend": None, "interval_s": self.interval_s,
+            "gpus": [], "p0_kw": self.p0_kw, "samples": 0, "garbage_lines": 0,
+            "kwh_counter": None, "kwh_power_integral": None, "kwh_util_estimate": None, "cpu_kwh": None,
+            "phases": {},
+        }
+
+    def _build_summary(self) -> dict:
+        if self.backend_requested == "off":
+            out = self._empty_summary("energy.backend=off")
+            out["phases"] = {name: dict.fromkeys(PHASE_KEYS) | {"seconds": interval_seconds(ivs)}
+                             for name, ivs in self._intervals.items()}
+            return out
+        reasons = list(self._reasons)
+        gpu_backend = self.backend in ("nvml", "nvidia_smi")
+        series = [self._series[i] for i in sorted(self._series)] if gpu_backend else []
+        arrays = []
+        for s in series:
+            t = np.asarray(s.t, dtype=float)
+            arrays.append((s, t, np.asarray(s.util, dtype=float), np.asarray(s.power, dtype=float),
+                           np.asarray(s.counter, dtype=float)))
+        cpu_ok = self._rapl is not None and len(self._cpu_t) >= 2
+        cpu_t = np.asarray(self._cpu_t, dtype=float)
+        cpu_uj = np.asarray(self._cpu_uj, dtype=float)
+
+        available = self.backend == "rapl" or (gpu_backend and self._samples > 0)
+        if gpu_backend and self._samples == 0:
+            reasons.append(f"no samples received from {self.backend}")
+        elif gpu_backend and not any(s.n_finite(t) >= 2 for s, t, *_ in arrays):
+            reasons.append("fewer than 2 samples per GPU: run shorter than energy.interval_s?")
+        if gpu_backend:
+            no_counter = [s.index for s, *_, c in arrays if s.n_finite(c) < 2]
+            if no_counter and len(no_counter) < len(arrays):
+                reasons.append(f"GPU(s) {no_counter} have no energy counter: kwh_counter is None")
+
+        def p0(s: _Series) -> float | None:
+            if self.p0_kw is not None:
+                return self.p0_kw
+            return s.power_limit_w / 1000.0 if s.power_limit_w else None
+
+        def figures(intervals) -> dict:
+            counter, power, util = [], [], []
+            for s, t, u, p, c in arrays:
+                counter.append(counter_kwh(t, c, intervals) if s.n_finite(c) >= 2 else None)
+                power.append(power_kwh(t, p, intervals) if s.n_finite(p) >= 2 else None)
+                p0_s = p0(s)
+                util.append(util_kwh(t, u, p0_s, intervals) if p0_s and s.n_finite(u) >= 2 else None)
+            cpu = counter_delta(cpu_t, cpu_uj, intervals) / UJ_PER_KWH if cpu_ok else None
+            return {"kwh_counter": _sum_or_none(counter), "kwh_power_integral": _sum_or_none(power),
+                    "kwh_util_estimate": _sum_or_none(util), "cpu_kwh": cpu}
+
+        phases = {}
+        for name, ivs in self._intervals.items():
+            merged = merge_intervals(ivs)
+            phases[name] = {"seconds": interval_seconds(merged)} | figures(merged)
+        totals = figures(None)
+        return {
+            "available": bool(available),
+            "reason": "; ".join(dict.fromkeys(r for r in reasons if r)) or None,
+            "backend": self.backend,
+            "interval_s": self.interval_s,
+            "gpus": [{"index": s.index, "name": s.name, "power_limit_w": s.power_limit_w} for s in series],
+            "p0_kw": self.p0_kw,
+            "samples": int(self._samples),
+            "garbage_lines": int(self._garbage_lines),
+            **totals,
+            "phases": phases,
+        }
