@@ -74,5 +74,14 @@ def validate(cfg) -> None:
         raise ConfigError("seed", f"{cfg.get('seed')!r} must be a non-negative integer")
     validate_trainer(cfg.trainer)
     validate_task_cfg(cfg.task)
+    if cfg.trainer.predict == "test" and (cfg.task.get("kind") != "glue" or cfg.task.get("split_scheme") != "glue"):
+        raise ConfigError("trainer.predict", "GLUE-server submission files need a GLUE task with task.split_scheme=glue")
+    try:
+        from .telemetry.energy import energy_options
+
+        energy_options(cfg.get("energy"))
+    except ValueError as err:
+        key, _, message = str(err).partition("=")
+        raise ConfigError(key, message) from err
     check_fits(cfg.model, task_modality(cfg.task))
     method_class(cfg.method.name).validate(cfg.method)
