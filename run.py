@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-import sparse_ft.resolvers  # noqa: F401  (registers ${pid:} used in run-directory names)
+import sparse_ft.resolvers  # noqa: F401  (registers ${run_stamp:} used in run-directory names)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

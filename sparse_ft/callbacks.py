@@ -63,3 +63,21 @@ class ReportOnMultirunEnd(Callback):
         if self.failed:
             log.error("%d run(s) in %s did not complete: %s", len(self.failed), sweep_dir,
                       ", ".join(str(p) for p in self.failed))
+
+
+class SweepExitStatus(Callback):
+    """Makes a sweep's exit status tell the truth: jobs record their own failure (summary.json,
+    run.log) and let the sweep go on; at the end the process exits 1 if any job did not complete."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        try:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            bad = failed_runs(sweep_dir) if sweep_dir.exists() else []
+        except NoRunsError:
+            return
+        except Exception as err:  # the report side must never hide the sweep's own result
+            log.error("could not check the sweep's jobs: %s", err)
+            return
+        if bad:
+            log.error("%d job(s) did not complete: %s", len(bad), ", ".join(str(p) for p in bad))
+            raise SystemExit(1)

@@ -58,6 +58,18 @@ def validate_trainer(t) -> None:
         raise ConfigError("trainer.device", f"{device!r} is not auto, cpu, cuda or cuda:N")
     _choice(t, "predict", p, (None, "test"))
     _choice(t, "progress", p, ("auto", True, False))
+    from .train.trainer import parse_every
+
+    try:
+        parse_every(t.get("checkpoint_every", 0))
+    except ValueError as err:
+        raise ConfigError("trainer.checkpoint_every", str(err).split(": ", 1)[-1]) from err
+    import signal
+
+    for name in t.get("preempt_signals") or []:
+        if not hasattr(signal, name if str(name).startswith("SIG") else f"SIG{name}"):
+            raise ConfigError("trainer.preempt_signals", f"{name!r} is not a signal name")
+    _number(t, "dist_timeout_s", p, low=0, low_open=True)
 
 
 def task_modality(task_cfg) -> str:

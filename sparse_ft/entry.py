@@ -96,16 +96,67 @@ class Telemetry:
             yield
 
 
-def run(cfg: DictConfig) -> float | None:
-    """Run one job; returns the main validation metric (what a Hydra sweeper optimises)."""
-    from .tasks.base import DataError
-    from .models.text import ModelLoadError
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    user_errors = USER_ERRORS + (DataError, ModelLoadError)
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def previous_result(run_dir: Path) -> float | None:
+    """A completed run in this directory (a requeued or re-launched sweep job): its main metric."""
+    import json
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("status") != "completed":
+        return None
+    return (summary.get("metrics") or {}).get("main", float("nan"))
+
+
+def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
+    from .train.checkpoint import find_checkpoint
+
+    mode = cfg.trainer.get("resume", "auto")
+    if mode in (None, "never"):
+        return None
+    if mode == "auto":
+        return find_checkpoint(run_dir)
+    found = find_checkpoint(Path(str(mode)))
+    if found is None:
+        raise ConfigError("trainer.resume", f"no resumable checkpoint (checkpoints/last/manifest.json) at {mode}")
+    return found
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Run one job; returns the main validation metric (what a Hydra sweeper optimises).
+
+    Single run: an error exits non-zero (2 for bad input, with the message). Multirun: the job's
+    error is recorded in its summary.json and run.log and the sweep goes on; the sweep's exit
+    status reports failed jobs at the end (callbacks.SweepExitStatus).
+    """
+    from .models.text import ModelLoadError
+    from .tasks.base import DataError
+    from .train import distributed as D
+    from .train.checkpoint import CheckpointError
+    from .train.preemption import Preempted
+
+    user_errors = USER_ERRORS + (DataError, ModelLoadError, CheckpointError)
     started = time.perf_counter()
     run_dir = run_dir_of(cfg)
-    writer = RunWriter(run_dir)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    dist_info = D.env_info()
+    if not dist_info.is_main:  # one voice in the console and run.log: rank 0's
+        logging.getLogger("sparse_ft").setLevel(logging.WARNING)
+    if cfg.trainer.get("resume", "auto") == "auto" and dist_info.is_main:
+        done = previous_result(run_dir)
+        if done is not None:
+            log.info("%s already holds a completed run: not training again", run_dir)
+            return done
+    writer = RunWriter(run_dir, enabled=dist_info.is_main)
+    if dist_info.is_main:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     summary = {
         "status": "failed",
         "task": cfg.task.name,
@@ -120,22 +171,36 @@ def run(cfg: DictConfig) -> float | None:
         result = _run(cfg, run_dir, writer, summary)
         summary["status"] = "completed"
         return result
+    except Preempted as err:
+        summary["status"] = "interrupted"
+        summary["error"] = str(err)
+        log.warning("%s", err)
+        raise SystemExit(err.exit_code) from err
     except user_errors as err:
         summary["error"] = f"{type(err).__name__}: {err}"
         log.error("%s", err)
+        if is_multirun():
+            return None
         raise SystemExit(2) from err
-    except BaseException as err:
-        summary["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+    except KeyboardInterrupt as err:
+        summary["status"] = "interrupted"
+        summary["error"] = "KeyboardInterrupt"
+        raise
+    except Exception as err:
         summary["error"] = f"{type(err).__name__}: {err}"
-        log.exception("run failed")
+        log.exception("run failed: %s", err)
+        if is_multirun():
+            return None
         raise
     finally:
         summary.setdefault("time", {}).setdefault("wall_s", {})["total"] = time.perf_counter() - started
         summary["versions"] = versions()
         summary["git_commit"] = git_commit()
-        writer.write_summary(summary)
+        if dist_info.is_main:
+            writer.write_summary(summary)
+            log.info("%s: %s", summary["status"], run_dir / "summary.json")
         writer.close()
-        log.info("%s: %s", summary["status"], run_dir / "summary.json")
+        D.teardown()
 
 
 def _run(cfg: DictConfig, run_dir: Path, writer: RunWriter, summary: dict) -> float | None:
@@ -143,12 +208,20 @@ def _run(cfg: DictConfig, run_dir: Path, writer: RunWriter, summary: dict) -> fl
     from .models import build_model
     from .tasks import load_task
     from .telemetry.resources import ResourceMonitor
-    from .train.checkpoint import save_tensors
-    from .train.trainer import Trainer, resolve_device
+    from .train import distributed as D
+    from .train.checkpoint import read_checkpoint_dir, save_tensors
+    from .train.trainer import Trainer
 
-    device = resolve_device(cfg.trainer.device)
+    dist_info, device = D.setup(cfg.trainer.device, float(cfg.trainer.get("dist_timeout_s", 300)))
+    resume_from = find_resume(cfg, run_dir)
+    resume = None
+    if resume_from is not None:
+        tensors, objects, info = read_checkpoint_dir(resume_from)  # verified before anything trains
+        resume = {"tensors": tensors, "objects": objects, "info": info, "path": str(resume_from)}
+        summary["resumed_from"] = {"path": str(resume_from), "step": info.get("step")}
+        writer.truncate_after(int(info.get("step", 0)))
     resources = ResourceMonitor(device)
-    energy = start_energy(cfg, run_dir)
+    energy = start_energy(cfg, run_dir) if dist_info.is_main else None
     telemetry = Telemetry(resources, energy)
     try:
         seed_everything(cfg.seed)
@@ -164,6 +237,10 @@ def _run(cfg: DictConfig, run_dir: Path, writer: RunWriter, summary: dict) -> fl
         log.info("task %s: %s | model %s from %s", task.name, task.sizes(), bundle.name, bundle.source)
         module = bundle.module.to(device)
         initial = snapshot(module)
+        if resume is not None:
+            module.load_state_dict(resume["tensors"]["model.safetensors"])
+            # the method gets its saved state (masks, scores) before prepare, which then reuses it
+            method.load_state_dict(resume["objects"]["trainer_state.pt"]["method"])
         ctx = MethodContext(
             run_dir=run_dir,
             device=device,
@@ -174,11 +251,14 @@ def _run(cfg: DictConfig, run_dir: Path, writer: RunWriter, summary: dict) -> fl
             phase=telemetry.phase,
             per_example_loss=bundle.per_example_loss,
             logits=bundle.logits if bundle.logits_fn is not None else None,
+            extra={"dist": dist_info, "resumed": resume is not None},
         )
         method.prepare(module, ctx)
-        trainer = Trainer(cfg.trainer, bundle, task, method, features, device, cfg.seed, writer.log_metrics, telemetry.phase)
+        trainer = Trainer(
+            cfg.trainer, bundle, task, method, features, device, cfg.seed, writer.log_metrics, telemetry.phase,
+            checkpoint_dir=run_dir / "checkpoints", dist_info=dist_info, resume_state=resume,
+        )
         state = trainer.fit()
-
         with telemetry.phase("eval"):
             final = {s: trainer.evaluate(s) for s in task.eval_splits if features.get(s)}
             if task.test_split and task.has_labels(task.test_split):
@@ -192,9 +272,12 @@ def _run(cfg: DictConfig, run_dir: Path, writer: RunWriter, summary: dict) -> fl
             from .tasks.glue import write_submission
 
             for split in sorted(s for s in features if s.startswith("test")):
-                preds, _ = trainer.predictions(split)
-                write_submission(task, split, preds, run_dir / "predictions")
+                preds, _ = trainer.predictions(split)  # collective under torchrun
+                if dist_info.is_main:
+                    write_submission(task, split, preds, run_dir / "predictions")
 
+        if not dist_info.is_main:  # ranks hold identical weights; rank 0 writes the artifacts
+            return float(final["main"])
         method_storage = method.finalize(module, run_dir) or {}
         if cfg.trainer.save_final:
             save_tensors(module.state_dict(), run_dir / "checkpoints" / "final" / "model.safetensors", {"model": str(bundle.source)})

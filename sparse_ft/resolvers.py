@@ -1,8 +1,31 @@
 """OmegaConf resolvers the config tree uses; imported by run.py before Hydra composes."""
 
+import datetime
 import os
 
 from omegaconf import OmegaConf
 
-# the run directory names use it so that jobs started in the same microsecond still differ
-OmegaConf.register_new_resolver("pid", lambda: os.getpid(), use_cache=True, replace=True)
+
+def _process_start(pid: int) -> datetime.datetime | None:
+    """When process `pid` started (Linux /proc), to the clock tick."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of stat: start time in clock ticks after boot
+        boot = next(int(l.split()[1]) for l in open("/proc/stat") if l.startswith("btime"))
+        return datetime.datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, StopIteration, IndexError):
+        return None
+
+
+def run_stamp() -> str:
+    """`<date>/<time.microseconds>-<pid>`: unique per process, so two jobs started in the same
+    second never share a run directory. Under torchrun every local rank gets the stamp of their
+    common parent (the elastic agent), so all ranks of one job agree on one directory."""
+    if "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ:
+        started = _process_start(os.getppid())
+        if started is not None:
+            return f"{started:%Y-%m-%d/%H-%M-%S-%f}-{os.getppid()}"
+    return f"{datetime.datetime.now():%Y-%m-%d/%H-%M-%S-%f}-{os.getpid()}"
+
+
+OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)

@@ -34,15 +34,36 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 class RunWriter:
-    def __init__(self, run_dir: Path):
+    """Writes the run directory; a disabled writer (ranks other than 0) writes nothing."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.enabled = enabled
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self._metrics = open(self.metrics_path, "a", encoding="utf-8")
+        self.listeners = []  # loggers that get every record too (W&B)
+        self._metrics = None
+        if enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._metrics = open(self.metrics_path, "a", encoding="utf-8")
 
     def log_metrics(self, record: dict) -> None:
+        if not self.enabled:
+            return
         self._metrics.write(json.dumps(_jsonable(record)) + "\n")
         self._metrics.flush()
+        for listener in self.listeners:
+            listener(record)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records logged after `step` (a resumed run logs them again): no duplicated steps."""
+        if not self.enabled:
+            return
+        self._metrics.close()
+        keep = [l for l in self.metrics_path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= step]
+        tmp = atomic_path(self.metrics_path)
+        tmp.write_text("".join(l + "\n" for l in keep))
+        os.replace(tmp, self.metrics_path)
+        self._metrics = open(self.metrics_path, "a", encoding="utf-8")
 
     def write_summary(self, summary: dict) -> Path:
         path = self.run_dir / "summary.json"
@@ -50,5 +71,5 @@ class RunWriter:
         return path
 
     def close(self) -> None:
-        if not self._metrics.closed:
+        if self._metrics is not None and not self._metrics.closed:
             self._metrics.close()

@@ -34,3 +34,85 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+# --- checkpoints/last: everything a resume needs ----------------------------------------------
+
+import hashlib
+import json
+import shutil
+
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated or corrupted; the message names the file."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checkpoint_dir(target: Path, tensors: dict[str, dict[str, torch.Tensor]], objects: dict[str, object], info: dict) -> None:
+    """Write `target/` atomically: files go to a temp dir with a manifest of sha256 sums, which
+    then replaces the old directory by two renames (a crash in between leaves `<name>.prev`,
+    which `find_checkpoint` picks up)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)  # the temp dir must sit beside it: rename is atomic only within a filesystem
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        files = {}
+        for name, tdict in tensors.items():
+            plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tdict.items()}
+            save_file(plain, str(tmp / name))
+            files[name] = _sha256(tmp / name)
+        for name, obj in objects.items():
+            torch.save(obj, tmp / name)
+            files[name] = _sha256(tmp / name)
+        (tmp / MANIFEST).write_text(json.dumps({"files": files, **info}, indent=2))
+        prev = target.with_name(target.name + ".prev")
+        if prev.exists():
+            shutil.rmtree(prev)
+        if target.exists():
+            os.replace(target, prev)
+        os.replace(tmp, target)
+        if prev.exists():
+            shutil.rmtree(prev)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_checkpoint(path: Path) -> Path | None:
+    """A resumable checkpoint at `path`: a run dir (→ checkpoints/last), or the checkpoint dir itself."""
+    path = Path(path)
+    for cand in (path, path / "checkpoints" / "last", path.with_name(path.name + ".prev"), path / "checkpoints" / "last.prev"):
+        if (cand / MANIFEST).is_file():
+            return cand
+    return None
+
+
+def read_checkpoint_dir(path: Path) -> tuple[dict, dict, dict]:
+    """Verify every file against the manifest, then load: (tensors by file, objects by file, info)."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path / MANIFEST}: unreadable checkpoint manifest ({err})") from err
+    tensors, objects = {}, {}
+    for name, digest in manifest["files"].items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing from the checkpoint")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"{f}: checksum mismatch — the checkpoint is truncated or corrupted; refusing to resume from it")
+        if name.endswith(".safetensors"):
+            tensors[name] = load_file(str(f))
+        else:
+            objects[name] = torch.load(f, weights_only=True)
+    info = {k: v for k, v in manifest.items() if k != "files"}
+    return tensors, objects, info

@@ -1,15 +1,25 @@
 """The training loop. It knows no method and no architecture by name: the method decides what the
 optimizer sees and reacts at a few hook points; the model bundle turns batches into a loss or
 predictions; telemetry phases ("train", "eval") are opened through a callable from outside.
+
+Resumable: `checkpoints/last/` holds weights, optimizer, scheduler, scaler, method state, every
+RNG and the position in the epoch's data order, so a resumed CPU run ends bit-identical to an
+uninterrupted one. Under torchrun the module is wrapped in DDP and each rank trains on its own
+shard of the same seeded order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
+import random
+import re
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,7 +30,10 @@ from tqdm.auto import tqdm
 from ..methods.base import Method
 from ..models.bundle import ModelBundle, to_device
 from ..tasks.base import TaskData
+from . import distributed as D
+from .checkpoint import write_checkpoint_dir
 from .optim import build_optimizer, build_scheduler
+from .preemption import Preempted, PreemptionWatcher
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +45,8 @@ class TrainingDiverged(RuntimeError):
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda: no CUDA device is available (use trainer.device=auto or cpu)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.device={name}: no CUDA device is available (use trainer.device=auto or cpu)")
     return torch.device(name)
 
 
@@ -42,6 +55,39 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     resume mid-epoch by skipping the first examples of this order."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
+
+
+def parse_every(value) -> tuple[int, float]:
+    """`trainer.checkpoint_every`: an int = optimizer steps, "<n>m"/"<n>min" = minutes, 0/null = never."""
+    if value in (None, 0, "0", "never"):
+        return 0, 0.0
+    if isinstance(value, int) and value > 0:
+        return value, 0.0
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(m|min|minutes?)\s*", str(value))
+    if m:
+        return 0, float(m.group(1)) * 60.0
+    raise ValueError(f"trainer.checkpoint_every={value!r}: use a number of steps, '<n>m' for minutes, or 0")
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _Phases:
@@ -64,12 +110,15 @@ class _Phases:
 class TrainState:
     step: int = 0
     epoch: int = 0
+    epoch_batches: int = 0  # micro-batches of the current epoch already consumed (resume point)
     samples: int = 0
     tokens: int = 0
     best_main: float = -math.inf
     best_step: int = -1
     best_metrics: dict = field(default_factory=dict)
     last_eval_step: int = -1
+    loss_sum: float = 0.0  # training loss since the last log line (kept so a resumed log is identical)
+    loss_count: int = 0
 
 
 class Trainer:
@@ -84,6 +133,9 @@ class Trainer:
         seed: int,
         log_metrics: Callable[[dict], None] = lambda record: None,
         phase: Callable[[str], contextlib.AbstractContextManager] = lambda name: contextlib.nullcontext(),
+        checkpoint_dir: Path | None = None,
+        dist_info: D.DistInfo = D.DistInfo(),
+        resume_state: dict | None = None,
     ):
         self.cfg = cfg
         self.bundle = bundle
@@ -92,10 +144,14 @@ class Trainer:
         self.features = features  # split name -> encoded Dataset
         self.device = device
         self.seed = seed
-        self.log_metrics = log_metrics
+        self.log_metrics = log_metrics if dist_info.is_main else (lambda record: None)
         self.phases = _Phases(phase)
+        self.checkpoint_dir = checkpoint_dir
+        self.dist = dist_info
+        self.resume_state = resume_state
         self.state = TrainState()
         self._best_weights: dict | None = None
+        self.every_steps, self.every_seconds = parse_every(cfg.get("checkpoint_every", 0))
         self.autocast_dtype = None
         if cfg.precision != "fp32":
             if device.type == "cuda":
@@ -110,7 +166,8 @@ class Trainer:
         return len(self.features[self.task.train_split])
 
     def steps_per_epoch(self) -> int:
-        micro = math.ceil(self.train_size / self.cfg.batch_size)
+        per_rank = math.ceil(self.train_size / self.dist.world_size)
+        micro = math.ceil(per_rank / self.cfg.batch_size)
         return math.ceil(micro / self.cfg.grad_accum)
 
     def total_steps(self) -> int:
@@ -118,88 +175,153 @@ class Trainer:
 
     def _progress_enabled(self) -> bool:
         setting = self.cfg.progress
-        return sys.stderr.isatty() if setting == "auto" else bool(setting)
+        return self.dist.is_main and (sys.stderr.isatty() if setting == "auto" else bool(setting))
 
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    # --- checkpoints ----------------------------------------------------------------------
+    def save_last(self) -> None:
+        """checkpoints/last/, written atomically by rank 0 (ranks hold identical weights)."""
+        if self.checkpoint_dir is None:
+            return
+        if self.dist.is_main:
+            tensors = {"model.safetensors": self.bundle.module.state_dict()}
+            if self._best_weights is not None:
+                tensors["best.safetensors"] = self._best_weights
+            objects = {
+                "trainer_state.pt": {
+                    "state": dataclasses.asdict(self.state),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "method": self.method.state_dict(),
+                    "rng": rng_state(),
+                }
+            }
+            write_checkpoint_dir(self.checkpoint_dir / "last", tensors, objects, {"step": self.state.step, "epoch": self.state.epoch})
+            log.info("checkpoint: %s (step %d)", self.checkpoint_dir / "last", self.state.step)
+        D.barrier()
+        self._last_checkpoint_time = time.monotonic()
+
+    def _restore(self, resume: dict) -> None:
+        trainer_state = resume["objects"]["trainer_state.pt"]
+        self.state = TrainState(**trainer_state["state"])
+        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        self.scheduler.load_state_dict(trainer_state["scheduler"])
+        self.scaler.load_state_dict(trainer_state["scaler"])
+        self._best_weights = resume["tensors"].get("best.safetensors")
+        set_rng_state(trainer_state["rng"])
+        log.info("resumed at optimizer step %d (epoch %d, %d batches into it)", self.state.step, self.state.epoch, self.state.epoch_batches)
+
     # --- training -------------------------------------------------------------------------
-    def train_loader(self, epoch: int, skip: int = 0) -> DataLoader:
-        order = epoch_order(self.train_size, self.seed, epoch)[skip:]
+    def train_loader(self, epoch: int, skip_batches: int = 0) -> DataLoader:
+        order = D.shard(epoch_order(self.train_size, self.seed, epoch), self.dist)
         return DataLoader(
             self.features[self.task.train_split],
             batch_size=self.cfg.batch_size,
-            sampler=order,
+            sampler=order[skip_batches * self.cfg.batch_size :],
             collate_fn=self.bundle.collate,
             num_workers=self.cfg.num_workers,
+            generator=self._loader_generator(epoch),
         )
 
+    def _loader_generator(self, epoch: int) -> torch.Generator:
+        # a DataLoader draws its workers' base seed from this generator when iterated; with the
+        # default (global) RNG, every new loader (a resume, an evaluation) would shift dropout
+        return torch.Generator().manual_seed(self.seed * 7919 + epoch)
+
+    def _train_module(self):
+        module = self.bundle.module
+        if not self.dist.enabled:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
     def fit(self) -> TrainState:
-        cfg, st, module = self.cfg, self.state, self.bundle.module
+        cfg, module = self.cfg, self.bundle.module
         module.to(self.device)
         self.optimizer = build_optimizer(cfg, self.method.param_groups(cfg.weight_decay))
         total = self.total_steps()
         self.scheduler = build_scheduler(cfg, self.optimizer, total)
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+            self.resume_state = None
+        st = self.state
+        train_module = self._train_module()
         opt_params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        log.info("training %d optimizer steps (%d examples, batch %d x accum %d)", total, self.train_size, cfg.batch_size, cfg.grad_accum)
+        log.info("training %d optimizer steps (%d examples, batch %d x accum %d x %d ranks)", total, self.train_size, cfg.batch_size, cfg.grad_accum, self.dist.world_size)
         bar = tqdm(total=total, initial=st.step, disable=not self._progress_enabled(), desc="train", dynamic_ncols=True)
-        running, n_running = 0.0, 0
+        bad_loss = False
+        self._last_checkpoint_time = time.monotonic()
+        watcher = PreemptionWatcher(list(cfg.get("preempt_signals") or []))
         self.phases.to("train")
         try:
-            while st.step < total:
-                module.train()
-                loader = self.train_loader(st.epoch)
-                n_micro = len(loader)
-                for i, batch in enumerate(loader):
-                    batch = to_device(batch, self.device)
-                    with self._autocast():
-                        loss = self.bundle.loss(batch)
-                        extra = self.method.extra_loss()
-                        if extra is not None:
-                            loss = loss + extra
-                    loss_value = float(loss.detach())
-                    if not math.isfinite(loss_value):
-                        raise TrainingDiverged(f"loss is {loss_value} at optimizer step {st.step + 1} (epoch {st.epoch})")
-                    self.scaler.scale(loss / cfg.grad_accum).backward()
-                    st.samples += len(batch["labels"])
-                    st.tokens += self.bundle.num_tokens(batch)
-                    running += loss_value
-                    n_running += 1
-                    if (i + 1) % cfg.grad_accum and i + 1 < n_micro:
-                        continue
-                    self.method.after_backward(st.step)
-                    if cfg.max_grad_norm > 0:
-                        self.scaler.unscale_(self.optimizer)
-                        torch.nn.utils.clip_grad_norm_(opt_params, cfg.max_grad_norm)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    module.zero_grad(set_to_none=True)
-                    self.method.after_step(st.step)
-                    st.step += 1
-                    bar.update(1)
-                    if st.step % cfg.log_every == 0 or st.step == total:
-                        record = {"type": "train", "step": st.step, "epoch": st.epoch, "loss": running / n_running, "lr": self.scheduler.get_last_lr()[0]}
-                        self.log_metrics(record)
-                        bar.set_postfix(loss=f"{record['loss']:.4f}")
-                        log.info("step %d/%d  loss %.4f  lr %.3g", st.step, total, record["loss"], record["lr"])
-                        running, n_running = 0.0, 0
-                    if cfg.eval_every > 0 and st.step % cfg.eval_every == 0:
-                        self._evaluate_and_select()
-                    if st.step >= total:
-                        break
-                else:  # the epoch ran to its end
-                    self.method.on_epoch_end(st.epoch)
-                    st.epoch += 1
-                    if st.last_eval_step != st.step:
-                        self._evaluate_and_select()
-                    continue
-                break  # max_steps reached mid-epoch
-            if st.last_eval_step != st.step:
-                self._evaluate_and_select()
+            with watcher:
+                while st.step < total:
+                    module.train()
+                    loader = self.train_loader(st.epoch, st.epoch_batches)
+                    n_micro = len(loader) + st.epoch_batches
+                    for i, batch in enumerate(loader, start=st.epoch_batches):
+                        batch = to_device(batch, self.device)
+                        boundary = (i + 1) % cfg.grad_accum == 0 or i + 1 == n_micro
+                        sync = contextlib.nullcontext() if boundary or not self.dist.enabled else train_module.no_sync()
+                        with sync:
+                            with self._autocast():
+                                loss = self.bundle.loss_fn(train_module, batch)
+                                extra = self.method.extra_loss()
+                                if extra is not None:
+                                    loss = loss + extra
+                            loss_value = float(loss.detach())
+                            self.scaler.scale(loss / cfg.grad_accum).backward()
+                        st.samples += len(batch["labels"]) * self.dist.world_size
+                        st.tokens += self.bundle.num_tokens(batch) * self.dist.world_size
+                        st.loss_sum += loss_value
+                        st.loss_count += 1
+                        bad_loss = bad_loss or not math.isfinite(loss_value)
+                        if not boundary:
+                            continue
+                        # every rank reaches this point at the same steps: agree on stop / divergence
+                        stop, bad_loss = D.any_flag([watcher.received is not None, bad_loss], self.device)
+                        if bad_loss:
+                            raise TrainingDiverged(f"loss is not finite at optimizer step {st.step + 1} (epoch {st.epoch}); the last good checkpoint is kept")
+                        self.method.after_backward(st.step)
+                        if cfg.max_grad_norm > 0:
+                            self.scaler.unscale_(self.optimizer)
+                            torch.nn.utils.clip_grad_norm_(opt_params, cfg.max_grad_norm)
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        self.scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                        module.zero_grad(set_to_none=True)
+                        self.method.after_step(st.step)
+                        st.step += 1
+                        st.epoch_batches = i + 1
+                        bar.update(1)
+                        if st.step % cfg.log_every == 0 or st.step == total:
+                            record = {"type": "train", "step": st.step, "epoch": st.epoch, "loss": D.mean_scalar(st.loss_sum / st.loss_count, self.device), "lr": self.scheduler.get_last_lr()[0]}
+                            self.log_metrics(record)
+                            bar.set_postfix(loss=f"{record['loss']:.4f}")
+                            log.info("step %d/%d  loss %.4f  lr %.3g", st.step, total, record["loss"], record["lr"])
+                            st.loss_sum, st.loss_count = 0.0, 0
+                        if cfg.eval_every > 0 and st.step % cfg.eval_every == 0:
+                            self._evaluate_and_select()
+                        epoch_done = i + 1 == n_micro
+                        if epoch_done:
+                            self._end_epoch()
+                        if stop:
+                            self.save_last()
+                            raise Preempted(watcher.received or 15, st.step)
+                        if self._checkpoint_due() and st.step < total:
+                            self.save_last()
+                        if st.step >= total or epoch_done:
+                            break
+                if st.last_eval_step != st.step:
+                    self._evaluate_and_select()
         finally:
             self.phases.to(None)
             bar.close()
@@ -208,6 +330,24 @@ class Trainer:
             module.load_state_dict(self._best_weights)
         self._best_weights = None
         return st
+
+    def _end_epoch(self) -> None:
+        st = self.state
+        self.method.on_epoch_end(st.epoch)
+        st.epoch += 1
+        st.epoch_batches = 0
+        if st.last_eval_step != st.step:
+            self._evaluate_and_select()
+
+    def _checkpoint_due(self) -> bool:
+        if self.checkpoint_dir is None:
+            return False
+        if self.every_steps and self.state.step % self.every_steps == 0:
+            return True
+        if self.every_seconds:
+            due = time.monotonic() - self._last_checkpoint_time >= self.every_seconds
+            return D.any_flag([due], self.device)[0]  # ranks must agree: the save has a barrier
+        return False
 
     def _evaluate_and_select(self) -> None:
         st = self.state
@@ -229,10 +369,14 @@ class Trainer:
 
     # --- evaluation -----------------------------------------------------------------------
     def predictions(self, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions (and labels) for a whole split, in the split's order. Under torchrun each
+        rank predicts a strided shard and the shards are gathered, so metrics cover every example once."""
         module = self.bundle.module
         was_training = module.training
         module.eval()
-        loader = DataLoader(self.features[split], batch_size=self.cfg.eval_batch_size, shuffle=False, collate_fn=self.bundle.collate)
+        data = self.features[split]
+        indices = D.shard(list(range(len(data))), self.dist, pad=False)
+        loader = DataLoader(data, batch_size=self.cfg.eval_batch_size, sampler=indices, collate_fn=self.bundle.collate, generator=self._loader_generator(-1))
         preds, labels = [], []
         with torch.inference_mode(), self._autocast():
             for batch in loader:
@@ -241,11 +385,18 @@ class Trainer:
                 if "labels" in batch:
                     labels.append(batch["labels"].cpu().numpy())
         module.train(was_training)
-        return np.concatenate(preds), (np.concatenate(labels) if labels else None)
+        p = np.concatenate(preds) if preds else np.zeros(0)
+        y = np.concatenate(labels) if labels else None
+        if self.dist.enabled:
+            parts = D.gather_objects((indices, p, y))
+            order = np.concatenate([np.asarray(ix, dtype=np.int64) for ix, _, _ in parts])
+            inverse = np.argsort(order, kind="stable")
+            p = np.concatenate([pp for _, pp, _ in parts])[inverse]
+            y = None if parts[0][2] is None else np.concatenate([yy for _, _, yy in parts])[inverse]
+        return p, y
 
     def evaluate(self, split: str) -> dict:
         preds, labels = self.predictions(split)
         if labels is None:
             raise ValueError(f"split {split!r} has no labels to evaluate against")
         return {k: float(v) for k, v in self.task.metric_fn(preds, labels).items()}
-
