@@ -70,6 +70,7 @@ def validate_trainer(t) -> None:
         if not hasattr(signal, name if str(name).startswith("SIG") else f"SIG{name}"):
             raise ConfigError("trainer.preempt_signals", f"{name!r} is not a signal name")
     _number(t, "dist_timeout_s", p, low=0, low_open=True)
+    _number(t, "inference_examples", p, low=1, integer=True)
 
 
 def task_modality(task_cfg) -> str:

@@ -166,8 +166,15 @@ def run(cfg: DictConfig) -> float | None:
         "experiment": cfg.get("name"),
         "run_dir": str(run_dir),
     }
+    from .loggers import build_logger
+    from .loggers.base import NullLogger
+
+    logger = NullLogger()
     try:
         validate(cfg)  # before any data or weights are touched
+        if dist_info.is_main:
+            logger = build_logger(cfg, run_dir)
+            writer.listeners.append(logger.log)
         result = _run(cfg, run_dir, writer, summary)
         summary["status"] = "completed"
         return result
@@ -197,10 +204,27 @@ def run(cfg: DictConfig) -> float | None:
         summary["versions"] = versions()
         summary["git_commit"] = git_commit()
         if dist_info.is_main:
+            summary.update(logger.status)
             writer.write_summary(summary)
             log.info("%s: %s", summary["status"], run_dir / "summary.json")
+            _mirror_to_logger(logger, summary, run_dir)
         writer.close()
         D.teardown()
+
+
+def _mirror_to_logger(logger, summary: dict, run_dir: Path) -> None:
+    """The summary and the energy samples go to the tracker too; then the tracker's run ends
+    (with an exit code, also on failure, so multirun jobs never merge into one W&B run)."""
+    import csv
+
+    logger.log_summary(summary)
+    energy_csv = run_dir / "energy.csv"
+    if energy_csv.is_file():
+        with open(energy_csv, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows:
+            logger.log_series("energy", rows)
+    logger.finish(0 if summary["status"] == "completed" else 1)
 
 
 def _run(cfg: DictConfig, run_dir: Path, writer: RunWriter, summary: dict) -> float | None:
@@ -275,6 +299,10 @@ def _run(cfg: DictConfig, run_dir: Path, writer: RunWriter, summary: dict) -> fl
                 preds, _ = trainer.predictions(split)  # collective under torchrun
                 if dist_info.is_main:
                     write_submission(task, split, preds, run_dir / "predictions")
+
+        if cfg.trainer.get("measure_inference") and dist_info.is_main:
+            summary["inference"] = trainer.measure_inference(task.eval_splits[0], int(cfg.trainer.inference_examples), telemetry.phase)
+            summary["inference"]["peak_bytes"] = resources.peak_bytes.get("inference")
 
         if not dist_info.is_main:  # ranks hold identical weights; rank 0 writes the artifacts
             return float(final["main"])

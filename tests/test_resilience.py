@@ -152,3 +152,27 @@ def test_submitit_local_sweep(tmp_path):
     runs = run_dirs(tmp_path)
     assert sorted(summary(r)["seed"] for r in runs) == [1, 2]
     assert all(summary(r)["status"] == "completed" for r in runs)
+
+
+def test_slurm_launcher_preset_composes_with_documented_keys(tmp_path):
+    proc = run_cli(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg=hydra"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for line in ("partition: gpu", "timeout_min: 240", "gpus_per_node: 1", "array_parallelism: 64", "signal_delay_s: 120", "requeue: true", "SlurmLauncher"):
+        assert line in proc.stdout, line
+
+
+def test_preemption_passes_the_signal_on_to_a_launchers_handler():
+    """submitit requeues from its SIGUSR2 handler: ours checkpoints first, then calls it."""
+    from sparse_ft.train.preemption import PreemptionWatcher
+
+    seen = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
+    try:
+        with PreemptionWatcher(["SIGUSR2"]) as watcher:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.05)
+            assert watcher.received == signal.SIGUSR2 and seen == []  # ours ran, theirs not yet
+            watcher.chain()
+            assert seen == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

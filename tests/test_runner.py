@@ -174,6 +174,15 @@ def test_multirun_jobs_get_their_own_directories_and_a_report(tmp_path):
     assert seeds == [1, 2]
     sweep = runs[0].parent
     assert (sweep / "results.csv").exists() and (sweep / "report.md").exists()
+    import csv
+
+    rows = list(csv.DictReader(open(sweep / "results.csv")))
+    assert sorted(r["seed"] for r in rows) == ["1", "2"] and all(r["status"] == "completed" for r in rows)
+    mains = [float(r["metrics.main"]) for r in rows]
+    mean, std = np.mean(mains) * 100, np.std(mains, ddof=1) * 100
+    assert f"{mean:.2f} ± {std:.2f} (2)" in (sweep / "report.md").read_text()
+    pngs = list(sweep.glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
 def test_run_directories_never_collide_for_simultaneous_starts(tmp_path):
@@ -214,3 +223,22 @@ def test_environment_yml_mirrors_pyproject():
     from sparse_ft.envfile import render
 
     assert (REPO / "environment.yml").read_text() == render(REPO / "pyproject.toml")
+
+
+def test_inference_latency_and_memory_at_batch_size_one(tmp_path):
+    s = run_inprocess(tmp_path / "r", [*TINY, "trainer.max_steps=1", "trainer.measure_inference=true", "trainer.inference_examples=8"])
+    inf = s["inference"]
+    assert inf["batch_size"] == 1 and inf["examples"] == 8
+    assert 0 < inf["latency_ms_median"] <= inf["latency_ms_p90"] and inf["peak_bytes"] > 0
+    assert s["memory"]["peak_bytes"]["inference"] == inf["peak_bytes"] and s["time"]["wall_s"]["inference"] > 0
+
+
+def test_wandb_offline_run_mirrors_the_run(tmp_path):
+    proc = run_cli([*TINY, "trainer.max_steps=2", "logger=wandb", "logger.mode=offline"], tmp_path, env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / "wbcfg"), "WANDB_CACHE_DIR": str(tmp_path / "wbcache"), "WANDB_BASE_URL": "http://127.0.0.1:9"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    s = json.loads((run / "summary.json").read_text())
+    wid = (run / "wandb_id.txt").read_text().strip()
+    assert s["wandb"]["ok"] is True and s["wandb"]["id"] == wid
+    (offline,) = list((run / "wandb").glob(f"offline-run-*-{wid}"))
+    assert (offline / f"run-{wid}.wandb").stat().st_size > 1000

@@ -1,7 +1,12 @@
 """Pre-emption: SLURM sends SIGTERM (or the --signal of your choice, e.g. SIGUSR1) before it kills a
 job. The handler only raises a flag; the trainer finishes the current optimizer step, writes
 checkpoints/last atomically and exits with 128 + signal number so a launcher can requeue it.
-A second signal of the same kind acts immediately (the default action)."""
+A second signal of the same kind acts immediately (the default action).
+
+Under submitit (hydra/launcher=submitit_slurm), SIGUSR2 belongs to submitit: it requeues the job
+before the time limit. We still write our checkpoint first, then hand the signal to submitit's
+handler (`chain`), so the requeued job resumes from checkpoints/last instead of the last
+periodic checkpoint."""
 
 from __future__ import annotations
 
@@ -41,6 +46,14 @@ class PreemptionWatcher:
             for s in self.signals:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
+
+    def chain(self) -> None:
+        """Pass the received signal on to the handler we replaced, if that was a Python handler
+        (a launcher's, e.g. submitit's requeue); the default actions are ours to replace."""
+        previous = self._previous.get(self.received)
+        if callable(previous) and previous is not signal.default_int_handler:
+            log.info("passing %s on to the launcher's handler", signal.Signals(self.received).name)
+            previous(self.received, None)
 
     def __exit__(self, *exc):
         for s, handler in self._previous.items():

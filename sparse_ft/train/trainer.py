@@ -16,6 +16,7 @@ import logging
 import math
 import random
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -315,7 +316,9 @@ class Trainer:
                             self._end_epoch()
                         if stop:
                             self.save_last()
-                            raise Preempted(watcher.received or 15, st.step)
+                            if watcher.received is not None:
+                                watcher.chain()  # e.g. submitit requeues here (and exits)
+                            raise Preempted(watcher.received or signal.SIGTERM, st.step)
                         if self._checkpoint_due() and st.step < total:
                             self.save_last()
                         if st.step >= total or epoch_done:
@@ -400,3 +403,34 @@ class Trainer:
         if labels is None:
             raise ValueError(f"split {split!r} has no labels to evaluate against")
         return {k: float(v) for k, v in self.task.metric_fn(preds, labels).items()}
+
+    def measure_inference(self, split: str, n: int, phase) -> dict:
+        """Latency of single-example prediction (batch size 1) over the first `n` examples of
+        `split`, after 3 warm-up calls; peak memory comes from the telemetry phase "inference"."""
+        module = self.bundle.module
+        module.eval()
+        data = self.features[split]
+        n = min(n, len(data))
+        batches = [to_device(self.bundle.collate([data[i]]), self.device) for i in range(n)]
+        times = []
+        with torch.inference_mode(), self._autocast():
+            for b in batches[:3]:
+                self.bundle.predict(b)
+            with phase("inference"):
+                for b in batches:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    start = time.perf_counter()
+                    self.bundle.predict(b)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    times.append(time.perf_counter() - start)
+        ms = np.array(times) * 1000.0
+        return {
+            "batch_size": 1,
+            "split": split,
+            "examples": n,
+            "latency_ms_median": float(np.median(ms)),
+            "latency_ms_p90": float(np.percentile(ms, 90)),
+            "latency_ms_mean": float(ms.mean()),
+        }
