@@ -41,6 +41,7 @@ def validate_trainer(t) -> None:
     if betas is None or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         raise ConfigError("trainer.adam_betas", f"{betas!r} must be two numbers in [0, 1)")
     _choice(t, "scheduler", p, ("linear", "cosine", "constant"))
+    _choice(t, "fused", p, ("auto", True, False))
     _number(t, "warmup_ratio", p, low=0, high=1)
     _number(t, "warmup_steps", p, low=0, integer=True)
     _number(t, "epochs", p, low=0)
