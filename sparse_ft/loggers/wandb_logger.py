@@ -34,7 +34,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .base import flatten, scalar
+from .base import NullLogger, flatten, scalar
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def _teardown_if_idle() -> None:
         log.warning("W&B: service shutdown failed: %s: %s", type(err).__name__, err)
 
 
-class DisabledWandbLogger:
+class DisabledWandbLogger(NullLogger):
     """W&B off (`logger.mode=disabled`) or failed to start: does nothing, reports why."""
 
     name = "wandb"
@@ -396,15 +396,3 @@ class DisabledWandbLogger:
     @property
     def status(self) -> dict:
         return {"wandb": dict(self._status)}
-
-    def log(self, record: dict) -> None:
-        pass
-
-    def log_summary(self, summary: dict) -> None:
-        pass
-
-    def log_series(self, name: str, rows: list[dict]) -> None:
-        pass
-
-    def finish(self, exit_code: int) -> None:
-        pass
