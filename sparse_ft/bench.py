@@ -7,6 +7,7 @@ never the other way round.
 Groups:
   trainer  runner step time vs a bare PyTorch loop (same model, batches, optimizer, clipping)
   energy   step time with the energy sampler running vs without
+  fish     FISH step time and optimizer state vs dense, batched per-sample Fisher vs a loop
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def time_runner(setup: MiniLMOnMRPC) -> float:
     device = torch.device("cpu")
     method = setup.build_method()
     resources = ResourceMonitor(device)
-    ctx = MethodContext(Path("."), device, 0, setup.features["train"], setup.bundle.collate, setup.bundle.loss, resources.phase)
+    ctx = MethodContext(Path("."), device, 0, setup.features["train"], setup.bundle.collate, setup.bundle.loss, phase=resources.phase)
     method.prepare(setup.bundle.module, ctx)
     trainer = Trainer(setup.cfg.trainer, setup.bundle, setup.task, method, setup.features, device, 0, phase=resources.phase)
     trainer.fit()
@@ -160,7 +161,13 @@ def bench_energy(args) -> dict:
     return sampler_overhead_ratio(step, steps=args.steps, fake_smi_dir=str(fake) if args.fake_smi else None)
 
 
-GROUPS = {"trainer": bench_trainer, "energy": bench_energy}
+def bench_fish(args) -> dict:
+    from .bench_fish import bench_fish as run
+
+    return run(args)
+
+
+GROUPS = {"trainer": bench_trainer, "energy": bench_energy, "fish": bench_fish}
 
 
 def main(argv=None) -> int:

@@ -98,4 +98,9 @@ def validate(cfg) -> None:
         key, _, message = str(err).partition("=")
         raise ConfigError(key, message) from err
     check_fits(cfg.model, task_modality(cfg.task))
+    from .train.local_sgd import validate_distributed
+
+    validate_distributed(cfg.get("distributed"))
+    if not isinstance(cfg.trainer.get("sparse_checkpoints", False), bool):
+        raise ConfigError("trainer.sparse_checkpoints", f"{cfg.trainer.get('sparse_checkpoints')!r} must be true or false")
     method_class(cfg.method.name).validate(cfg.method)

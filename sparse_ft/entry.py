@@ -237,7 +237,17 @@ def _run(cfg: DictConfig, run_dir: Path, writer: RunWriter, summary: dict) -> fl
     from .train.trainer import Trainer
 
     dist_info, device = D.setup(cfg.trainer.device, float(cfg.trainer.get("dist_timeout_s", 300)))
+    dist_cfg = cfg.get("distributed")
+    local_sgd = dist_cfg is not None and dist_cfg.get("mode", "none") == "local_sgd"
+    sparse_ckpt = bool(cfg.trainer.get("sparse_checkpoints", False))
+    if local_sgd and dist_cfg.get("total_batch_size") is not None:  # same total batch for every M
+        total_batch = int(dist_cfg.total_batch_size)
+        if total_batch % dist_info.world_size:
+            raise ConfigError("distributed.total_batch_size", f"{total_batch} is not divisible by the {dist_info.world_size} workers")
+        cfg.trainer.batch_size = total_batch // dist_info.world_size
     resume_from = find_resume(cfg, run_dir)
+    if resume_from is not None and (local_sgd or sparse_ckpt):
+        raise ConfigError("trainer.resume", f"{resume_from}: resuming a distributed=local_sgd or trainer.sparse_checkpoints run is not supported yet (use trainer.resume=never)")
     resume = None
     if resume_from is not None:
         tensors, objects, info = read_checkpoint_dir(resume_from)  # verified before anything trains
@@ -275,14 +285,26 @@ def _run(cfg: DictConfig, run_dir: Path, writer: RunWriter, summary: dict) -> fl
             phase=telemetry.phase,
             per_example_loss=bundle.per_example_loss,
             logits=bundle.logits if bundle.logits_fn is not None else None,
-            extra={"dist": dist_info, "resumed": resume is not None},
+            # local SGD: a masked method trains densely through the warm-up and selects its
+            # mask when the trainer calls refresh_mask() at the end of it
+            extra={"dist": dist_info, "resumed": resume is not None, "defer_mask": local_sgd and int(dist_cfg.warmup_epochs) > 0},
         )
         method.prepare(module, ctx)
+        hooks, checkpointer = [], None
+        if sparse_ckpt and dist_info.is_main:
+            from .sparse_checkpoints import SparseCheckpointer
+
+            checkpointer = SparseCheckpointer(run_dir, module, dense_copies=bool(cfg.trainer.get("sparse_checkpoints_dense", False)))
+            checkpointer.write_base()
+            hooks.append(lambda epoch, step: checkpointer.save(epoch, step))
         trainer = Trainer(
             cfg.trainer, bundle, task, method, features, device, cfg.seed, writer.log_metrics, telemetry.phase,
             checkpoint_dir=run_dir / "checkpoints", dist_info=dist_info, resume_state=resume,
+            distributed_cfg=dist_cfg, epoch_hooks=hooks,
         )
         state = trainer.fit()
+        if trainer.local is not None:
+            summary["communication"] = {**trainer.local.summary(), "per_worker_batch": int(cfg.trainer.batch_size), "total_batch": int(cfg.trainer.batch_size) * dist_info.world_size}
         with telemetry.phase("eval"):
             final = {s: trainer.evaluate(s) for s in task.eval_splits if features.get(s)}
             if task.test_split and task.has_labels(task.test_split):
@@ -312,6 +334,12 @@ def _run(cfg: DictConfig, run_dir: Path, writer: RunWriter, summary: dict) -> fl
         updated = count_updated(module, initial)
         summary["params"] = param_block(module, method.trainable_count(), updated)
         summary["storage"] = storage_block(run_dir, dense_fp32_bytes(module), method_storage)
+        if checkpointer is not None:
+            summary["storage"]["sparse_checkpoints"] = checkpointer.summary()
+        if trainer.local is not None:
+            from .train.local_sgd import plot_accuracy_vs_communication
+
+            plot_accuracy_vs_communication(run_dir)
         summary["method_report"] = method.report()
         train_s = resources.seconds.get("train", 0.0)
         summary["time"] = {

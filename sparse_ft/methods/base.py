@@ -5,6 +5,14 @@ are in `.grad`, before clipping and the optimizer) and `after_step` (after the o
 `on_epoch_end`, and `finalize` once training and selection are over. It builds its optimizer
 over `param_groups()`, so a method decides what the optimizer sees (whole tensors, or a flat
 vector of selected entries) and therefore how big its state is.
+
+Optional hooks for methods whose selection changes during training (masked methods under
+local-SGD warm-up or a mask refresh schedule); the defaults mean "nothing changes":
+`refresh_due(epoch)` asks whether to re-select after that epoch, `refresh_mask()` re-selects and
+returns True when `param_groups()` changed (the trainer then rebuilds its optimizer, keeping the
+scheduler position), `mask_state()` / `load_mask_state()` carry a selection from rank 0 to the
+other ranks, and `sync_to_module()` is called after the trainer overwrote the values of the
+optimizer's parameters (a local-SGD sync) so a method holding copies can write them back.
 """
 
 from __future__ import annotations
@@ -64,6 +72,24 @@ class Method:
     def after_step(self, step: int) -> None: ...
 
     def on_epoch_end(self, epoch: int) -> None: ...
+
+    def refresh_due(self, epoch: int) -> bool:
+        """After epoch `epoch` (0-based) ends: should `refresh_mask` run?"""
+        return False
+
+    def refresh_mask(self) -> bool:
+        """Re-select what trains from the current weights; True when `param_groups()` changed."""
+        return False
+
+    def mask_state(self) -> dict | None:
+        """The current selection, to broadcast from rank 0 (None: nothing to share)."""
+        return None
+
+    def load_mask_state(self, state: dict | None) -> None:
+        """Adopt rank 0's selection (the counterpart of `mask_state`)."""
+
+    def sync_to_module(self) -> None:
+        """The optimizer's parameters were overwritten from outside (local-SGD sync): propagate."""
 
     def finalize(self, module: nn.Module, run_dir: Path) -> dict:
         """Post-training work (materialise, write deltas); returns `storage` entries."""

@@ -5,7 +5,9 @@ predictions; telemetry phases ("train", "eval") are opened through a callable fr
 Resumable: `checkpoints/last/` holds weights, optimizer, scheduler, scaler, method state, every
 RNG and the position in the epoch's data order, so a resumed CPU run ends bit-identical to an
 uninterrupted one. Under torchrun the module is wrapped in DDP and each rank trains on its own
-shard of the same seeded order.
+shard of the same seeded order. With `distributed.mode=local_sgd` (local_sgd.py) DDP only runs
+the warm-up; then the ranks train apart and sync their changes every few steps. Methods whose
+selection changes (`refresh_due` / `refresh_mask`) get their optimizer rebuilt mid-run.
 """
 
 from __future__ import annotations
@@ -137,6 +139,8 @@ class Trainer:
         checkpoint_dir: Path | None = None,
         dist_info: D.DistInfo = D.DistInfo(),
         resume_state: dict | None = None,
+        distributed_cfg=None,
+        epoch_hooks: list[Callable[[int, int], None]] | None = None,
     ):
         self.cfg = cfg
         self.bundle = bundle
@@ -151,6 +155,13 @@ class Trainer:
         self.dist = dist_info
         self.resume_state = resume_state
         self.state = TrainState()
+        self.epoch_hooks = list(epoch_hooks or [])  # called as hook(epoch, step) after each epoch's evaluation
+        self.local = None  # LocalSGD when distributed.mode=local_sgd (see local_sgd.py)
+        if distributed_cfg is not None and distributed_cfg.get("mode", "none") == "local_sgd":
+            from .local_sgd import LocalSGD
+
+            module = bundle.module
+            self.local = LocalSGD(distributed_cfg, dist_info.world_size, sum(p.numel() for p in module.parameters()), list(module.buffers()), dist_info.rank)
         self._best_weights: dict | None = None
         self.every_steps, self.every_seconds = parse_every(cfg.get("checkpoint_every", 0))
         self.autocast_dtype = None
@@ -188,6 +199,7 @@ class Trainer:
         """checkpoints/last/, written atomically by rank 0 (ranks hold identical weights)."""
         if self.checkpoint_dir is None:
             return
+        self._sync_local()
         if self.dist.is_main:
             tensors = {"model.safetensors": self.bundle.module.state_dict()}
             if self._best_weights is not None:
@@ -243,6 +255,60 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
 
+    def _opt_params(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def rebuild_optimizer(self) -> None:
+        """A new optimizer over the method's current `param_groups()` (after a mask change);
+        the schedule goes on from the same position (optimizer state, e.g. momentum, restarts)."""
+        cfg = self.cfg
+        old = self.scheduler
+        self.optimizer = build_optimizer(cfg, self.method.param_groups(cfg.weight_decay))
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps())
+        self.scheduler.last_epoch = old.last_epoch
+        for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * fn(old.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def _sync_local(self) -> None:
+        """Local SGD: finish the current round now (collective) so every rank holds the same weights."""
+        if self.local is not None and self.local.sync():
+            self.method.sync_to_module()
+
+    def refresh_mask(self) -> None:
+        """The method re-selects what trains (rank 0 computes, the other ranks adopt its
+        selection), and the optimizer is rebuilt when the parameters it sees changed."""
+        import torch.distributed as tdist
+
+        self._sync_local()
+        self.phases.to(None)
+        changed = self.method.refresh_mask() if self.dist.is_main else False
+        if tdist.is_initialized() and self.dist.world_size > 1:
+            box = [changed, self.method.mask_state() if self.dist.is_main else None]
+            tdist.broadcast_object_list(box, src=0)
+            changed = bool(box[0])
+            if not self.dist.is_main and changed:
+                self.method.load_mask_state(box[1])
+        self.phases.to("train")
+        if changed:
+            self.rebuild_optimizer()
+            if hasattr(self.train_module, "no_sync"):  # DDP: re-wrap over the parameters that now train
+                self.train_module = self._train_module()
+        if self.local is not None:
+            if changed:
+                self.local.count_mask_broadcast(self.method.trainable_count())
+            self.local.start(self._opt_params())
+
+    def _begin_local(self) -> None:
+        """End of the local-SGD warm-up: drop DDP, let the method pick its mask, start rounds."""
+        self.train_module = self.bundle.module  # the DDP wrapper (and its gradient hooks) goes away
+        log.info("local SGD: warm-up over after %d steps; %d workers now train on their shards, syncing every %d steps",
+                 self.state.step, self.dist.world_size, self.local.local_steps)
+        self.refresh_mask()
+        from .local_sgd import test_dump
+
+        test_dump("warmup_end", self)
+
     def fit(self) -> TrainState:
         cfg, module = self.cfg, self.bundle.module
         module.to(self.device)
@@ -253,8 +319,9 @@ class Trainer:
             self._restore(self.resume_state)
             self.resume_state = None
         st = self.state
-        train_module = self._train_module()
-        opt_params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.train_module = self._train_module()
+        if self.local is not None and st.epoch >= self.local.warmup_epochs and not self.local.active:
+            self._begin_local()
         log.info("training %d optimizer steps (%d examples, batch %d x accum %d x %d ranks)", total, self.train_size, cfg.batch_size, cfg.grad_accum, self.dist.world_size)
         bar = tqdm(total=total, initial=st.step, disable=not self._progress_enabled(), desc="train", dynamic_ncols=True)
         bad_loss = False
@@ -269,8 +336,9 @@ class Trainer:
                     n_micro = len(loader) + st.epoch_batches
                     for i, batch in enumerate(loader, start=st.epoch_batches):
                         batch = to_device(batch, self.device)
+                        train_module = self.train_module
                         boundary = (i + 1) % cfg.grad_accum == 0 or i + 1 == n_micro
-                        sync = contextlib.nullcontext() if boundary or not self.dist.enabled else train_module.no_sync()
+                        sync = contextlib.nullcontext() if boundary or not hasattr(train_module, "no_sync") else train_module.no_sync()
                         with sync:
                             with self._autocast():
                                 loss = self.bundle.loss_fn(train_module, batch)
@@ -293,13 +361,18 @@ class Trainer:
                         self.method.after_backward(st.step)
                         if cfg.max_grad_norm > 0:
                             self.scaler.unscale_(self.optimizer)
-                            torch.nn.utils.clip_grad_norm_(opt_params, cfg.max_grad_norm)
+                            torch.nn.utils.clip_grad_norm_(self._opt_params(), cfg.max_grad_norm)
                         self.scaler.step(self.optimizer)
                         self.scaler.update()
                         self.scheduler.step()
                         self.optimizer.zero_grad(set_to_none=True)
                         module.zero_grad(set_to_none=True)
                         self.method.after_step(st.step)
+                        if self.local is not None:
+                            if not self.local.active:
+                                self.local.count_warmup_step(sum(p.numel() for p in self._opt_params()))
+                            elif self.local.after_step():
+                                self.method.sync_to_module()
                         st.step += 1
                         st.epoch_batches = i + 1
                         bar.update(1)
@@ -328,6 +401,11 @@ class Trainer:
         finally:
             self.phases.to(None)
             bar.close()
+        if self.local is not None:
+            from .local_sgd import test_dump
+
+            self._sync_local()  # the last (partial) round
+            test_dump("end", self)
         if cfg.select_best and self._best_weights is not None and st.best_step != st.step:
             log.info("restoring the best checkpoint (step %d, %s=%.4f)", st.best_step, self.task.main_metric, st.best_main)
             module.load_state_dict(self._best_weights)
@@ -336,11 +414,22 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         st = self.state
+        finished = st.epoch
         self.method.on_epoch_end(st.epoch)
         st.epoch += 1
         st.epoch_batches = 0
         if st.last_eval_step != st.step:
             self._evaluate_and_select()
+        if self.epoch_hooks:
+            self._sync_local()  # checkpoints see the weights every rank holds
+        for hook in self.epoch_hooks:
+            hook(finished, st.step)
+        if st.step >= self.total_steps():
+            return
+        if self.local is not None and not self.local.active and st.epoch >= self.local.warmup_epochs:
+            self._begin_local()
+        elif self.method.refresh_due(finished):
+            self.refresh_mask()
 
     def _checkpoint_due(self) -> bool:
         if self.checkpoint_dir is None:
@@ -354,12 +443,23 @@ class Trainer:
 
     def _evaluate_and_select(self) -> None:
         st = self.state
+        view = contextlib.nullcontext()
+        if self.local is not None:
+            if self.local.eval_at == "sync" or st.step >= self.total_steps():
+                self._sync_local()  # finish the round: the final weights are the synced ones
+            view = self.local.server_view(self.method.sync_to_module)  # else: the last sync's weights, no extra round
         self.phases.to("eval")
-        results = {split: self.evaluate(split) for split in self.task.eval_splits if self.features.get(split)}
+        with view:
+            results = {split: self.evaluate(split) for split in self.task.eval_splits if self.features.get(split)}
+            self._select(results)
+
+    def _select(self, results: dict) -> None:
+        st = self.state
         self.phases.to("train")
         st.last_eval_step = st.step
         for split, metrics in results.items():
-            self.log_metrics({"type": "eval", "step": st.step, "epoch": st.epoch, "split": split, **metrics})
+            comm = self.local.cumulative() if self.local is not None else {}
+            self.log_metrics({"type": "eval", "step": st.step, "epoch": st.epoch, "split": split, **metrics, **comm})
             log.info("eval step %d  %s  %s", st.step, split, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         selection = results.get(self.task.eval_splits[0])
         if selection is None:

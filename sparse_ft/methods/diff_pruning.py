@@ -1,0 +1,294 @@
+"""Diff pruning (Guo et al. 2021): learn a sparse difference vector δ = z ⊙ w on top of the frozen
+pretrained θ0, with the hard-concrete relaxation of the L0 norm, and project δ to exactly the
+target density at the end.
+
+    θ = θ0 + z ⊙ w,   z = min(1, max(0, s·(r − l) + l)),   s = σ((log u − log(1 − u) + α) / β),
+    u ~ U(0, 1),      L0 penalty  λ Σ σ(α − β log(−l / r))       (Louizos et al. 2018)
+
+Defaults follow Guo et al.: l = −1.5, r = 1.5, β = 1, α initialised to 5, w to 0, λ = 1.25e-7.
+
+How it runs here. The module keeps its ordinary parameters (checkpoints, `select_best` and
+resume see the usual keys): they *hold* θ = θ0 + z ⊙ w for the current gate sample, and the
+method applies the chain rule itself — `after_backward` turns ∂L/∂θ into ∂L/∂w = ∂L/∂θ ⊙ z and
+∂L/∂α = ∂L/∂θ ⊙ w ⊙ ∂z/∂α; the L0 penalty comes through `extra_loss()` (autograd gives its α
+gradient); `after_step` draws a new gate sample and writes θ again. Whenever the model is
+evaluated (eval mode), its weights are θ0 + the *projected* δ: the deterministic gates
+z = clamp(σ(α)(r − l) + l, 0, 1), then the k largest |δ| entries over all tensors (k = density·|θ|
+minus the new head, which is trained in full and counted inside k) — so every evaluation, the
+best-checkpoint selection and the final weights see exactly the sparse model that is stored, and
+`finalize` writes θ0 + projected δ (updated entries = k).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from .base import Method, MethodContext, decay_groups
+from .masking import MASK_FILE, SparseDelta, bits_differ, budget, head_names, named_params, save_mask, topk_mask
+from .registry import register
+
+log = logging.getLogger(__name__)
+
+
+@register("diff_pruning")
+class DiffPruning(Method):
+    name = "diff_pruning"
+
+    @staticmethod
+    def validate(cfg) -> None:
+        density = cfg.get("density")
+        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+            raise ConfigError("method.density", f"{density!r} must be in (0, 1]")
+        for key, low in (("l0_lambda", 0.0), ("temperature", None)):
+            v = cfg.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (low is not None and v < low) or (low is None and v <= 0):
+                raise ConfigError(f"method.{key}", f"{v!r} must be a number {'>= 0' if low is not None else '> 0'}")
+        lo, hi = cfg.get("stretch_left"), cfg.get("stretch_right")
+        if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < 0 and hi > 1):
+            raise ConfigError("method.stretch_left", f"the hard-concrete stretch needs stretch_left < 0 and stretch_right > 1 (got {lo!r}, {hi!r})")
+        if not isinstance(cfg.get("alpha_init"), (int, float)) or isinstance(cfg.get("alpha_init"), bool):
+            raise ConfigError("method.alpha_init", f"{cfg.get('alpha_init')!r} is not a number")
+        lr = cfg.get("alpha_lr")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+            raise ConfigError("method.alpha_lr", f"{lr!r} must be > 0 or null (= trainer.lr)")
+        if not isinstance(cfg.get("classifier_in_mask", True), bool):
+            raise ConfigError("method.classifier_in_mask", "must be true or false")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.l, self.r = float(cfg.stretch_left), float(cfg.stretch_right)
+        self.beta = float(cfg.temperature)
+        self.lam = float(cfg.l0_lambda)
+        self._resume = None
+        self.state = "train"  # which weights the module holds: "train" (θ0 + z⊙w) or "eval" (projected)
+        self._cache_key = None
+        self._projection: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._written = None
+        self._version = 0
+        self.stats: dict = {}
+
+    # --- set-up ----------------------------------------------------------------------------
+    def prepare(self, module: nn.Module, ctx: MethodContext) -> None:
+        self.module = module
+        params = named_params(module)
+        self.head = head_names(module) if self.cfg.get("classifier_in_mask", True) else []
+        self.body = [n for n in params if n not in self.head]
+        total = sum(p.numel() for p in params.values())
+        head_size = sum(params[n].numel() for n in self.head)
+        self.k = budget(total, float(self.cfg.density))
+        self.k_body = max(0, self.k - head_size)
+        self.stats = {"total_params": total, "head_params": head_size, "target_k": self.k}
+        resumed, self._resume = self._resume, None
+        if resumed is not None:
+            self.theta0 = [t.to(params[n].device) for n, t in zip(self.body, resumed["theta0"])]
+            self.w = [nn.Parameter(t.to(params[n].device)) for n, t in zip(self.body, resumed["w"])]
+            self.log_alpha = [nn.Parameter(t.to(params[n].device)) for n, t in zip(self.body, resumed["log_alpha"])]
+            self.delta = SparseDelta.from_state(resumed["delta"])
+            self._version = 1
+        else:
+            self.theta0 = [params[n].detach().clone() for n in self.body]
+            self.w = [nn.Parameter(torch.zeros_like(params[n], dtype=torch.float32)) for n in self.body]
+            self.log_alpha = [nn.Parameter(torch.full_like(params[n], float(self.cfg.alpha_init), dtype=torch.float32)) for n in self.body]
+            self.delta = SparseDelta.capture(module, ctx.run_dir, full_names=head_names(module))
+        self.run_dir = ctx.run_dir
+        for n, p in params.items():
+            p.requires_grad_(True)  # ∂L/∂θ for every entry (the body's is routed to w and α)
+        self.params = [params[n] for n in self.body]
+        self.head_params = [(n, params[n]) for n in self.head]
+        if resumed is not None:  # the gate sample of the interrupted step: resume is exact
+            self.s = [t.to(params[n].device) for n, t in zip(self.body, resumed["s"])]
+        else:
+            self._sample()
+        self._write_train()
+        self._hooks = [m.register_forward_pre_hook(self._pre_forward) for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
+        log.info(
+            "diff_pruning: δ over %d entries (%d tensors), projected at evaluation to k=%d (%.4f%%, head %d in full)",
+            sum(p.numel() for p in self.params), len(self.params), self.k, 100 * self.k / total, head_size,
+        )
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        groups = [{"params": self.w, "weight_decay": 0.0}]
+        alpha = {"params": self.log_alpha, "weight_decay": 0.0}
+        if self.cfg.get("alpha_lr") is not None:
+            alpha["lr"] = float(self.cfg.alpha_lr)
+        groups.append(alpha)
+        groups += decay_groups(self.head_params, weight_decay)
+        return groups
+
+    # --- hard-concrete gates -----------------------------------------------------------------
+    def _stretch(self, s: torch.Tensor) -> torch.Tensor:
+        return (s * (self.r - self.l) + self.l).clamp_(0.0, 1.0)
+
+    @torch.no_grad()
+    def _sample(self) -> None:
+        self.s = []
+        for a in self.log_alpha:
+            u = torch.rand_like(a).clamp_(1e-6, 1 - 1e-6)
+            self.s.append(torch.sigmoid((u.log() - (-u).log1p() + a) / self.beta))
+
+    def extra_loss(self) -> torch.Tensor | None:
+        if self.lam == 0:
+            return None
+        shift = self.beta * math.log(-self.l / self.r)
+        return self.lam * sum(torch.sigmoid(a - shift).sum() for a in self.log_alpha)
+
+    def after_backward(self, step: int) -> None:
+        span = self.r - self.l
+        with torch.no_grad():
+            for p, s, w, a in zip(self.params, self.s, self.w, self.log_alpha):
+                g = p.grad
+                if g is None:
+                    g = torch.zeros_like(w)
+                g = g.float()
+                stretched = s * span + self.l
+                z = stretched.clamp(0.0, 1.0)
+                w.grad = g * z
+                inside = (stretched > 0) & (stretched < 1)
+                dz = (span / self.beta) * s * (1 - s) * inside
+                ga = g * w * dz
+                a.grad = ga if a.grad is None else a.grad.add_(ga)
+
+    def after_step(self, step: int) -> None:
+        self._version += 1
+        self._sample()
+        if self.module.training:
+            self._write_train()
+        else:
+            self.state = "stale"
+
+    def sync_to_module(self) -> None:
+        """w and α were overwritten from outside (a local-SGD sync): rewrite the weights."""
+        self._version += 1
+        if self.module.training:
+            self._write_train()
+        else:
+            self.state = "stale"
+
+    # --- which weights the module holds --------------------------------------------------------
+    def _versions(self):
+        return sum(p._version for p in self.params)
+
+    @torch.no_grad()
+    def _write_train(self) -> None:
+        for p, t0, s, w in zip(self.params, self.theta0, self.s, self.w):
+            p.copy_(t0 + self._stretch(s) * w)
+        self.state = "train"
+        self._written = self._versions()
+
+    @torch.no_grad()
+    def _project(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The k largest |δ| of the deterministic δ = clamp(σ(α)(r−l)+l, 0, 1) ⊙ w (non-zero only)."""
+        if self._cache_key == self._version:
+            return self._projection
+        with torch.inference_mode(False):
+            deltas = {n: self._stretch(torch.sigmoid(a)) * w for n, a, w in zip(self.body, self.log_alpha, self.w)}
+            mask = topk_mask({n: d.abs() for n, d in deltas.items()}, min(self.k_body, sum(d.numel() for d in deltas.values())))
+            projection = {}
+            for n, idx in mask.items():
+                d = deltas[n].view(-1)
+                idx = idx.to(d.device)
+                idx = idx[d[idx] != 0]
+                projection[n] = (idx, d[idx].clone())
+        self._projection, self._cache_key = projection, self._version
+        return projection
+
+    @torch.no_grad()
+    def _write_eval(self) -> None:
+        projection = self._project()
+        for n, p, t0 in zip(self.body, self.params, self.theta0):
+            idx, d = projection[n]
+            p.copy_(t0)
+            if idx.numel():
+                p.view(-1).index_copy_(0, idx, t0.view(-1)[idx] + d.to(p.dtype))
+        self.state = "eval"
+        self._written = self._versions()
+
+    def _pre_forward(self, m, args):
+        want = "train" if m.training else "eval"
+        if self.state == want:
+            return
+        if self._written is not None and self._versions() != self._written and want == "eval":
+            # the weights were loaded from outside (the best checkpoint, restored): they hold
+            # a projected model already; keep them
+            self.state = "eval"
+            self._written = self._versions()
+            return
+        self._write_eval() if want == "eval" else self._write_train()
+
+    # --- the end -------------------------------------------------------------------------------
+    def finalize(self, module: nn.Module, run_dir: Path) -> dict:
+        for h in getattr(self, "_hooks", []):
+            h.remove()
+        self._hooks = []
+        if self.state != "eval" and not (self._written is not None and self._versions() != self._written):
+            self._write_eval()
+        sparse, mask, changed = {}, {}, 0
+        for n, p, t0 in zip(self.body, self.params, self.theta0):
+            now = p.detach().view(-1)
+            diff = bits_differ(now, t0.view(-1)).nonzero().view(-1)
+            mask[n] = diff.cpu()
+            if diff.numel():
+                sparse[n] = (diff.to(torch.int32).cpu(), now[diff].cpu())
+                changed += diff.numel()
+        out = self.delta.write(module, run_dir, explicit=sparse)
+        for (n, _) in self.head_params:
+            mask[n] = torch.arange(named_params(module)[n].numel())
+        out[MASK_FILE] = save_mask(Path(run_dir) / MASK_FILE, module, mask, {"method": self.name, "k": self.k, "projected_entries": changed})
+        self.stats.update(projected_entries=changed, l0_expected_density=self._expected_density())
+        for p in self.params:
+            p.grad = None
+        return out
+
+    @torch.no_grad()
+    def _expected_density(self) -> float:
+        shift = self.beta * math.log(-self.l / self.r)
+        total = sum(a.numel() for a in self.log_alpha)
+        return float(sum(torch.sigmoid(a - shift).sum() for a in self.log_alpha)) / total if total else 0.0
+
+    # --- bookkeeping -----------------------------------------------------------------------------
+    def trainable_count(self) -> int:
+        """Entries that may differ from θ0 at the end: the projected δ (k minus the head) + head."""
+        return self.k
+
+    def state_dict(self) -> dict:
+        return {
+            "theta0": [t.detach().cpu() for t in self.theta0],
+            "w": [w.detach().cpu() for w in self.w],
+            "log_alpha": [a.detach().cpu() for a in self.log_alpha],
+            "s": [t.detach().cpu() for t in self.s],
+            "delta": self.delta.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Before `prepare` (a resume): `prepare` restores θ0, w and α from here."""
+        if self.module is None:
+            self._resume = state
+            return
+        with torch.no_grad():
+            for t, w, a, ts, ws, as_ in zip(self.theta0, self.w, self.log_alpha, state["theta0"], state["w"], state["log_alpha"]):
+                t.copy_(ts)
+                w.copy_(ws)
+                a.copy_(as_)
+        self._version += 1
+        self.state = "stale"
+
+    def report(self) -> dict:
+        body = sum(w.numel() for w in getattr(self, "w", []))
+        out = {
+            "k": self.k,
+            "density": self.k / self.stats["total_params"] if self.stats.get("total_params") else None,
+            "target_density": self.cfg.density,
+            "head_params": self.stats.get("head_params"),
+            "optimizer_elements": 2 * body + self.stats.get("head_params", 0),
+            "optimizer_state_bytes_adamw": 2 * 4 * (2 * body + self.stats.get("head_params", 0)),
+        }
+        out.update({k: v for k, v in self.stats.items() if k not in out and k != "total_params"})
+        if hasattr(self.delta, "summary"):
+            out.update(self.delta.summary)
+        return out

@@ -1,0 +1,105 @@
+"""FISH Mask (Sung et al. 2021): train only the k entries with the largest diagonal Fisher.
+
+The Fisher F̂ = (1/N) Σ_i (∇θ log p(y_i|x_i))² is estimated once, before training, on N training
+examples drawn with the run's seed (per-sample gradients, see `fisher.py`), the k = density·|θ|
+largest entries over all tensors form the mask (ties broken by position: exactly k), and the
+mask stays fixed while `masking.SparseUpdate` trains exactly those entries. The new classifier
+head is always in the mask and counted inside k (`classifier_in_mask`). N = 0 gives the paper's
+"0 samples" point: a random mask of the same size.
+
+The mask is saved as `mask.safetensors` in the run directory; `method.mask_path` reuses one
+(across seeds, runs or tasks: the head is not part of a reused mask when it is always trained).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import torch
+
+from ..config import ConfigError
+from .fisher import IMPLS, KINDS, fisher_diagonal
+from .masking import MaskedMethod, load_mask, named_params, random_mask, topk_mask
+from .registry import register
+
+log = logging.getLogger(__name__)
+
+
+def _int(cfg, key, low, allow_none=False):
+    value = cfg.get(key)
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"method.{key}", f"{value!r} must be an integer >= {low}" + (" or null" if allow_none else ""))
+
+
+def _length(example) -> int:
+    if isinstance(example, dict) and "input_ids" in example:
+        return len(example["input_ids"])
+    return 0
+
+
+@register("fish")
+class Fish(MaskedMethod):
+    name = "fish"
+
+    @staticmethod
+    def validate(cfg) -> None:
+        MaskedMethod.validate_common(cfg)
+        if cfg.get("density") is None:
+            raise ConfigError("method.density", "fish needs a density in (0, 1]")
+        _int(cfg, "num_samples", 0)
+        if cfg.get("fisher") not in KINDS:
+            raise ConfigError("method.fisher", f"{cfg.get('fisher')!r} is not one of {', '.join(KINDS)}")
+        _int(cfg, "fisher_samples", 1, allow_none=True)
+        _int(cfg, "batch_size", 1)
+        if cfg.get("fisher_impl", "auto") not in IMPLS:
+            raise ConfigError("method.fisher_impl", f"{cfg.get('fisher_impl')!r} is not one of {', '.join(IMPLS)}")
+        path = cfg.get("mask_path")
+        if path is not None and not isinstance(path, str):
+            raise ConfigError("method.mask_path", f"{path!r} must be a path or null")
+
+    def mask_info(self) -> dict:
+        return {k: self.stats.get(k) for k in ("source", "num_samples", "fisher", "fisher_impl")}
+
+    def select(self, module, ctx, head, k, round=0):
+        cfg = self.cfg
+        params = named_params(module)
+        scored = [n for n in params if n not in head]
+        if cfg.get("mask_path"):
+            mask = load_mask(cfg.mask_path, module, skip=head)
+            self.stats.update(source=f"file:{cfg.mask_path}", num_samples=None, fisher=None, fisher_impl=None)
+            log.info("fish: mask loaded from %s (%d entries besides the head)", cfg.mask_path, sum(i.numel() for i in mask.values()))
+            return mask
+        n_train = len(ctx.train_features)
+        n = int(cfg.num_samples)
+        if n == 0:
+            log.info("fish: num_samples=0 — a random mask of the same size (the paper's 0-sample point)")
+            self.stats.update(source="random (num_samples=0)", num_samples=0, fisher=None, fisher_impl=None)
+            return random_mask({s: params[s].numel() for s in scored}, k, ctx.seed)
+        if n > n_train:
+            log.warning("fish: method.num_samples=%d exceeds the %d training examples; using all of them", n, n_train)
+            n = n_train
+        if ctx.per_example_loss is None:
+            raise ConfigError("method.name", "fish needs per-example losses from the model bundle")
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(int(ctx.seed)))[:n].tolist()
+        order.sort(key=lambda i: (_length(ctx.train_features[i]), i))  # similar lengths share a batch: less padding
+        examples = [ctx.train_features[i] for i in order]
+        started = time.perf_counter()
+        result = fisher_diagonal(
+            module, examples, ctx.collate, ctx.per_example_loss,
+            logits_fn=ctx.logits, kind=cfg.fisher, fisher_samples=cfg.get("fisher_samples"),
+            batch_size=int(cfg.batch_size), impl=cfg.get("fisher_impl", "auto"), seed=int(ctx.seed),
+            device=ctx.device, names=scored, sample_ids=order, progress=sys.stderr.isatty(),
+        )
+        fisher_s = time.perf_counter() - started
+        mask = topk_mask({s: result.scores[s] for s in scored}, k)
+        self.stats.update(
+            source="fisher", num_samples=n, fisher=cfg.fisher, fisher_impl=result.impl,
+            fisher_seconds=fisher_s, fisher_seconds_per_1k_samples=1000 * fisher_s / n,
+            fisher_verify_rel_error=result.verify_rel_error,
+        )
+        log.info("fish: %s Fisher over %d examples (%s) in %.2fs", cfg.fisher, n, result.impl, fisher_s)
+        return mask

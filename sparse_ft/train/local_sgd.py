@@ -1,0 +1,298 @@
+"""Local SGD with sparse communication (FISH paper §4.2) on the run's torch.distributed group.
+
+After `distributed.warmup_epochs` of ordinary data-parallel training (DDP, per-rank batch =
+total / M), every rank trains on its own disjoint shard without gradient sync. Every
+`distributed.local_steps` optimizer steps the ranks exchange
+
+    Δ_i = θ_i − θ_last_sync        over the entries the optimizer trains (the method's k entries)
+
+with one all-reduce of a flat k-vector and set θ = θ_last_sync + reduce(Δ) (`sum`, the paper's
+server sum, or `mean`). With a shared mask the positions are known to every rank, so only the k
+fp32 values travel; entries outside the mask are never written and stay bit-identical on every
+rank. Evaluations in between (`eval_at: server`) see the server's model, the weights of the last
+sync (swapped in and out, no extra round); checkpoints, mask refreshes and the end of training
+finish the current round first. Floating-point buffers (BatchNorm running statistics) are averaged at each sync when
+`distributed.sync_buffers` is set; their bytes are counted separately.
+
+Accounting (per worker, cumulative): `bytes` = fp32 values each worker contributes to the
+all-reduce (the payload; a ring all-reduce moves about 2(M−1)/M of it per worker on the wire),
+`bytes_with_positions` = values + int32 positions (what a message without a shared mask carries),
+and the paper's unit, `full_model_equivalents` = Σ rounds of 2·k/|θ| (values and positions) for a
+sparse message, 1 for a dense one. With M = 1 there is no peer: nothing is sent and θ is left as
+the worker's own (so M = 1 reproduces single-process training bit for bit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+MODES = ("none", "local_sgd")
+REDUCES = ("sum", "mean")
+EVAL_AT = ("server", "sync")
+
+
+def validate_distributed(cfg) -> None:
+    """Checks of `distributed.*` (called from config.validate)."""
+    from ..config import ConfigError
+
+    if cfg is None:
+        return
+    mode = cfg.get("mode", "none")
+    if mode not in MODES:
+        raise ConfigError("distributed.mode", f"{mode!r} is not one of {', '.join(MODES)}")
+    if mode == "none":
+        return
+    for key, low in (("local_steps", 1), ("warmup_epochs", 0)):
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"distributed.{key}", f"{v!r} must be an integer >= {low}")
+    if cfg.get("reduce", "sum") not in REDUCES:
+        raise ConfigError("distributed.reduce", f"{cfg.get('reduce')!r} is not one of {', '.join(REDUCES)}")
+    if cfg.get("eval_at", "server") not in EVAL_AT:
+        raise ConfigError("distributed.eval_at", f"{cfg.get('eval_at')!r} is not one of {', '.join(EVAL_AT)}")
+    tb = cfg.get("total_batch_size")
+    if tb is not None and (isinstance(tb, bool) or not isinstance(tb, int) or tb < 1):
+        raise ConfigError("distributed.total_batch_size", f"{tb!r} must be a positive integer or null")
+
+
+def is_local_sgd(cfg) -> bool:
+    return cfg is not None and cfg.get("mode", "none") == "local_sgd"
+
+
+class WorkerLost(RuntimeError):
+    """A collective of the sync failed: another worker died or hung past trainer.dist_timeout_s."""
+
+
+class LocalSGD:
+    """Sync rounds over the optimizer's parameters; see the module docstring."""
+
+    def __init__(self, cfg, world_size: int, total_params: int, buffers: list[torch.Tensor] | None = None, rank: int = 0):
+        self.rank = rank
+        self.steps_done = 0
+        self.local_steps = int(cfg.local_steps)
+        self.warmup_epochs = int(cfg.warmup_epochs)
+        self.reduce = cfg.get("reduce", "sum")
+        self.eval_at = cfg.get("eval_at", "server")
+        self.world_size = world_size
+        self.total_params = total_params  # |θ|: the paper's unit is relative to the whole model
+        self.buffers = [b for b in (buffers or []) if b.is_floating_point()] if cfg.get("sync_buffers", True) else []
+        self.active = False
+        self.params: list[torch.Tensor] = []
+        self.anchor: torch.Tensor | None = None
+        self.since_sync = 0
+        self.rounds = 0
+        self.bytes = 0
+        self.bytes_with_positions = 0
+        self.fme = 0.0
+        self.buffer_bytes = 0
+        self.mask_broadcast_bytes = 0
+        self.mask_broadcasts = 0
+        self.warmup_steps = 0
+        self.warmup_gradient_bytes = 0
+        self.k = 0
+
+    @property
+    def communicating(self) -> bool:
+        return self.world_size > 1 and dist.is_initialized()
+
+    def _flat(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
+
+    def start(self, params: list[torch.Tensor]) -> None:
+        """(Re)start the rounds from identical weights over these (the optimizer's) tensors."""
+        self.params = list(params)
+        self.k = sum(p.numel() for p in self.params)
+        self.anchor = self._flat().clone()
+        self.anchor_buffers = [b.detach().clone() for b in self.buffers]
+        self.since_sync = 0
+        self.active = True
+
+    @contextlib.contextmanager
+    def server_view(self, write_back):
+        """Evaluate the server's model (the weights of the last sync, identical on every rank)
+        without a communication round: swap it in, then restore this worker's local weights.
+        `write_back()` propagates overwritten optimizer parameters to the module."""
+        if not self.active or self.since_sync == 0 or not self.communicating:
+            yield
+            return
+        local = self._flat().clone()
+        local_buffers = [b.detach().clone() for b in self.buffers]
+        self._write(self.anchor, self.anchor_buffers)
+        write_back()
+        try:
+            yield
+        finally:
+            self._write(local, local_buffers)
+            write_back()
+
+    @torch.no_grad()
+    def _write(self, flat: torch.Tensor, buffers: list[torch.Tensor]) -> None:
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.data.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+        for b, v in zip(self.buffers, buffers):
+            b.copy_(v)
+
+    def _test_exit(self) -> None:
+        """TEST ONLY: SPARSE_FT_TEST_EXIT_AT="<rank>:<step>" makes that rank die (os._exit(1)) after
+        that many optimizer steps, to check that a dead worker fails the whole job quickly."""
+        self.steps_done += 1
+        spec = os.environ.get("SPARSE_FT_TEST_EXIT_AT")
+        if spec and spec == f"{self.rank}:{self.steps_done}":
+            log.error("SPARSE_FT_TEST_EXIT_AT=%s: rank %d exits now (test hook)", spec, self.rank)
+            os._exit(1)
+
+    def count_warmup_step(self, trainable: int) -> None:
+        self._test_exit()
+        self.warmup_steps += 1
+        if self.communicating:
+            self.warmup_gradient_bytes += 4 * trainable  # DDP all-reduces every trainable gradient (fp32)
+
+    def count_mask_broadcast(self, k: int) -> None:
+        if self.communicating:
+            self.mask_broadcasts += 1
+            self.mask_broadcast_bytes += 4 * k  # int32 positions, once per (re)selection
+
+    def after_step(self) -> bool:
+        """Count a local step; sync when `local_steps` are done. True when a sync happened."""
+        if not self.active:
+            return False
+        self._test_exit()
+        self.since_sync += 1
+        return self.sync() if self.since_sync >= self.local_steps else False
+
+    @torch.no_grad()
+    def sync(self) -> bool:
+        """One round (if any local step happened since the last one). Collective: every rank
+        calls it at the same points. True when the parameter values were overwritten."""
+        if not self.active or self.since_sync == 0:
+            return False
+        self.since_sync = 0
+        self.rounds += 1 if self.communicating else 0
+        if not self.communicating:  # M = 1: the server sum is the worker's own change
+            self.anchor = self._flat().clone()
+            return False
+        flat = self._flat()
+        delta = flat - self.anchor
+        try:
+            dist.all_reduce(delta, op=dist.ReduceOp.SUM)
+        except (RuntimeError, dist.DistBackendError) as err:
+            raise WorkerLost(f"local SGD sync round {self.rounds} on rank {self.rank}: a peer worker is gone or stuck ({err})") from err
+        if self.reduce == "mean":
+            delta /= self.world_size
+        new = self.anchor + delta
+        self._write(new, [])
+        self.anchor = new
+        self.bytes += delta.numel() * delta.element_size()
+        dense = self.k >= self.total_params
+        self.bytes_with_positions += delta.numel() * delta.element_size() + (0 if dense else 4 * self.k)
+        self.fme += 1.0 if dense else 2.0 * self.k / self.total_params
+        if self.buffers:
+            buf = torch.cat([b.reshape(-1) for b in self.buffers])
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf /= self.world_size
+            offset = 0
+            for b in self.buffers:
+                b.copy_(buf[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
+            self.buffer_bytes += buf.numel() * buf.element_size()
+            self.anchor_buffers = [b.detach().clone() for b in self.buffers]
+        return True
+
+    def cumulative(self) -> dict:
+        """What eval records carry: cumulative communication so far (per worker)."""
+        return {"comm_rounds": self.rounds, "comm_bytes": self.bytes, "comm_full_model_equivalents": self.fme}
+
+    def summary(self) -> dict:
+        dense = self.k >= self.total_params
+        per_round = 0 if not self.communicating else self.k * 4
+        return {
+            "mode": "local_sgd",
+            "workers": self.world_size,
+            "reduce": self.reduce,
+            "local_steps": self.local_steps,
+            "warmup_epochs": self.warmup_epochs,
+            "rounds": self.rounds,
+            "values_per_message": self.k,
+            "model_params": self.total_params,
+            "density": self.k / self.total_params if self.total_params else None,
+            "bytes": self.bytes,
+            "bytes_per_round": per_round,
+            "bytes_with_positions": self.bytes_with_positions,
+            "full_model_bytes": 4 * self.total_params,
+            "full_model_equivalents": self.fme,
+            "full_model_equivalents_per_message": (1.0 if dense else 2.0 * self.k / self.total_params) if self.total_params else None,
+            "full_model_equivalents_values_only": self.bytes / (4 * self.total_params) if self.total_params else None,
+            "positions": "shared mask: positions are broadcast once per (re)selection, not per round" if not dense else "dense: no positions",
+            "mask_broadcasts": self.mask_broadcasts,
+            "mask_broadcast_bytes": self.mask_broadcast_bytes,
+            "buffer_bytes": self.buffer_bytes,
+            "warmup_steps": self.warmup_steps,
+            "warmup_gradient_bytes": self.warmup_gradient_bytes,
+            "units": "per worker, cumulative; bytes = fp32 payload each worker contributes to the all-reduce",
+        }
+
+
+def plot_accuracy_vs_communication(run_dir, out_name: str = "accuracy_vs_communication.png"):
+    """`<run>/accuracy_vs_communication.png` from the eval records of metrics.jsonl (the paper's
+    Figure 3 axes: main metric against cumulative full-model equivalents). Returns the path, or
+    None when matplotlib or the records are missing."""
+    import json
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    try:
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except OSError:
+        return None
+    points = [(r["comm_full_model_equivalents"], r.get("main")) for r in records if r.get("type") == "eval" and "comm_full_model_equivalents" in r]
+    points = [(x, y) for x, y in points if y is not None]
+    if not points:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([x for x, _ in points], [y for _, y in points], marker="o", ms=3)
+    ax.set_xlabel("communication (full-model equivalents per worker)")
+    ax.set_ylabel("validation main metric")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = run_dir / out_name
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def test_dump(tag: str, trainer) -> None:
+    """TEST ONLY: with SPARSE_FT_TEST_DUMP=<dir>, every rank writes <dir>/<tag>_rank<r>.pt holding
+    its weights, its method's selection and its shard of epoch 0 (checked by the tests)."""
+    out = os.environ.get("SPARSE_FT_TEST_DUMP")
+    if not out:
+        return
+    from pathlib import Path
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    module = trainer.bundle.module
+    torch.save(
+        {
+            "state": {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()},
+            "mask": trainer.method.mask_state(),
+            "shard": list(trainer.train_loader(0).sampler),
+            "step": trainer.state.step,
+        },
+        Path(out) / f"{tag}_rank{trainer.dist.rank}.pt",
+    )
