@@ -158,7 +158,10 @@ def bench_energy(args) -> dict:
         opt.zero_grad(set_to_none=True)
 
     fake = REPO / "tests" / "fake_bin"
-    return sampler_overhead_ratio(step, steps=args.steps, fake_smi_dir=str(fake) if args.fake_smi else None)
+    interval = float(compose([]).energy.interval_s)  # the configured default sampling period
+    out = sampler_overhead_ratio(step, steps=max(args.steps, 30), interval_s=interval, fake_smi_dir=str(fake) if args.fake_smi else None)
+    out["energy_sampler_interval_s"] = interval
+    return out
 
 
 def bench_fish(args) -> dict:
