@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench lint clean env-file
+.PHONY: install run test bench clean env-file
 
 install: $(VENV)/.installed
 
