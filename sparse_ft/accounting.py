@@ -12,22 +12,26 @@ def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().to("cpu", copy=True) for n, p in module.named_parameters()}
 
 
-def count_updated(module: nn.Module, initial: dict[str, torch.Tensor]) -> int:
-    """Entries whose bits differ from `initial` (a weight that moved and came back counts as unchanged)."""
+def count_updated(weights: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> int:
+    """Entries of the pretrained parameters (`initial`, keyed by base-model names) whose bits
+    differ in `weights` (a state dict in the base layout; a weight that moved and came back
+    counts as unchanged)."""
     changed = 0
-    for name, p in module.named_parameters():
-        before = initial[name]
-        now = p.detach().to("cpu")
-        changed += int((now.view(-1) != before.view(-1)).sum())
+    for name, before in initial.items():
+        if name not in weights:
+            raise KeyError(f"the exported weights have no {name!r}: Method.export must return the base model's layout")
+        now = weights[name].detach().to("cpu")
+        changed += int((now.reshape(-1) != before.reshape(-1)).sum())
     return changed
 
 
-def param_block(module: nn.Module, trainable: int, updated: int) -> dict:
-    total = sum(p.numel() for p in module.parameters())
+def param_block(total: int, trainable: int, updated: int, added: int = 0) -> dict:
+    """`total`: parameters of the pretrained model; `added`: parameters a method brought in."""
     return {
         "total": total,
         "trainable": trainable,
         "updated": updated,
+        "added": added,
         "updated_fraction": updated / total if total else 0.0,
         "trainable_fraction": trainable / total if total else 0.0,
     }

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import torch
 from omegaconf import OmegaConf
 
-from .methods.masking import DELTA_FILE, DELTA_FORMAT, fingerprint, named_params
+from .methods.masked.masking import DELTA_FILE, DELTA_FORMAT, fingerprint, named_params
 from .train.checkpoint import load_tensors, save_tensors
 
 log = logging.getLogger("sparse_ft.apply_delta")

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work. The message starts with the offending key."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
+from .core.errors import ConfigError  # noqa: F401  (re-exported: the public name)
 
 
 def _number(cfg, key: str, prefix: str, *, low=None, high=None, low_open=False, integer=False):
@@ -103,4 +98,10 @@ def validate(cfg) -> None:
     validate_distributed(cfg.get("distributed"))
     if not isinstance(cfg.trainer.get("sparse_checkpoints", False), bool):
         raise ConfigError("trainer.sparse_checkpoints", f"{cfg.trainer.get('sparse_checkpoints')!r} must be true or false")
-    method_class(cfg.method.name).validate(cfg.method)
+    method = method_class(cfg.method.name)
+    method.validate(cfg.method)
+    job = cfg.get("job", "train")
+    if job == "train" and getattr(method, "kind", "trainer") != "trainer":
+        raise ConfigError("method.name", f"{cfg.method.name!r} compresses a finished run: use job=compress source=<run dir>")
+    if job == "compress" and getattr(method, "kind", "trainer") != "compressor":
+        raise ConfigError("method.name", f"{cfg.method.name!r} trains; job=compress needs a compressor (e.g. method=ere)")

@@ -54,12 +54,17 @@ class RunWriter:
         for listener in self.listeners:
             listener(record)
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records logged after `step` (a resumed run logs them again): no duplicated steps."""
+    def truncate_after(self, step: int, stage: int = 0) -> None:
+        """Drop records logged after `step` of `stage` (a resumed run logs them again): no
+        duplicated steps. Steps count within a stage, so records compare as (stage, step)."""
         if not self.enabled:
             return
         self._metrics.close()
-        keep = [l for l in self.metrics_path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= step]
+
+        def kept(record: dict) -> bool:
+            return (record.get("stage", 0), record.get("step", 0)) <= (stage, step)
+
+        keep = [l for l in self.metrics_path.read_text().splitlines() if l.strip() and kept(json.loads(l))]
         tmp = atomic_path(self.metrics_path)
         tmp.write_text("".join(l + "\n" for l in keep))
         os.replace(tmp, self.metrics_path)

@@ -78,6 +78,9 @@ class SparseCheckpointer:
         self.last = now
         return self.files[name]
 
+    def on_epoch_end(self, epoch: int, step: int) -> None:  # a trainer callback
+        self.save(epoch, step)
+
     def summary(self) -> dict:
         """Bytes of base + deltas against dense checkpoints of the same run (one full file per
         checkpoint, base included: the size of base.safetensors, measured)."""

@@ -29,7 +29,7 @@ from sparse_ft.telemetry.energy import (
     selected_gpus,
     util_kwh,
 )
-from sparse_ft.telemetry.energy_bench import sampler_overhead_ratio
+from sparse_ft.bench.energy import sampler_overhead_ratio
 from sparse_ft.telemetry.energy_smi import QUERY_FIELDS, parse_smi_line
 from sparse_ft.telemetry.rapl import RaplReader
 

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, compose, run_inprocess
-from sparse_ft.methods.fisher import fisher_diagonal, max_rel_error
-from sparse_ft.methods.masking import DELTA_FILE, MASK_FILE, bits_differ
+from sparse_ft.methods.masked.fisher import fisher_diagonal, max_rel_error
+from sparse_ft.methods.masked.masking import DELTA_FILE, MASK_FILE, bits_differ
 
 TINY = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=64", "task.max_eval_samples=32", "trainer.batch_size=16"]
 

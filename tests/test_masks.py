@@ -11,7 +11,7 @@ from torch import nn
 from conftest import compose
 from sparse_ft.config import ConfigError
 from sparse_ft.methods import MethodContext, build_method, method_class
-from sparse_ft.methods.masking import (
+from sparse_ft.methods.masked.masking import (
     MASK_FILE,
     SparseUpdate,
     bits_differ,

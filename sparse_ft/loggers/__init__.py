@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 from .base import NullLogger
 
 __all__ = ["build_logger", "NullLogger", "LOGGERS"]

@@ -1,10 +1,17 @@
 """The method interface: everything method-specific lives behind these few calls.
 
-The trainer calls, in order: `prepare` once, then per optimizer step `after_backward` (gradients
-are in `.grad`, before clipping and the optimizer) and `after_step` (after the optimizer), then
-`on_epoch_end`, and `finalize` once training and selection are over. It builds its optimizer
-over `param_groups()`, so a method decides what the optimizer sees (whole tensors, or a flat
-vector of selected entries) and therefore how big its state is.
+The train job calls, in order: `wrap(bundle, ctx)` once (a method may hand back a different
+bundle: a peft model, a side network over a frozen backbone), `prepare(module, ctx)` once, then for
+every stage of `stages()`: `begin_stage`, the trainer loop, `end_stage`. Inside the loop, per
+optimizer step, `after_backward` (gradients are in `.grad`, before clipping and the optimizer),
+`after_step` (after the optimizer) and `selection_changed(step)` (True when `param_groups()` now
+differs: scheduled sparsity, movement scores), then `on_epoch_end`; `finalize` once training is
+over and `export` for the weights in the base model's layout (final checkpoint, `params.updated`,
+storage). The trainer builds its optimizer over `param_groups()`, so a method decides what the
+optimizer sees (whole tensors, or a flat vector of selected entries) and how big its state is.
+
+Options are a typed dataclass (`Options`, see core/options.py): every key with its help text and
+range, checked before anything loads.
 
 Optional hooks for methods whose selection changes during training (masked methods under
 local-SGD warm-up or a mask refresh schedule); the defaults mean "nothing changes":
@@ -17,14 +24,18 @@ optimizer's parameters (a local-SGD sync) so a method holding copies can write t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
+from ..core.options import MethodOptions, closest
+
+log = logging.getLogger(__name__)
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight", "norm.weight", "bn", "ln_")
 
@@ -43,18 +54,80 @@ class MethodContext:
     logits: Callable[[dict], torch.Tensor] | None = None  # shape (B, C); None for text-to-text
     phase: Callable[[str], ContextManager] = None  # telemetry phase, e.g. phase("mask")
     extra: dict = field(default_factory=dict)
+    total_steps: int = 0  # optimizer steps of the (current) stage: schedules need them up front
+    steps_per_epoch: int = 0
+    model_cfg: Any = None  # the `model:` config group (name, source, architecture)
+    bundle: Any = None  # the ModelBundle being trained (after `wrap`)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a run: its own optimizer and schedule (`overrides` of trainer keys)."""
+
+    name: str = "train"
+    overrides: dict = field(default_factory=dict)
 
 
 class Method:
     name = "base"
+    kind = "trainer"  # "trainer": runs under job=train; "compressor": under job=compress
+    Options: type[MethodOptions] = MethodOptions
 
     def __init__(self, cfg):
-        self.cfg = cfg
+        self.opts = self.parse_options(cfg)
+        self.cfg = self.opts  # attribute and .get() access, typed and checked
         self.module: nn.Module | None = None
 
-    @staticmethod
-    def validate(cfg) -> None:
+    @classmethod
+    def parse_options(cls, cfg) -> MethodOptions:
+        """`cfg` (the `method:` group) as this method's typed options. A key that belongs to another
+        registered method is dropped with a note, so one sweep can mix methods; any other unknown
+        key is an error naming it and the closest valid one."""
+        from .registry import registered
+
+        own = set(cls.Options.__dataclass_fields__)
+        raw = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg or {})
+        foreign = {}
+        for key in raw:
+            if key in own:
+                continue
+            owners = sorted(n for n, c in registered().items() if key in c.Options.__dataclass_fields__)
+            if not owners:
+                raise ConfigError(f"method.{key}", f"is not an option of method {raw.get('name')!r}{closest(key, own)}; its options: {', '.join(sorted(own))}")
+            foreign[key] = owners
+        for key, owners in foreign.items():
+            log.info("method.%s belongs to %s, not to %s: ignored in this job", key, "/".join(owners), raw.get("name"))
+            raw.pop(key)
+        return cls.Options.parse(raw)
+
+    @classmethod
+    def validate(cls, cfg) -> None:
         """Cheap checks of `method.*` before anything loads; raise ConfigError naming the key."""
+        cls.parse_options(cfg)
+
+    # --- the model and the stages ------------------------------------------------------------
+    def wrap(self, bundle, ctx: MethodContext):
+        """The bundle that trains (module + loss + predict); default: the model as it is."""
+        return bundle
+
+    def export(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The trained weights in the base model's layout and names (LoRA merged, masks applied):
+        what the final checkpoint holds and what `params.updated` is counted on."""
+        return module.state_dict()
+
+    def added_count(self) -> int:
+        """Parameters that did not exist in the pretrained model (LoRA's A/B, adapters, side nets)."""
+        return 0
+
+    def stages(self) -> list[Stage]:
+        """The run's training stages, in order; each gets its own optimizer and schedule."""
+        return [Stage()]
+
+    def begin_stage(self, index: int, stage: Stage, ctx: MethodContext) -> None:
+        """Before stage `index` trains (not called again when a run resumes inside that stage)."""
+
+    def end_stage(self, index: int, stage: Stage, result: dict) -> None:
+        """After stage `index` trained and was evaluated (`result`: its step count and metrics)."""
 
     # --- training hooks --------------------------------------------------------------------
     def prepare(self, module: nn.Module, ctx: MethodContext) -> None:
@@ -70,6 +143,11 @@ class Method:
     def after_backward(self, step: int) -> None: ...
 
     def after_step(self, step: int) -> None: ...
+
+    def selection_changed(self, step: int) -> bool:
+        """Asked after every optimizer step: did what trains change (the trainer then compares the
+        new `param_groups()` with its optimizer's and rebuilds only if they differ)?"""
+        return False
 
     def on_epoch_end(self, epoch: int) -> None: ...
 
@@ -117,12 +195,3 @@ def decay_groups(named_params, weight_decay: float) -> list[dict]:
         (no_decay if any(t in name for t in NO_DECAY) or p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
-
-
-def check_fraction(cfg, key: str, low_open: bool = True) -> None:
-    value = cfg.get(key)
-    if value is None:
-        return
-    ok = isinstance(value, (int, float)) and (0 < value <= 1 if low_open else 0 <= value <= 1)
-    if not ok:
-        raise ConfigError(f"method.{key}", f"{value!r} must be in {'(0, 1]' if low_open else '[0, 1]'}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 
 _METHODS: dict[str, type] = {}
 
@@ -16,14 +16,20 @@ def register(name: str):
 
 
 def _import_all() -> None:
-    """Import every module of this package: each registers its methods with @register."""
+    """Import every module of this package and its family folders: each registers its methods."""
     import importlib
     import pkgutil
 
     from .. import methods
 
-    for info in pkgutil.iter_modules(methods.__path__):
-        importlib.import_module(f"{methods.__name__}.{info.name}")
+    for info in pkgutil.walk_packages(methods.__path__, prefix=f"{methods.__name__}."):
+        importlib.import_module(info.name)
+
+
+def registered() -> dict[str, type]:
+    """Every registered method, name → class (imports all method modules first)."""
+    _import_all()
+    return dict(sorted(_METHODS.items()))
 
 
 def method_class(name: str):
@@ -35,6 +41,4 @@ def method_class(name: str):
 
 
 def build_method(cfg):
-    cls = method_class(cfg.name)
-    cls.validate(cfg)
-    return cls(cfg)
+    return method_class(cfg.name)(cfg)  # parsing the options validates them

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 from ..tasks.base import TaskData
 from .bundle import ModelBundle
 from .text import ModelLoadError

@@ -15,7 +15,7 @@ import logging
 import os
 from numbers import Integral
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 from .base import DataError, TaskData, TextExample
 
 logger = logging.getLogger(__name__)

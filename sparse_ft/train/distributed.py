@@ -32,6 +32,14 @@ class DistInfo:
         return self.rank == 0
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.device={name}: no CUDA device is available (use trainer.device=auto or cpu)")
+    return torch.device(name)
+
+
 def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
@@ -44,7 +52,6 @@ def env_info() -> DistInfo:
 
 def setup(device_name: str, timeout_s: float = 300.0) -> tuple[DistInfo, torch.device]:
     """Initialise the process group (if torchrun started us) and pick this rank's device."""
-    from .trainer import resolve_device
 
     info = env_info()
     device = resolve_device(device_name)

@@ -40,7 +40,7 @@ EVAL_AT = ("server", "sync")
 
 def validate_distributed(cfg) -> None:
     """Checks of `distributed.*` (called from config.validate)."""
-    from ..config import ConfigError
+    from ..core.errors import ConfigError
 
     if cfg is None:
         return

@@ -7,7 +7,10 @@ RNG and the position in the epoch's data order, so a resumed CPU run ends bit-id
 uninterrupted one. Under torchrun the module is wrapped in DDP and each rank trains on its own
 shard of the same seeded order. With `distributed.mode=local_sgd` (local_sgd.py) DDP only runs
 the warm-up; then the ranks train apart and sync their changes every few steps. Methods whose
-selection changes (`refresh_due` / `refresh_mask`) get their optimizer rebuilt mid-run.
+selection changes (`refresh_due` / `refresh_mask` at epoch ends, `selection_changed` after any
+step) get their optimizer rebuilt mid-run, only when the parameters it sees really changed.
+One Trainer runs one stage of a run (its own optimizer and schedule); the train job loops over
+the method's stages and records the stage in every metrics record and checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ..models.bundle import ModelBundle, to_device
 from ..tasks.base import TaskData
 from . import distributed as D
 from .checkpoint import write_checkpoint_dir
+from .evaluator import Evaluator
 from .optim import build_optimizer, build_scheduler
 from .preemption import Preempted, PreemptionWatcher
 
@@ -43,14 +47,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name}: no CUDA device is available (use trainer.device=auto or cpu)")
-    return torch.device(name)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -111,6 +107,7 @@ class _Phases:
 
 @dataclass
 class TrainState:
+    stage: int = 0  # index into the method's stages(); `step` counts within the stage
     step: int = 0
     epoch: int = 0
     epoch_batches: int = 0  # micro-batches of the current epoch already consumed (resume point)
@@ -140,7 +137,9 @@ class Trainer:
         dist_info: D.DistInfo = D.DistInfo(),
         resume_state: dict | None = None,
         distributed_cfg=None,
-        epoch_hooks: list[Callable[[int, int], None]] | None = None,
+        callbacks: list | None = None,
+        stage: int = 0,
+        job_state: Callable[[], dict] | None = None,
     ):
         self.cfg = cfg
         self.bundle = bundle
@@ -154,8 +153,10 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.dist = dist_info
         self.resume_state = resume_state
-        self.state = TrainState()
-        self.epoch_hooks = list(epoch_hooks or [])  # called as hook(epoch, step) after each epoch's evaluation
+        self.state = TrainState(stage=stage)
+        # objects with an optional on_epoch_end(epoch, step), called after each epoch's evaluation
+        self.callbacks = list(callbacks or [])
+        self.job_state = job_state or dict  # what the job keeps in checkpoints besides the loop (finished stages)
         self.local = None  # LocalSGD when distributed.mode=local_sgd (see local_sgd.py)
         if distributed_cfg is not None and distributed_cfg.get("mode", "none") == "local_sgd":
             from .local_sgd import LocalSGD
@@ -171,6 +172,7 @@ class Trainer:
             else:
                 log.warning("trainer.precision=%s: mixed precision runs on CUDA only; this CPU run uses fp32", cfg.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self.evaluator = Evaluator(bundle, task, features, device, cfg.eval_batch_size, dist_info, self.autocast_dtype)
 
     # --- sizes ----------------------------------------------------------------------------
     @property
@@ -178,21 +180,17 @@ class Trainer:
         return len(self.features[self.task.train_split])
 
     def steps_per_epoch(self) -> int:
-        per_rank = math.ceil(self.train_size / self.dist.world_size)
-        micro = math.ceil(per_rank / self.cfg.batch_size)
-        return math.ceil(micro / self.cfg.grad_accum)
+        return steps_per_epoch(self.cfg, self.train_size, self.dist.world_size)
 
     def total_steps(self) -> int:
-        return int(self.cfg.max_steps) if self.cfg.max_steps > 0 else int(self.cfg.epochs) * self.steps_per_epoch()
+        return total_steps(self.cfg, self.train_size, self.dist.world_size)
 
     def _progress_enabled(self) -> bool:
         setting = self.cfg.progress
         return self.dist.is_main and (sys.stderr.isatty() if setting == "auto" else bool(setting))
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return self.evaluator.autocast()
 
     # --- checkpoints ----------------------------------------------------------------------
     def save_last(self) -> None:
@@ -212,9 +210,11 @@ class Trainer:
                     "scaler": self.scaler.state_dict(),
                     "method": self.method.state_dict(),
                     "rng": rng_state(),
+                    "job": self.job_state(),
                 }
             }
-            write_checkpoint_dir(self.checkpoint_dir / "last", tensors, objects, {"step": self.state.step, "epoch": self.state.epoch})
+            info = {"step": self.state.step, "epoch": self.state.epoch, "stage": self.state.stage}
+            write_checkpoint_dir(self.checkpoint_dir / "last", tensors, objects, info)
             log.info("checkpoint: %s (step %d)", self.checkpoint_dir / "last", self.state.step)
         D.barrier()
         self._last_checkpoint_time = time.monotonic()
@@ -257,6 +257,13 @@ class Trainer:
 
     def _opt_params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _groups_differ(self, groups: list[dict]) -> bool:
+        """Do these param groups hold other tensors (or other decay) than the optimizer's?"""
+        def layout(gs):
+            return [([id(p) for p in g["params"]], g.get("weight_decay")) for g in gs]
+
+        return layout(groups) != layout(self.optimizer.param_groups)
 
     def rebuild_optimizer(self) -> None:
         """A new optimizer over the method's current `param_groups()` (after a mask change);
@@ -368,6 +375,8 @@ class Trainer:
                         self.optimizer.zero_grad(set_to_none=True)
                         module.zero_grad(set_to_none=True)
                         self.method.after_step(st.step)
+                        if self.method.selection_changed(st.step) and self._groups_differ(self.method.param_groups(cfg.weight_decay)):
+                            self.rebuild_optimizer()
                         if self.local is not None:
                             if not self.local.active:
                                 self.local.count_warmup_step(sum(p.numel() for p in self._opt_params()))
@@ -377,7 +386,7 @@ class Trainer:
                         st.epoch_batches = i + 1
                         bar.update(1)
                         if st.step % cfg.log_every == 0 or st.step == total:
-                            record = {"type": "train", "step": st.step, "epoch": st.epoch, "loss": D.mean_scalar(st.loss_sum / st.loss_count, self.device), "lr": self.scheduler.get_last_lr()[0]}
+                            record = {"type": "train", "stage": st.stage, "step": st.step, "epoch": st.epoch, "loss": D.mean_scalar(st.loss_sum / st.loss_count, self.device), "lr": self.scheduler.get_last_lr()[0]}
                             self.log_metrics(record)
                             bar.set_postfix(loss=f"{record['loss']:.4f}")
                             log.info("step %d/%d  loss %.4f  lr %.3g", st.step, total, record["loss"], record["lr"])
@@ -420,9 +429,10 @@ class Trainer:
         st.epoch_batches = 0
         if st.last_eval_step != st.step:
             self._evaluate_and_select()
-        if self.epoch_hooks:
+        hooks = [cb.on_epoch_end for cb in self.callbacks if hasattr(cb, "on_epoch_end")]
+        if hooks:
             self._sync_local()  # checkpoints see the weights every rank holds
-        for hook in self.epoch_hooks:
+        for hook in hooks:
             hook(finished, st.step)
         if st.step >= self.total_steps():
             return
@@ -459,7 +469,7 @@ class Trainer:
         st.last_eval_step = st.step
         for split, metrics in results.items():
             comm = self.local.cumulative() if self.local is not None else {}
-            self.log_metrics({"type": "eval", "step": st.step, "epoch": st.epoch, "split": split, **metrics, **comm})
+            self.log_metrics({"type": "eval", "stage": st.stage, "step": st.step, "epoch": st.epoch, "split": split, **metrics, **comm})
             log.info("eval step %d  %s  %s", st.step, split, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         selection = results.get(self.task.eval_splits[0])
         if selection is None:
@@ -470,67 +480,20 @@ class Trainer:
             if self.cfg.select_best:
                 self._best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.bundle.module.state_dict().items()}
 
-    # --- evaluation -----------------------------------------------------------------------
+    # --- evaluation (the shared Evaluator) ------------------------------------------------
     def predictions(self, split: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predictions (and labels) for a whole split, in the split's order. Under torchrun each
-        rank predicts a strided shard and the shards are gathered, so metrics cover every example once."""
-        module = self.bundle.module
-        was_training = module.training
-        module.eval()
-        data = self.features[split]
-        indices = D.shard(list(range(len(data))), self.dist, pad=False)
-        loader = DataLoader(data, batch_size=self.cfg.eval_batch_size, sampler=indices, collate_fn=self.bundle.collate, generator=self._loader_generator(-1))
-        preds, labels = [], []
-        with torch.inference_mode(), self._autocast():
-            for batch in loader:
-                batch = to_device(batch, self.device)
-                preds.append(self.bundle.predict(batch).numpy())
-                if "labels" in batch:
-                    labels.append(batch["labels"].cpu().numpy())
-        module.train(was_training)
-        p = np.concatenate(preds) if preds else np.zeros(0)
-        y = np.concatenate(labels) if labels else None
-        if self.dist.enabled:
-            parts = D.gather_objects((indices, p, y))
-            order = np.concatenate([np.asarray(ix, dtype=np.int64) for ix, _, _ in parts])
-            inverse = np.argsort(order, kind="stable")
-            p = np.concatenate([pp for _, pp, _ in parts])[inverse]
-            y = None if parts[0][2] is None else np.concatenate([yy for _, _, yy in parts])[inverse]
-        return p, y
+        return self.evaluator.predictions(split)
 
     def evaluate(self, split: str) -> dict:
-        preds, labels = self.predictions(split)
-        if labels is None:
-            raise ValueError(f"split {split!r} has no labels to evaluate against")
-        return {k: float(v) for k, v in self.task.metric_fn(preds, labels).items()}
+        return self.evaluator.evaluate(split)
 
-    def measure_inference(self, split: str, n: int, phase) -> dict:
-        """Latency of single-example prediction (batch size 1) over the first `n` examples of
-        `split`, after 3 warm-up calls; peak memory comes from the telemetry phase "inference"."""
-        module = self.bundle.module
-        module.eval()
-        data = self.features[split]
-        n = min(n, len(data))
-        batches = [to_device(self.bundle.collate([data[i]]), self.device) for i in range(n)]
-        times = []
-        with torch.inference_mode(), self._autocast():
-            for b in batches[:3]:
-                self.bundle.predict(b)
-            with phase("inference"):
-                for b in batches:
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    start = time.perf_counter()
-                    self.bundle.predict(b)
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    times.append(time.perf_counter() - start)
-        ms = np.array(times) * 1000.0
-        return {
-            "batch_size": 1,
-            "split": split,
-            "examples": n,
-            "latency_ms_median": float(np.median(ms)),
-            "latency_ms_p90": float(np.percentile(ms, 90)),
-            "latency_ms_mean": float(ms.mean()),
-        }
+
+def steps_per_epoch(cfg, train_size: int, world_size: int = 1) -> int:
+    """Optimizer steps in one epoch of `train_size` examples (per rank, with accumulation)."""
+    per_rank = math.ceil(train_size / world_size)
+    micro = math.ceil(per_rank / cfg.batch_size)
+    return math.ceil(micro / cfg.grad_accum)
+
+
+def total_steps(cfg, train_size: int, world_size: int = 1) -> int:
+    return int(cfg.max_steps) if cfg.max_steps > 0 else int(cfg.epochs) * steps_per_epoch(cfg, train_size, world_size)

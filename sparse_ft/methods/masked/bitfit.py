@@ -7,9 +7,9 @@ terms (T5) cannot run BitFit: a clear error, no silent fallback.
 
 from __future__ import annotations
 
-from ..config import ConfigError
+from ...core.errors import ConfigError
 from .masking import MaskedMethod, full_mask, named_params
-from .registry import register
+from ..registry import register
 
 
 def bias_names(module) -> list[str]:
@@ -20,10 +20,6 @@ def bias_names(module) -> list[str]:
 class BitFit(MaskedMethod):
     name = "bitfit"
     refreshable = False  # the biases are the biases, whatever the weights
-
-    @staticmethod
-    def validate(cfg) -> None:
-        MaskedMethod.validate_common(cfg)
 
     def select(self, module, ctx, head, k, round=0):
         biases = [n for n in bias_names(module) if n not in head]

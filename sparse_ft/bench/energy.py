@@ -1,4 +1,4 @@
-"""Benchmark helper: how much does a running energy sampler slow a training step?"""
+"""The energy group: step time with the energy sampler running vs without."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .energy import EnergyMonitor
+import torch
+
+from ..telemetry.energy import EnergyMonitor
+from .harness import REPO, MiniLMOnMRPC, compose
 
 
 def _time_block(step_fn: Callable[[], object], n: int) -> float:
@@ -56,3 +59,25 @@ def sampler_overhead_ratio(step_fn: Callable[[], object], steps: int = 30, inter
         "energy_sampler_overhead_ratio": (t_on / t_off) if t_off > 0 else float("nan"),
         "energy_sampler_backend": backend,
     }
+
+
+def bench_energy(args) -> dict:
+    setup = MiniLMOnMRPC(args.glue_dir, args.batch_size, 1)
+    module = setup.bundle.module
+    module.train()
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-5)
+    batch = setup.bundle.collate([setup.features["train"][i] for i in range(args.batch_size)])
+
+    def step():
+        loss = setup.bundle.loss(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    fake = REPO / "tests" / "fake_bin"
+    interval = float(compose([]).energy.interval_s)  # the configured default sampling period
+    out = sampler_overhead_ratio(step, steps=max(args.steps, 30), interval_s=interval, fake_smi_dir=str(fake) if args.fake_smi else None)
+    out["energy_sampler_interval_s"] = interval
+    return out
+
+

@@ -23,13 +23,16 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
-from ..config import ConfigError
-from .base import NO_DECAY, Method, MethodContext, decay_groups
+from ...core.errors import ConfigError
+from ...core.options import MethodOptions, option
+from ..base import NO_DECAY, Method, MethodContext, decay_groups
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +150,7 @@ def random_mask(numels: dict[str, int], k: int, seed: int) -> dict[str, torch.Te
 
 
 def save_mask(path: Path, module: nn.Module, mask: dict[str, torch.Tensor], info: dict) -> int:
-    from ..train.checkpoint import save_tensors
+    from ...train.checkpoint import save_tensors
 
     shapes = {n: list(p.shape) for n, p in named_params(module).items()}
     meta = {"format": MASK_FORMAT, "shapes": json.dumps(shapes), "info": json.dumps(info)}
@@ -382,7 +385,7 @@ class SparseDelta:
             model_cfg = cfg["model"]
             info = {"model": model_cfg, "task": {**head_info(module), "modality": "image" if model_cfg.get("arch") == "vision" else "text"}, "seed": cfg.get("seed")}
             if model_cfg.get("random_init", model_cfg.get("arch") == "vision"):  # no base to fetch: keep it
-                from ..train.checkpoint import save_tensors
+                from ...train.checkpoint import save_tensors
 
                 save_tensors(module.state_dict(), Path(run_dir) / BASE_FILE)
                 base = {"kind": "file", "file": BASE_FILE, "path": str((Path(run_dir) / BASE_FILE).resolve()), "id": "random init", **info}
@@ -430,7 +433,7 @@ class SparseDelta:
 
     def write(self, module: nn.Module, run_dir: Path, explicit: dict | None = None) -> dict:
         """Write `delta.safetensors`; returns storage entries {artifact: bytes}."""
-        from ..train.checkpoint import save_tensors
+        from ...train.checkpoint import save_tensors
 
         sparse, full = self.entries(module, explicit)
         tensors = {}
@@ -464,7 +467,23 @@ class SparseDelta:
 # --- the method base class ------------------------------------------------------------------------
 
 
+@dataclass
+class MaskedOptions(MethodOptions):
+    """Options every mask-selecting method shares."""
+
+    classifier_in_mask: bool = option(True, "the newly initialised task head is always trained, counted inside k")
+
+
+@dataclass
+class BudgetOptions(MaskedOptions):
+    """Methods that choose k = density·|θ| entries and may re-select them."""
+
+    density: float = option(0.005, "k/|θ|: fraction of all parameters trained, head included", low=0, low_open=True, high=1)
+    mask_refresh_epochs: int | Literal["never"] | None = option("never", "re-select the mask after every n epochs (FISH §4.3), or never", low=1)
+
+
 class MaskedMethod(Method):
+    Options = MaskedOptions
     """A mask chosen in `prepare` (subclasses implement `select`), exact sparse training.
 
     Optionally re-selected during training (`method.mask_refresh_epochs`: after every n epochs,
@@ -486,18 +505,6 @@ class MaskedMethod(Method):
         self._resume: dict | None = None
         self.mask_bytes: int | None = None
         self.ctx: MethodContext | None = None
-
-    @staticmethod
-    def validate_common(cfg) -> None:
-        density = cfg.get("density")
-        if density is not None and (isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1):
-            raise ConfigError("method.density", f"{density!r} must be in (0, 1]")
-        cim = cfg.get("classifier_in_mask", True)
-        if not isinstance(cim, bool):
-            raise ConfigError("method.classifier_in_mask", f"{cim!r} must be true or false")
-        every = cfg.get("mask_refresh_epochs")
-        if every not in (None, "never") and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise ConfigError("method.mask_refresh_epochs", f"{every!r} must be an integer >= 1, never or null")
 
     # subclasses: the mask (without the head when classifier_in_mask); `round` counts refreshes
     def select(self, module: nn.Module, ctx: MethodContext, head: list[str], k: int | None, round: int = 0) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The FISH benchmark group: `bench_fish(args) -> dict` (registered in `sparse_ft.bench.GROUPS`).
+"""The FISH benchmark group: `bench_fish(args) -> dict` (registered in `sparse_ft.bench.__main__.GROUPS`).
 
 On MiniLM with real MRPC batches, in one process, side by side:
 
@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from .harness import MiniLMOnMRPC, fit_method
+
 FISHER_N = 256
 
 
@@ -41,7 +43,7 @@ class _NaiveMask:
     """The authors' approach: every tensor in a dense AdamW, gradients multiplied by the mask."""
 
     def __init__(self, mask: dict):
-        from .methods.base import Method
+        from ..methods.base import Method
 
         self.inner = Method(OmegaConf.create({"name": "naive_mask"}))
         self.mask = mask
@@ -79,32 +81,10 @@ class _NaiveMask:
         pass
 
 
-def _fit(setup, method, run_dir: Path) -> tuple[float, object]:
-    """Seconds per optimizer step inside Trainer.fit ("train" phase), and the trainer."""
-    from .methods import MethodContext
-    from .telemetry.resources import ResourceMonitor
-    from .train.trainer import Trainer
-
-    setup.reset()
-    for p in setup.bundle.module.parameters():
-        p.requires_grad_(True)
-    device = torch.device("cpu")
-    resources = ResourceMonitor(device)
-    ctx = MethodContext(
-        run_dir=run_dir, device=device, seed=0, train_features=setup.features["train"], collate=setup.bundle.collate,
-        loss=setup.bundle.loss, per_example_loss=setup.bundle.per_example_loss, logits=setup.bundle.logits, phase=resources.phase,
-    )
-    method.prepare(setup.bundle.module, ctx)
-    trainer = Trainer(setup.cfg.trainer, setup.bundle, setup.task, method, setup.features, device, 0, phase=resources.phase)
-    trainer.fit()
-    return resources.seconds["train"] / setup.steps, trainer
-
-
 def bench_fish(args) -> dict:
-    from .bench import MiniLMOnMRPC
-    from .methods import build_method
-    from .methods.fish import _length
-    from .methods.fisher import LossTerms, fisher_hooks, fisher_loop, max_rel_error
+    from ..methods import build_method
+    from ..methods.masked.fish import _length
+    from ..methods.masked.fisher import LossTerms, fisher_hooks, fisher_loop, max_rel_error
 
     steps = max(int(args.steps), math.ceil(FISHER_N / int(args.batch_size)))
     setup = MiniLMOnMRPC(args.glue_dir, args.batch_size, steps, method="fish", extra=["method.num_samples=256"])
@@ -114,23 +94,23 @@ def bench_fish(args) -> dict:
         tmp = Path(tmp)
         # the mask once (a fish method per repeat then reuses it through mask_path)
         first = build_method(setup.cfg.method)
-        _fit(setup, first, tmp)
+        fit_method(setup, first, tmp)
         mask = first.mask
         mask_path = tmp / "mask.safetensors"
         fish_cfg = OmegaConf.merge(setup.cfg.method, {"mask_path": str(mask_path)})
         out["fish_bench_k"] = first.stats["k"]
         out["fish_bench_density"] = first.stats["k"] / first.stats["total_params"]
-        _fit(setup, build_method(dense_cfg), tmp)  # warm-up
+        fit_method(setup, build_method(dense_cfg), tmp)  # warm-up
         dense_t, fish_t, naive_t = [], [], []
         dense_bytes = fish_bytes = None
         for _ in range(int(args.repeats)):  # alternate to cancel drift
-            t, trainer = _fit(setup, build_method(dense_cfg), tmp)
+            t, trainer = fit_method(setup, build_method(dense_cfg), tmp)
             dense_t.append(t)
             dense_bytes = _state_bytes(trainer.optimizer)
-            t, trainer = _fit(setup, build_method(fish_cfg), tmp)
+            t, trainer = fit_method(setup, build_method(fish_cfg), tmp)
             fish_t.append(t)
             fish_bytes = _state_bytes(trainer.optimizer)
-            t, _ = _fit(setup, _NaiveMask(mask), tmp)
+            t, _ = fit_method(setup, _NaiveMask(mask), tmp)
             naive_t.append(t)
         # best of the alternating repeats (timeit's rule): on a CPU shared with other jobs the
         # minimum is the least disturbed measurement of each, taken under the same conditions

@@ -16,23 +16,17 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from ..config import ConfigError
-from .fisher import IMPLS, KINDS, fisher_diagonal
-from .masking import MaskedMethod, load_mask, named_params, random_mask, topk_mask
-from .registry import register
+from ...core.options import option
+from .fisher import fisher_diagonal
+from .masking import BudgetOptions, MaskedMethod, load_mask, named_params, random_mask, topk_mask
+from ..registry import register
 
 log = logging.getLogger(__name__)
-
-
-def _int(cfg, key, low, allow_none=False):
-    value = cfg.get(key)
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"method.{key}", f"{value!r} must be an integer >= {low}" + (" or null" if allow_none else ""))
 
 
 def _length(example) -> int:
@@ -41,25 +35,21 @@ def _length(example) -> int:
     return 0
 
 
+@dataclass
+class FishOptions(BudgetOptions):
+    density: float = option(0.005, "k/|θ|: fraction of all parameters trained (the paper's 0.5%), head included", low=0, low_open=True, high=1)
+    num_samples: int = option(1024, "N training examples for the Fisher (0 = random mask; more than the train set = all)", low=0)
+    fisher: Literal["empirical", "expected"] = option("empirical", "empirical (the true label) | expected (expectation over y ~ p(y|x))")
+    fisher_samples: int | None = option(None, "expected Fisher: draws of y per example; null = exact over classes (<= 32), else 8 draws", low=1)
+    mask_path: str | None = option(None, "reuse a saved mask: a mask.safetensors file or a run directory holding one")
+    batch_size: int = option(16, "examples per batch in the Fisher pass (per-sample gradients are exact at any size)", low=1)
+    fisher_impl: Literal["auto", "hooks", "loop"] = option("auto", "auto (batched per-sample hooks, verified, else loop) | hooks | loop")
+
+
 @register("fish")
 class Fish(MaskedMethod):
     name = "fish"
-
-    @staticmethod
-    def validate(cfg) -> None:
-        MaskedMethod.validate_common(cfg)
-        if cfg.get("density") is None:
-            raise ConfigError("method.density", "fish needs a density in (0, 1]")
-        _int(cfg, "num_samples", 0)
-        if cfg.get("fisher") not in KINDS:
-            raise ConfigError("method.fisher", f"{cfg.get('fisher')!r} is not one of {', '.join(KINDS)}")
-        _int(cfg, "fisher_samples", 1, allow_none=True)
-        _int(cfg, "batch_size", 1)
-        if cfg.get("fisher_impl", "auto") not in IMPLS:
-            raise ConfigError("method.fisher_impl", f"{cfg.get('fisher_impl')!r} is not one of {', '.join(IMPLS)}")
-        path = cfg.get("mask_path")
-        if path is not None and not isinstance(path, str):
-            raise ConfigError("method.mask_path", f"{path!r} must be a path or null")
+    Options = FishOptions
 
     def mask_info(self) -> dict:
         return {k: self.stats.get(k) for k in ("source", "num_samples", "fisher", "fisher_impl")}

@@ -6,23 +6,23 @@ differs. The new head is in the mask and counted inside k, as for FISH.
 
 from __future__ import annotations
 
-from ..config import ConfigError
-from .masking import MaskedMethod, named_params, random_mask
-from .registry import register
+from dataclasses import dataclass
+
+from ...core.options import option
+from .masking import BudgetOptions, MaskedMethod, named_params, random_mask
+from ..registry import register
+
+
+@dataclass
+class RandomMaskOptions(BudgetOptions):
+    density: float = option(0.005, "k/|θ|: fraction of all parameters trained, head included", low=0, low_open=True, high=1)
+    seed: int | None = option(None, "seed of the draw; null = the run's seed", low=0)
 
 
 @register("random_mask")
 class RandomMask(MaskedMethod):
     name = "random_mask"
-
-    @staticmethod
-    def validate(cfg) -> None:
-        MaskedMethod.validate_common(cfg)
-        if cfg.get("density") is None:
-            raise ConfigError("method.density", "random_mask needs a density in (0, 1]")
-        seed = cfg.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ConfigError("method.seed", f"{seed!r} must be a non-negative integer or null (= the run seed)")
+    Options = RandomMaskOptions
 
     def select(self, module, ctx, head, k, round=0):
         params = named_params(module)

@@ -23,42 +23,36 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..config import ConfigError
-from .base import Method, MethodContext, decay_groups
-from .masking import MASK_FILE, SparseDelta, bits_differ, budget, head_names, named_params, save_mask, topk_mask
-from .registry import register
+from ...core.options import option
+from ..base import Method, MethodContext, decay_groups
+from .masking import MASK_FILE, MaskedOptions, SparseDelta, bits_differ, budget, head_names, named_params, save_mask, topk_mask
+from ..registry import register
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class DiffPruningOptions(MaskedOptions):
+    density: float = option(0.005, "k/|θ| of the final projected δ (head included): the paper's 0.5%", low=0, low_open=True, high=1)
+    l0_lambda: float = option(1.25e-7, "λ: weight of the expected-L0 penalty (Guo et al.)", low=0)
+    alpha_init: float = option(5.0, "initial log α of every gate (z ≈ 1 at the start)")
+    alpha_lr: float | None = option(None, "learning rate of the gate parameters α; null = trainer.lr", low=0, low_open=True)
+    temperature: float = option(1.0, "β of the hard-concrete distribution", low=0, low_open=True)
+    stretch_left: float = option(-1.5, "l: hard-concrete stretch interval (l, r), l < 0", high=0, high_open=True)
+    stretch_right: float = option(1.5, "r: > 1, so that z is exactly 0 or 1 with positive probability", low=1, low_open=True)
 
 
 @register("diff_pruning")
 class DiffPruning(Method):
     name = "diff_pruning"
 
-    @staticmethod
-    def validate(cfg) -> None:
-        density = cfg.get("density")
-        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
-            raise ConfigError("method.density", f"{density!r} must be in (0, 1]")
-        for key, low in (("l0_lambda", 0.0), ("temperature", None)):
-            v = cfg.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or (low is not None and v < low) or (low is None and v <= 0):
-                raise ConfigError(f"method.{key}", f"{v!r} must be a number {'>= 0' if low is not None else '> 0'}")
-        lo, hi = cfg.get("stretch_left"), cfg.get("stretch_right")
-        if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < 0 and hi > 1):
-            raise ConfigError("method.stretch_left", f"the hard-concrete stretch needs stretch_left < 0 and stretch_right > 1 (got {lo!r}, {hi!r})")
-        if not isinstance(cfg.get("alpha_init"), (int, float)) or isinstance(cfg.get("alpha_init"), bool):
-            raise ConfigError("method.alpha_init", f"{cfg.get('alpha_init')!r} is not a number")
-        lr = cfg.get("alpha_lr")
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
-            raise ConfigError("method.alpha_lr", f"{lr!r} must be > 0 or null (= trainer.lr)")
-        if not isinstance(cfg.get("classifier_in_mask", True), bool):
-            raise ConfigError("method.classifier_in_mask", "must be true or false")
+    Options = DiffPruningOptions
 
     def __init__(self, cfg):
         super().__init__(cfg)

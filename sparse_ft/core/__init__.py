@@ -1,0 +1,1 @@
+"""The bottom layer: error types and typed option schemas. Nothing here imports upward."""

@@ -1,0 +1,11 @@
+"""Error types every layer raises. A leaf module: it imports nothing of the package."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work. The message starts with the offending key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")

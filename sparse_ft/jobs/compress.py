@@ -1,0 +1,60 @@
+"""`job=compress method=<compressor> source=<run dir>`: compress a finished run's fine-tuned weights
+θ' against its base θ (rebuilt as the source run built it), evaluate the reconstruction with the
+shared evaluator, and report the artifact's bytes next to the score the source run had."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..accounting import dense_fp32_bytes, storage_block
+from ..methods import build_method
+from ..train import distributed as D
+from ..train.evaluator import Evaluator
+from .context import RunContext, seed_everything
+from .data import build_setup
+from .evaluate import load_weights_into
+from .source import source_summary, weights_of
+
+log = logging.getLogger("sparse_ft.entry")
+
+
+def compress_job(rc: RunContext) -> float | None:
+    cfg, summary = rc.cfg, rc.summary
+    path = weights_of(cfg)
+    source = source_summary(Path(str(cfg.source)))
+    dist_info, device = D.setup(cfg.trainer.device, float(cfg.trainer.get("dist_timeout_s", 300)))
+    with rc.monitored(device) as telemetry:
+        seed_everything(cfg.seed)  # the source run's seed: the same base (and new-head init) as it had
+        method = build_method(cfg.method)
+        setup = build_setup(cfg, telemetry, device)
+        summary["data"] = setup.task.sizes()
+        module = setup.bundle.module
+        base = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        dense_bytes = dense_fp32_bytes(module)
+        load_weights_into(module, path)  # checks the keys
+        tuned = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        with telemetry.phase("compress"):
+            result = method.compress(base, tuned, rc.run_dir)
+        missing = set(tuned) - set(result.reconstructed)
+        if missing:
+            raise RuntimeError(f"{method.name}: the reconstruction lacks {sorted(missing)[:5]}")
+        module.load_state_dict(result.reconstructed)
+        evaluator = Evaluator(setup.bundle, setup.task, setup.features, device, cfg.trainer.eval_batch_size, dist_info)
+        with telemetry.phase("eval"):
+            final = evaluator.final_metrics()
+        rc.writer.log_metrics({"type": "final", "step": 0, **final})
+        source_main = (source.get("metrics") or {}).get("main")
+        summary["metrics"] = final
+        summary["source"] = {"path": str(cfg.source), "method": source.get("method"), "main": source_main,
+                             "score_drop": None if source_main is None else source_main - final["main"]}
+        summary["storage"] = storage_block(rc.run_dir, dense_bytes, result.artifacts)
+        summary["method_report"] = result.report
+        summary["params"] = {"total": sum(p.numel() for p in module.parameters()), "trainable": 0, "updated": None, "added": 0}
+        summary["time"] = rc.time_block(0, 0, 0, 0)
+        summary["memory"] = telemetry.resources.memory_block()
+        ratio = sum(result.artifacts.values()) / dense_bytes if dense_bytes else None
+        log.info("compressed %s with %s: %s %.4f (source %s), %.2f%% of dense fp32", cfg.source, method.name,
+                 setup.task.main_metric, final["main"], source_main, 100 * (ratio or 0))
+        return float(final["main"])
+

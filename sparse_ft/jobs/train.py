@@ -1,0 +1,183 @@
+"""`job=train` (the default): config → task data → model → method (wrap, prepare) → one Trainer per
+stage → final evaluation → method.finalize / export → results → loggers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ..accounting import count_updated, dense_fp32_bytes, param_block, snapshot, storage_block
+from ..core.errors import ConfigError
+from ..methods import MethodContext, build_method
+from ..train import distributed as D
+from ..train.checkpoint import find_checkpoint, read_checkpoint_dir, save_tensors
+from ..train.trainer import Trainer, steps_per_epoch, total_steps
+from .context import RunContext, seed_everything
+from .data import build_setup
+
+log = logging.getLogger("sparse_ft.entry")
+
+
+def find_resume(cfg, run_dir: Path) -> Path | None:
+    mode = cfg.trainer.get("resume", "auto")
+    if mode in (None, "never"):
+        return None
+    if mode == "auto":
+        return find_checkpoint(run_dir)
+    found = find_checkpoint(Path(str(mode)))
+    if found is None:
+        raise ConfigError("trainer.resume", f"no resumable checkpoint (checkpoints/last/manifest.json) at {mode}")
+    return found
+
+
+def stage_trainer_cfg(trainer_cfg, overrides: dict):
+    """The trainer config of one stage: the run's, with the stage's own keys on top."""
+    if not overrides:
+        return trainer_cfg
+    merged = OmegaConf.merge(trainer_cfg, OmegaConf.create(dict(overrides)))
+    return merged
+
+
+def train_job(rc: RunContext) -> float | None:
+    cfg, run_dir, writer, summary = rc.cfg, rc.run_dir, rc.writer, rc.summary
+    dist_info, device = D.setup(cfg.trainer.device, float(cfg.trainer.get("dist_timeout_s", 300)))
+    dist_cfg = cfg.get("distributed")
+    local_sgd = dist_cfg is not None and dist_cfg.get("mode", "none") == "local_sgd"
+    sparse_ckpt = bool(cfg.trainer.get("sparse_checkpoints", False))
+    resume_from = find_resume(cfg, run_dir)
+    if resume_from is not None and (local_sgd or sparse_ckpt):
+        raise ConfigError("trainer.resume", f"{resume_from}: resuming a distributed=local_sgd or trainer.sparse_checkpoints run is not supported yet (use trainer.resume=never)")
+    resume = None
+    if resume_from is not None:
+        tensors, objects, info = read_checkpoint_dir(resume_from)  # verified before anything trains
+        resume = {"tensors": tensors, "objects": objects, "info": info, "path": str(resume_from)}
+        summary["resumed_from"] = {"path": str(resume_from), "step": info.get("step"), "stage": info.get("stage", 0)}
+        writer.truncate_after(int(info.get("step", 0)), int(info.get("stage", 0)))
+    with rc.monitored(device) as telemetry:
+        seed_everything(cfg.seed)
+        method = build_method(cfg.method)
+        setup = build_setup(cfg, telemetry, device, test_splits=cfg.trainer.predict == "test")
+        task, features = setup.task, setup.features
+        summary["data"] = task.sizes()
+        base = setup.bundle.module
+        initial = snapshot(base)  # keyed by the base model's names: survives any wrapping
+        base_total = sum(p.numel() for p in base.parameters())
+        dense_bytes = dense_fp32_bytes(base)
+        train_size = len(features[task.train_split])
+        ctx = MethodContext(
+            run_dir=run_dir,
+            device=device,
+            seed=cfg.seed,
+            train_features=features[task.train_split],
+            collate=setup.bundle.collate,
+            loss=setup.bundle.loss,
+            phase=telemetry.phase,
+            per_example_loss=setup.bundle.per_example_loss,
+            logits=setup.bundle.logits if setup.bundle.logits_fn is not None else None,
+            # local SGD: a masked method trains densely through the warm-up and selects its
+            # mask when the trainer calls refresh_mask() at the end of it
+            extra={"dist": dist_info, "resumed": resume is not None, "defer_mask": local_sgd and int(dist_cfg.warmup_epochs) > 0},
+            total_steps=total_steps(cfg.trainer, train_size, dist_info.world_size),
+            steps_per_epoch=steps_per_epoch(cfg.trainer, train_size, dist_info.world_size),
+            model_cfg=cfg.model,
+            bundle=setup.bundle,
+        )
+        bundle = method.wrap(setup.bundle, ctx)
+        bundle.module.to(device)
+        ctx.bundle, ctx.loss = bundle, bundle.loss
+        ctx.per_example_loss = bundle.per_example_loss
+        ctx.logits = bundle.logits if bundle.logits_fn is not None else None
+        if resume is not None:
+            bundle.module.load_state_dict(resume["tensors"]["model.safetensors"])
+            # the method gets its saved state (masks, scores) before prepare, which then reuses it
+            method.load_state_dict(resume["objects"]["trainer_state.pt"]["method"])
+        method.prepare(bundle.module, ctx)
+        trainable = method.trainable_count()
+        log.info("trainable params: %d || all params: %d || trainable%%: %.4f", trainable, base_total, 100 * trainable / max(base_total, 1))
+        callbacks, checkpointer = [], None
+        if sparse_ckpt and dist_info.is_main:
+            from ..sparse_checkpoints import SparseCheckpointer
+
+            checkpointer = SparseCheckpointer(run_dir, bundle.module, dense_copies=bool(cfg.trainer.get("sparse_checkpoints_dense", False)))
+            checkpointer.write_base()
+            callbacks.append(checkpointer)
+
+        stages = method.stages()
+        start = int(resume["info"].get("stage", 0)) if resume is not None else 0
+        done: list[dict] = list((resume["objects"]["trainer_state.pt"].get("job") or {}).get("stages", [])) if resume is not None else []
+        if start >= len(stages):
+            raise ConfigError("trainer.resume", f"{resume_from}: checkpoint of stage {start}, but method {method.name} has {len(stages)} stage(s)")
+        trainer = None
+        totals = {"steps": 0, "epochs": 0, "samples": 0, "tokens": 0}
+        for r in done:
+            for k in totals:
+                totals[k] += r.get(k, 0)
+        for index in range(start, len(stages)):
+            stage = stages[index]
+            stage_cfg = stage_trainer_cfg(cfg.trainer, stage.overrides)
+            ctx.total_steps = total_steps(stage_cfg, train_size, dist_info.world_size)
+            ctx.steps_per_epoch = steps_per_epoch(stage_cfg, train_size, dist_info.world_size)
+            resuming_here = resume is not None and index == start
+            if not resuming_here:
+                method.begin_stage(index, stage, ctx)
+            if len(stages) > 1:
+                log.info("stage %d/%d: %s (%d optimizer steps)", index + 1, len(stages), stage.name, ctx.total_steps)
+            trainer = Trainer(
+                stage_cfg, bundle, task, method, features, device, cfg.seed, writer.log_metrics, telemetry.phase,
+                checkpoint_dir=run_dir / "checkpoints", dist_info=dist_info, resume_state=resume if resuming_here else None,
+                distributed_cfg=dist_cfg, callbacks=callbacks, stage=index, job_state=lambda: {"stages": list(done)},
+            )
+            state = trainer.fit()
+            result = {"index": index, "name": stage.name, "steps": state.step, "epochs": state.epoch, "samples": state.samples,
+                      "tokens": state.tokens, "best": {"step": state.best_step, "main": state.best_main, "metrics": state.best_metrics}}
+            method.end_stage(index, stage, result)
+            done.append(result)
+            for k in totals:
+                totals[k] += result[k]
+        if trainer.local is not None:
+            summary["communication"] = {**trainer.local.summary(), "per_worker_batch": int(cfg.trainer.batch_size), "total_batch": int(cfg.trainer.batch_size) * dist_info.world_size}
+        with telemetry.phase("eval"):
+            final = trainer.evaluator.final_metrics()
+        writer.log_metrics({"type": "final", "stage": len(stages) - 1, "step": state.step, **final})
+        summary["metrics"] = final
+        summary["best"] = dict(done[-1]["best"])
+        if len(stages) > 1:
+            summary["stages"] = done
+
+        if cfg.trainer.predict == "test":
+            from ..tasks.glue import write_submission
+
+            for split in sorted(s for s in features if s.startswith("test")):
+                preds, _ = trainer.predictions(split)  # collective under torchrun
+                if dist_info.is_main:
+                    write_submission(task, split, preds, run_dir / "predictions")
+
+        if cfg.trainer.get("measure_inference") and dist_info.is_main:
+            summary["inference"] = trainer.evaluator.measure_inference(task.eval_splits[0], int(cfg.trainer.inference_examples), telemetry.phase)
+            summary["inference"]["peak_bytes"] = telemetry.resources.peak_bytes.get("inference")
+
+        if not dist_info.is_main:  # ranks hold identical weights; rank 0 writes the artifacts
+            return float(final["main"])
+        method_storage = method.finalize(bundle.module, run_dir) or {}
+        exported = method.export(bundle.module)
+        if cfg.trainer.save_final:
+            save_tensors(exported, run_dir / "checkpoints" / "final" / "model.safetensors", {"model": str(bundle.source)})
+        updated = count_updated(exported, initial)
+        summary["params"] = param_block(base_total, method.trainable_count(), updated, method.added_count())
+        summary["storage"] = storage_block(run_dir, dense_bytes, method_storage)
+        if checkpointer is not None:
+            summary["storage"]["sparse_checkpoints"] = checkpointer.summary()
+        if trainer.local is not None:
+            from ..train.local_sgd import plot_accuracy_vs_communication
+
+            plot_accuracy_vs_communication(run_dir)
+        summary["method_report"] = method.report()
+        summary["time"] = rc.time_block(totals["steps"], totals["epochs"], totals["samples"], totals["tokens"])
+        summary["memory"] = telemetry.resources.memory_block()
+        p = summary["params"]
+        log.info("trainable params: %d || all params: %d || trainable%%: %.4f || updated: %d || added: %d",
+                 p["trainable"], p["total"], 100 * p["trainable_fraction"], updated, p["added"])
+        log.info("final %s: %s", task.eval_splits[0], final[task.eval_splits[0]])
+        return float(final["main"])
