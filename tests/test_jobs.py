@@ -1,0 +1,176 @@
+"""Jobs beyond one training pass: multi-stage runs (resumed inside a stage), job=evaluate and
+job=compress over a finished run, and the bad inputs of each."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import run_cli, run_inprocess
+from sparse_ft.core.options import MethodOptions, option
+from sparse_ft.methods.base import Method, Stage
+from sparse_ft.methods.compress.base import CompressResult, Compressor
+from sparse_ft.methods.registry import register
+
+TINY = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=64", "task.max_eval_samples=16",
+        "trainer.batch_size=8", "trainer.lr=1e-3"]
+
+
+@dataclass
+class TwoStageOptions(MethodOptions):
+    second_lr: float = option(1e-4, "learning rate of the second stage", low=0, low_open=True)
+
+
+@register("toy_two_stage")
+class TwoStage(Method):
+    """Stage 0 trains everything; stage 1 freezes the embeddings and trains on at a lower lr.
+    Its state (how many stages began) must survive a resume inside stage 1."""
+
+    name = "toy_two_stage"
+    Options = TwoStageOptions
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.began: list[int] = []
+
+    def stages(self):
+        return [Stage("dense"), Stage("no-embeddings", {"lr": self.opts.second_lr, "max_steps": 4})]
+
+    def begin_stage(self, index, stage, ctx):
+        self.began.append(index)
+        if index == 1:
+            for name, p in self.module.named_parameters():
+                if "embeddings" in name:
+                    p.requires_grad_(False)
+
+    def prepare(self, module, ctx):
+        super().prepare(module, ctx)
+        if 1 in self.began:  # resumed inside stage 1: the freeze is part of the state
+            self.begin_stage(1, None, ctx)
+            self.began.pop()
+
+    def state_dict(self):
+        return {"began": list(self.began)}
+
+    def load_state_dict(self, state):
+        self.began = list(state["began"])
+
+    def report(self):
+        return {"began": self.began}
+
+
+@register("toy_shrink")
+class Shrink(Compressor):
+    """Keeps half of every residual: θ + Δ/2 (a compressor whose reconstruction is known)."""
+
+    name = "toy_shrink"
+
+    def compress(self, base, tuned, out_dir: Path):
+        rec = {k: (base[k] + (tuned[k] - base[k]) / 2) if tuned[k].is_floating_point() else tuned[k] for k in tuned}
+        save_file({k: v.contiguous() for k, v in rec.items()}, str(out_dir / "shrink.safetensors"))
+        return CompressResult(rec, {"shrink.safetensors": (out_dir / "shrink.safetensors").stat().st_size}, {"factor": 0.5})
+
+
+TWO_STAGE = [*TINY, "method.name=toy_two_stage", "+method.second_lr=1e-4", "trainer.max_steps=4", "trainer.checkpoint_every=2"]
+
+
+def test_two_stages_record_their_stage_and_resume_mid_stage_bit_identically(tmp_path):
+    full = run_inprocess(tmp_path / "full", TWO_STAGE)
+    assert full["status"] == "completed", full.get("error")
+    assert [s["name"] for s in full["stages"]] == ["dense", "no-embeddings"]
+    assert full["method_report"]["began"] == [0, 1]
+    records = [json.loads(l) for l in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    assert {(r["stage"], r["step"]) for r in records if r["type"] == "train"} == {(s, k) for s in (0, 1) for k in (1, 2, 3, 4)}
+    last = json.loads((tmp_path / "full/checkpoints/last/manifest.json").read_text())
+    assert (last["stage"], last["step"]) == (1, 2)  # the last checkpoint is inside stage 1
+
+    resumed = run_inprocess(tmp_path / "resumed", [*TWO_STAGE, f"trainer.resume={tmp_path / 'full'}"])
+    assert resumed["resumed_from"] == {"path": str(tmp_path / "full/checkpoints/last"), "step": 2, "stage": 1}
+    assert resumed["method_report"]["began"] == [0, 1]  # stage 1 did not begin twice
+    a = load_file(str(tmp_path / "full/checkpoints/final/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/checkpoints/final/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["metrics"] == full["metrics"]
+    # the embeddings froze in stage 1: the run changed them only in stage 0
+    assert resumed["stages"][0] == full["stages"][0]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("finished")
+    s = run_inprocess(run, [*TINY, "method=dense", "trainer.max_steps=6", "trainer.eval_batch_size=7"])
+    assert s["status"] == "completed", s.get("error")
+    return run
+
+
+def test_evaluate_reproduces_the_runs_final_metrics_exactly(finished, tmp_path):
+    s = run_inprocess(tmp_path, ["job=evaluate", f"source={finished}"])
+    source = json.loads((finished / "summary.json").read_text())
+    assert s["status"] == "completed", s.get("error")
+    assert s["metrics"] == source["metrics"]
+    assert (s["task"], s["model"], s["job"]) == ("synthetic_nli", "tiny_bert", "evaluate")
+
+
+def test_evaluate_takes_a_safetensors_file_and_checks_its_keys(finished, tmp_path):
+    weights = load_file(str(finished / "checkpoints/final/model.safetensors"))
+    ok = run_inprocess(tmp_path / "ok", [*TINY, "job=evaluate", f"source={finished / 'checkpoints/final/model.safetensors'}"])
+    assert ok["status"] == "completed"
+    weights.pop("classifier.weight")
+    save_file(weights, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(SystemExit):
+        run_inprocess(tmp_path / "bad", [*TINY, "job=evaluate", f"source={tmp_path / 'partial.safetensors'}"])
+    s = json.loads((tmp_path / "bad/summary.json").read_text())
+    assert "partial.safetensors" in s["error"] and "classifier.weight" in s["error"]
+
+
+def test_compress_evaluates_the_reconstruction_and_reports_storage(finished, tmp_path):
+    s = run_inprocess(tmp_path, ["job=compress", "method=dense", "method.name=toy_shrink", f"source={finished}"])
+    assert s["status"] == "completed", s.get("error")
+    art = s["storage"]["artifacts"]["shrink.safetensors"]
+    assert art["bytes"] == (tmp_path / "shrink.safetensors").stat().st_size
+    assert s["source"]["main"] == json.loads((finished / "summary.json").read_text())["metrics"]["main"]
+    assert s["source"]["score_drop"] == pytest.approx(s["source"]["main"] - s["metrics"]["main"])
+    assert s["method_report"] == {"factor": 0.5}
+
+
+@pytest.mark.parametrize("args, key", [
+    (["job=compress", "method.name=toy_shrink"], "source"),  # no source run
+    (["job=evaluate", "source=/no/such/run"], "source"),
+    (["job=compress", "method=dense", "source={finished}"], "method.name"),  # dense trains, compresses nothing
+    (["job=sing"], "job"),
+    (["method.name=toy_shrink"], "method.name"),  # a compressor cannot train
+    (["job=evaluate", "source={finished}", "model=tiny_t5"], "model"),  # weights of another model
+])
+def test_bad_job_input_names_the_key(args, key, finished, tmp_path, monkeypatch):
+    args = [a.format(finished=finished) for a in args]
+    if "model=tiny_t5" in args:  # what a command line says: the model was asked for explicitly
+        monkeypatch.setattr("sparse_ft.jobs.source.command_line_groups", lambda: {"model", "job", "source"})
+    with pytest.raises(SystemExit) as err:
+        run_inprocess(tmp_path, [*TINY, *args])
+    assert err.value.code == 2
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["status"] == "failed" and s["error"].split(": ", 2)[1] == key, s["error"]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_compress_refuses_an_unfinished_source(finished, tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "config.yaml").write_text((finished / "config.yaml").read_text())
+    summary = json.loads((finished / "summary.json").read_text())
+    (source / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    with pytest.raises(SystemExit):
+        run_inprocess(tmp_path / "c", ["job=compress", "method.name=toy_shrink", f"source={source}"])
+    assert "not completed" in json.loads((tmp_path / "c/summary.json").read_text())["error"]
+
+
+def test_evaluate_through_the_cli(finished, tmp_path):
+    proc = run_cli(["job=evaluate", f"source={finished}", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((tmp_path / "e/summary.json").read_text())
+    assert s["metrics"] == json.loads((finished / "summary.json").read_text())["metrics"]
