@@ -14,7 +14,7 @@ def test_accuracy_ids_and_logits():
     assert M.accuracy(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0])) == pytest.approx(0.75)
     logits = np.array([[2.0, 1.0], [0.1, 0.9], [0.3, 0.7], [5.0, -1.0]])  # argmax 0, 1, 1, 0
     out = M.TaskMetric("accuracy")(logits, np.array([0, 1, 0, 0]))
-    assert out == {"accuracy": pytest.approx(0.75), "main": pytest.approx(0.75)}
+    assert out == {"accuracy": pytest.approx(0.75), "main": pytest.approx(0.75), "invalid_predictions": 0}
 
 
 def test_f1_accuracy_and_main_is_their_mean():

@@ -539,12 +539,20 @@ def write_submission(task: TaskData, split: str, predictions: np.ndarray, path_d
             len(examples),
             original,
         )
+    # a text-to-text model's output that is no label word (-1) / no number (NaN): the server
+    # needs a value on every row, so it gets class 0 / 0.0, and the count is logged
+    as_float = preds.astype(np.float64)
+    invalid = ~np.isfinite(as_float) if spec.problem == "regression" else ~(np.isfinite(as_float) & (as_float >= 0))
+    if invalid.any():
+        logger.warning("%s/%s: %d of %d predictions are no valid %s; written as %s", task.name, split, int(invalid.sum()),
+                       len(preds), "number" if spec.problem == "regression" else "label",
+                       "0.000" if spec.problem == "regression" else spec.label_names[0])
     rows = ["index\tprediction"]
-    for ex, p in zip(examples, preds):
+    for ex, p, bad in zip(examples, preds, invalid):
         if spec.problem == "regression":
-            value = f"{min(max(float(p), 0.0), 5.0):.3f}"
+            value = f"{min(max(0.0 if bad else float(p), 0.0), 5.0):.3f}"
         else:
-            k = int(p)
+            k = 0 if bad else int(p)
             if not 0 <= k < len(spec.label_names):
                 raise ValueError(f"{task.name}: predicted class {k} out of range")
             value = spec.label_names[k] if spec.label_format == "name" else str(k)

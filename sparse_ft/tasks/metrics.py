@@ -12,6 +12,7 @@ mcc           matthews_corrcoef, accuracy                 matthews_corrcoef (CoL
 correlation   pearson, spearman, corr                     mean of pearson and spearman (STS-B)
 ============  ==========================================  =====================================
 
+Every kind also reports ``invalid_predictions`` (see below; 0 for classifier heads).
 This is the GLUE-leaderboard convention, so the GLUE score is the plain mean of the per-task
 ``main`` values (:func:`glue_average`). ``f1`` is the F1 of the positive class (label 1).
 
@@ -19,6 +20,15 @@ Classification predictions may be class ids (shape ``(n,)``) or logits / probabi
 (shape ``(n, num_classes)``, reduced with argmax). Regression predictions may be ``(n,)`` or
 ``(n, 1)``. A correlation with a constant input is undefined; it is reported as 0.0 (and logged)
 so best-checkpoint selection never compares NaNs.
+
+Invalid predictions: a text-to-text model (T5) can generate text that is no label word (decoded as
+class id ``-1``, any negative id counts) or, for STS-B, no number (``NaN``, any non-finite value).
+They are scored, never dropped, and every metric dict reports how many there were as
+``invalid_predictions``. As in T5's own GLUE evaluation: an invalid class is counted as a wrong
+prediction for every metric — it is replaced by a class other than the true one (for binary tasks
+the opposite class, so a positive example becomes a false negative and a negative one a false
+positive of the positive-class F1) — and an invalid regression value is scored as ``-1.0``, outside
+the 0–5 STS-B scale (T5's ``string_to_float`` default).
 """
 
 from __future__ import annotations
@@ -55,12 +65,17 @@ MAIN_KEY = {
 }
 
 
+INVALID_REGRESSION_VALUE = -1.0  # how a non-number is scored (T5: string_to_float(default=-1))
+
+
 def _as_class_ids(predictions) -> np.ndarray:
     p = np.asarray(predictions)
     if p.ndim == 2:
         p = p.argmax(axis=-1)
     if p.ndim != 1:
         raise ValueError(f"classification predictions must be (n,) ids or (n, classes) scores, got shape {p.shape}")
+    if p.dtype.kind == "f":  # ids that went through a float array (NaN: not a label word)
+        p = np.where(np.isfinite(p), p, -1)
     return p.astype(np.int64)
 
 
@@ -73,6 +88,32 @@ def _as_values(predictions) -> np.ndarray:
     return p
 
 
+def invalid_class_mask(predictions) -> np.ndarray:
+    """True where a classification prediction is no class (a negative id: T5 text that is no label word)."""
+    return _as_class_ids(predictions) < 0
+
+
+def invalid_value_mask(predictions) -> np.ndarray:
+    """True where a regression prediction is no number (NaN / inf: T5 text that is no number)."""
+    return ~np.isfinite(_as_values(predictions))
+
+
+def _class_ids_scored(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, labels) as class ids, every invalid prediction replaced by a wrong class."""
+    p, y = _as_class_ids(predictions), np.asarray(labels).astype(np.int64)
+    _check(p, y)
+    bad = p < 0
+    if bad.any():
+        p = np.where(bad, (y == 0).astype(np.int64), p)  # 1 where the truth is 0, else 0: always wrong
+    return p, y
+
+
+def _values_scored(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
+    p, y = _as_values(predictions), np.asarray(labels, dtype=np.float64)
+    _check(p, y)
+    return np.where(np.isfinite(p), p, INVALID_REGRESSION_VALUE), y
+
+
 def _check(p: np.ndarray, y: np.ndarray) -> None:
     if len(p) != len(y):
         raise ValueError(f"{len(p)} predictions for {len(y)} labels")
@@ -81,25 +122,23 @@ def _check(p: np.ndarray, y: np.ndarray) -> None:
 
 
 def accuracy(predictions, labels) -> float:
-    p, y = _as_class_ids(predictions), np.asarray(labels).astype(np.int64)
-    _check(p, y)
+    p, y = _class_ids_scored(predictions, labels)
     return float((p == y).mean())
 
 
 def f1_positive(predictions, labels) -> float:
-    """F1 of class 1 (0.0 when there are no true and no predicted positives)."""
+    """F1 of class 1 (0.0 when there are no true and no predicted positives); an invalid
+    prediction is a false negative on a positive example and a false positive on a negative one."""
     from sklearn.metrics import f1_score
 
-    p, y = _as_class_ids(predictions), np.asarray(labels).astype(np.int64)
-    _check(p, y)
+    p, y = _class_ids_scored(predictions, labels)
     return float(f1_score(y, p, pos_label=1, average="binary", zero_division=0))
 
 
 def matthews_corrcoef(predictions, labels) -> float:
     from sklearn.metrics import matthews_corrcoef as mcc
 
-    p, y = _as_class_ids(predictions), np.asarray(labels).astype(np.int64)
-    _check(p, y)
+    p, y = _class_ids_scored(predictions, labels)
     return float(mcc(y, p))
 
 
@@ -114,16 +153,14 @@ def _corr(fn, name: str, p: np.ndarray, y: np.ndarray) -> float:
 def pearson(predictions, labels) -> float:
     from scipy.stats import pearsonr
 
-    p, y = _as_values(predictions), np.asarray(labels, dtype=np.float64)
-    _check(p, y)
+    p, y = _values_scored(predictions, labels)
     return _corr(pearsonr, "pearson", p, y)
 
 
 def spearman(predictions, labels) -> float:
     from scipy.stats import spearmanr
 
-    p, y = _as_values(predictions), np.asarray(labels, dtype=np.float64)
-    _check(p, y)
+    p, y = _values_scored(predictions, labels)
     return _corr(spearmanr, "spearman", p, y)
 
 
@@ -145,6 +182,11 @@ def compute_metrics(kind: str, predictions, labels) -> dict:
     else:
         raise ValueError(f"unknown metric kind {kind!r}; expected one of {METRIC_KINDS}")
     out["main"] = out[MAIN_KEY[kind]]
+    invalid = invalid_value_mask(predictions) if kind == "correlation" else invalid_class_mask(predictions)
+    out["invalid_predictions"] = int(invalid.sum())
+    if out["invalid_predictions"]:
+        logger.warning("%d of %d predictions are no valid %s: scored as wrong", out["invalid_predictions"], len(invalid),
+                       "number" if kind == "correlation" else "label")
     return out
 
 
