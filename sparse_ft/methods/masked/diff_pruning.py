@@ -89,7 +89,7 @@ class DiffPruning(Method):
             self.theta0 = [params[n].detach().clone() for n in self.body]
             self.w = [nn.Parameter(torch.zeros_like(params[n], dtype=torch.float32)) for n in self.body]
             self.log_alpha = [nn.Parameter(torch.full_like(params[n], float(self.cfg.alpha_init), dtype=torch.float32)) for n in self.body]
-            self.delta = SparseDelta.capture(module, ctx.run_dir, full_names=head_names(module))
+            self.delta = SparseDelta.capture(module, ctx, full_names=head_names(module))
         self.run_dir = ctx.run_dir
         for n, p in params.items():
             p.requires_grad_(True)  # ∂L/∂θ for every entry (the body's is routed to w and α)

@@ -310,15 +310,6 @@ def persistent_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n: b for n, b in module.named_buffers() if n in keys}
 
 
-def read_run_config(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return None
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-
-
 def head_info(module: nn.Module) -> dict:
     """What a rebuild needs to size the head like this run did."""
     config = getattr(module, "config", None)
@@ -369,7 +360,7 @@ class SparseDelta:
             self.track[n] = (both, torch.cat([old_vals, vals])[order])
 
     @classmethod
-    def capture(cls, module: nn.Module, run_dir: Path | None, full_names=(), track: dict[str, torch.Tensor] | None = None, track_all: bool = False) -> "SparseDelta":
+    def capture(cls, module: nn.Module, ctx: MethodContext | None, full_names=(), track: dict[str, torch.Tensor] | None = None, track_all: bool = False) -> "SparseDelta":
         params = named_params(module)
         full_names = list(full_names)
         initial = {n: p.detach().to("cpu", copy=True) for n, p in params.items() if n not in full_names} if track_all else None
@@ -380,10 +371,12 @@ class SparseDelta:
             if n not in full_names and idx.numel():
                 kept[n] = (idx.cpu(), params[n].detach().view(-1)[idx.to(params[n].device)].to("cpu", copy=True))
         base = {"kind": "unknown"}
-        cfg = read_run_config(run_dir) if run_dir is not None else None
-        if cfg is not None and "model" in cfg:
-            model_cfg = cfg["model"]
-            info = {"model": model_cfg, "task": {**head_info(module), "modality": "image" if model_cfg.get("arch") == "vision" else "text"}, "seed": cfg.get("seed")}
+        if ctx is not None and ctx.model_cfg is not None:  # the run's own model config, as it ran
+            from omegaconf import OmegaConf
+
+            model_cfg = OmegaConf.to_container(ctx.model_cfg, resolve=True) if not isinstance(ctx.model_cfg, dict) else dict(ctx.model_cfg)
+            run_dir = ctx.run_dir
+            info = {"model": model_cfg, "task": {**head_info(module), "modality": "image" if model_cfg.get("arch") == "vision" else "text"}, "seed": ctx.seed}
             if model_cfg.get("random_init", model_cfg.get("arch") == "vision"):  # no base to fetch: keep it
                 from ...train.checkpoint import save_tensors
 
@@ -574,12 +567,12 @@ class MaskedMethod(Method):
             log.info("%s: resumed with the saved mask (%d entries)", self.name, mask_size(self.mask))
             return
         if (ctx.extra or {}).get("defer_mask"):
-            self.delta = SparseDelta.capture(module, ctx.run_dir, full_names=head, track_all=True)
+            self.delta = SparseDelta.capture(module, ctx, full_names=head, track_all=True)
             self._go_dense(params)
             log.info("%s: mask deferred — every parameter trains until the first refresh (dense warm-up)", self.name)
             return
         mask = self._select_mask(0)
-        self.delta = SparseDelta.capture(module, ctx.run_dir, full_names=head, track=mask)
+        self.delta = SparseDelta.capture(module, ctx, full_names=head, track=mask)
         self._adopt(mask)
         total = self.stats["total_params"]
         log.info(
