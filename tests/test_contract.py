@@ -73,6 +73,24 @@ def test_bad_values_are_rejected_naming_the_key(name):
     assert checked or len(dataclasses.fields(cls.Options)) == 1, f"{name}: no option has a checked range"
 
 
+@pytest.mark.parametrize("name", sorted(shipped()))
+def test_every_option_has_help_and_the_yaml_sets_only_known_keys(name):
+    cls = shipped()[name]
+    rows = cls.Options.help()
+    assert all(help_text for _, _, _, help_text in rows), f"{name}: options without help text"
+    yaml_keys = set(compose([f"method={name}"]).method)
+    assert yaml_keys <= {key for key, *_ in rows}
+
+
+def test_methods_cli_prints_every_option_with_its_help(capsys):
+    from sparse_ft.methods.__main__ import main
+
+    assert main(["fish"]) == 0
+    out = capsys.readouterr().out
+    assert "method.density = 0.005" in out and "fraction of all parameters trained" in out
+    assert main(["no_such_method"]) == 2
+
+
 def test_a_key_of_another_method_is_ignored_so_sweeps_can_mix_methods(caplog):
     dense = registered()["dense"]
     opts = dense.parse_options(OmegaConf.create({"name": "dense", "num_samples": 64}))

@@ -174,3 +174,18 @@ def test_evaluate_through_the_cli(finished, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((tmp_path / "e/summary.json").read_text())
     assert s["metrics"] == json.loads((finished / "summary.json").read_text())["metrics"]
+
+
+@pytest.mark.parametrize("model", ["tiny_t5", "tiny_opt", "tiny_bert"])
+def test_lora_merged_checkpoint_is_the_base_layout_and_scores_like_the_run(model, tmp_path):
+    s = run_inprocess(tmp_path / "run", ["model=" + model, *TINY[1:], "method=lora", "trainer.max_steps=6"])
+    assert s["status"] == "completed", s.get("error")
+    p = s["params"]
+    assert p["added"] > 0 and p["trainable"] >= p["added"]
+    heads = s["method_report"]["trained_heads"]
+    assert heads == ([] if model == "tiny_t5" else ["score" if model == "tiny_opt" else "classifier"])
+    final = load_file(str(tmp_path / "run/checkpoints/final/model.safetensors"))
+    assert not any("lora_" in k or "base_layer" in k or "modules_to_save" in k for k in final)
+    # the merged weights, loaded into the plain model by job=evaluate, score what the run scored
+    e = run_inprocess(tmp_path / "eval", ["job=evaluate", f"source={tmp_path / 'run'}"])
+    assert e["metrics"]["main"] == pytest.approx(s["metrics"]["main"], abs=1e-6)

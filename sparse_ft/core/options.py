@@ -9,7 +9,7 @@ A method declares
 and `FishOptions.parse(cfg.method)` returns a typed, checked object or raises `ConfigError` naming
 the key (`method.density: 1.5 must be <= 1`). Unknown keys fail with the closest valid name, so a
 misspelt `+method.desnity=0.01` never trains at the default. The YAML file in `conf/method/` stays
-the user-facing file; `python -m sparse_ft.options <method>` prints every key with its help.
+the user-facing file; `python -m sparse_ft.methods <method>` prints every key with its help.
 """
 
 from __future__ import annotations
@@ -112,7 +112,14 @@ class MethodOptions:
 
 
 def _type_name(annotation) -> str:
-    return str(annotation).replace("typing.", "") if not isinstance(annotation, type) else annotation.__name__
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(repr(v) for v in get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
 def _plain(cfg) -> dict:
