@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from .train.callbacks import TrainerCallback
 from .train.checkpoint import save_tensors
 
 FORMAT = "sparse-ft-sparse-checkpoint/1"
@@ -41,7 +42,7 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
 
 
-class SparseCheckpointer:
+class SparseCheckpointer(TrainerCallback):
     """Writes base + deltas for one module; `save()` at every checkpoint (e.g. each epoch end)."""
 
     def __init__(self, run_dir: Path, module: torch.nn.Module, dense_copies: bool = False):
@@ -78,7 +79,7 @@ class SparseCheckpointer:
         self.last = now
         return self.files[name]
 
-    def on_epoch_end(self, epoch: int, step: int) -> None:  # a trainer callback
+    def on_epoch_end(self, trainer, epoch: int, step: int) -> None:  # a trainer callback
         self.save(epoch, step)
 
     def summary(self) -> dict:

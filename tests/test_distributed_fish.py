@@ -24,7 +24,7 @@ from conftest import REPO, compose, run_cli, run_dirs
 TINY = ["experiment=fish_distributed", "task=digits", "model=tiny_resnet", "task.max_train_samples=256", "task.max_eval_samples=64",
         "trainer.epochs=3", "distributed.warmup_epochs=1", "distributed.local_steps=3", "distributed.total_batch_size=32",
         "distributed.mask_samples=64", "trainer.lr=0.05", "energy=off", "trainer.progress=false", "trainer.log_every=1"]
-ENV = {"OMP_NUM_THREADS": "1"}
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent / "helpers")}  # the probes: tests/helpers/dist_probes.py
 
 
 def _torchrun(out: Path, nproc: int, args: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -42,7 +42,8 @@ def evals(run: Path) -> list[dict]:
 
 def test_two_workers_share_the_mask_keep_frozen_entries_and_count_bytes_exactly(tmp_path):
     dump = tmp_path / "dump"
-    proc = _torchrun(tmp_path / "out", 2, [*TINY, "method.density=0.1"], env={"SPARSE_FT_TEST_DUMP": str(dump)})
+    probe = f"trainer.callbacks=[{{_target_:dist_probes.DumpState,out:'{dump}'}}]"
+    proc = _torchrun(tmp_path / "out", 2, [*TINY, "method.density=0.1", probe])
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run,) = run_dirs(tmp_path / "out")
     s = summary(run)
@@ -88,7 +89,7 @@ def test_one_worker_reproduces_single_process_training(tmp_path):
     args = [*TINY, "trainer.epochs=2", "method=random_mask"]
     one = _torchrun(tmp_path / "one", 1, args)
     assert one.returncode == 0, one.stderr[-3000:]
-    plain = run_cli(args, tmp_path / "plain", env=ENV)
+    plain = run_cli([*args, "distributed.allow_single_worker=true"], tmp_path / "plain", env=ENV)
     assert plain.returncode == 0, plain.stderr[-3000:]
     (a,), (b,) = run_dirs(tmp_path / "one"), run_dirs(tmp_path / "plain")
     wa, wb = load_file(str(a / "checkpoints/final/model.safetensors")), load_file(str(b / "checkpoints/final/model.safetensors"))
@@ -100,7 +101,8 @@ def test_one_worker_reproduces_single_process_training(tmp_path):
 def test_a_dead_worker_fails_the_job_fast(tmp_path):
     started = time.monotonic()
     # rank 1 dies after 10 steps (2 after the 8 warm-up steps): rank 0 meets the hole at its next sync
-    proc = _torchrun(tmp_path / "out", 2, [*TINY, "method=dense", "trainer.dist_timeout_s=60"], env={"SPARSE_FT_TEST_EXIT_AT": "1:10"}, timeout=200)
+    probe = "trainer.callbacks=[{_target_:dist_probes.ExitAt,rank:1,step:10}]"
+    proc = _torchrun(tmp_path / "out", 2, [*TINY, "method=dense", "trainer.dist_timeout_s=60", probe], timeout=200)
     elapsed = time.monotonic() - started
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
@@ -131,6 +133,8 @@ def test_sweep_dry_run_and_every_value_composes(sweep):
         widest = max(len(v) for v in params.values())
         for method, i in itertools.product(methods, range(widest)):
             overrides = [f"+sweep={sweep}", f"method={method}"] + [f"{k}={v[i % len(v)]}" for k, v in params.items()]
+            if sweep == "fish_distributed_fig3":  # validated outside torchrun here
+                overrides.append("distributed.allow_single_worker=true")
             cfg = hydra_compose(config_name="config", overrides=overrides)
             validate(cfg)
             OmegaConf.to_container(cfg, resolve=True)

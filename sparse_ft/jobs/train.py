@@ -12,6 +12,7 @@ from ..accounting import count_updated, dense_fp32_bytes, param_block, snapshot,
 from ..core.errors import ConfigError
 from ..methods import MethodContext, build_method
 from ..train import distributed as D
+from ..train.callbacks import build_user_callbacks
 from ..train.checkpoint import find_checkpoint, read_checkpoint_dir, save_tensors
 from ..train.trainer import Trainer, steps_per_epoch, total_steps
 from .context import RunContext, seed_everything
@@ -96,13 +97,19 @@ def train_job(rc: RunContext) -> float | None:
         method.prepare(bundle.module, ctx)
         trainable = method.trainable_count()
         log.info("trainable params: %d || all params: %d || trainable%%: %.4f", trainable, base_total, 100 * trainable / max(base_total, 1))
-        callbacks, checkpointer = [], None
+        callbacks, checkpointer, local = [], None, None
+        if local_sgd:
+            from ..train.local_sgd import LocalSGDCallback
+
+            local = LocalSGDCallback(dist_cfg, dist_info, bundle.module)
+            callbacks.append(local)
         if sparse_ckpt and dist_info.is_main:
             from ..sparse_checkpoints import SparseCheckpointer
 
             checkpointer = SparseCheckpointer(run_dir, bundle.module, dense_copies=bool(cfg.trainer.get("sparse_checkpoints_dense", False)))
             checkpointer.write_base()
             callbacks.append(checkpointer)
+        callbacks.extend(build_user_callbacks(cfg.trainer.get("callbacks")))
 
         stages = method.stages()
         start = int(resume["info"].get("stage", 0)) if resume is not None else 0
@@ -127,7 +134,7 @@ def train_job(rc: RunContext) -> float | None:
             trainer = Trainer(
                 stage_cfg, bundle, task, method, features, device, cfg.seed, writer.log_metrics, telemetry.phase,
                 checkpoint_dir=run_dir / "checkpoints", dist_info=dist_info, resume_state=resume if resuming_here else None,
-                distributed_cfg=dist_cfg, callbacks=callbacks, stage=index, job_state=lambda: {"stages": list(done)},
+                callbacks=callbacks, stage=index, job_state=lambda: {"stages": list(done)},
             )
             state = trainer.fit()
             result = {"index": index, "name": stage.name, "steps": state.step, "epochs": state.epoch, "samples": state.samples,
@@ -136,8 +143,8 @@ def train_job(rc: RunContext) -> float | None:
             done.append(result)
             for k in totals:
                 totals[k] += result[k]
-        if trainer.local is not None:
-            summary["communication"] = {**trainer.local.summary(), "per_worker_batch": int(cfg.trainer.batch_size), "total_batch": int(cfg.trainer.batch_size) * dist_info.world_size}
+        if local is not None:
+            summary["communication"] = {**local.summary(), "per_worker_batch": int(cfg.trainer.batch_size), "total_batch": int(cfg.trainer.batch_size) * dist_info.world_size}
         with telemetry.phase("eval"):
             final = trainer.evaluator.final_metrics()
         writer.log_metrics({"type": "final", "stage": len(stages) - 1, "step": state.step, **final})
@@ -169,7 +176,7 @@ def train_job(rc: RunContext) -> float | None:
         summary["storage"] = storage_block(run_dir, dense_bytes, method_storage)
         if checkpointer is not None:
             summary["storage"]["sparse_checkpoints"] = checkpointer.summary()
-        if trainer.local is not None:
+        if local is not None:
             from ..train.local_sgd import plot_accuracy_vs_communication
 
             plot_accuracy_vs_communication(run_dir)

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 
 import torch
 import torch.distributed as dist
+
+from .callbacks import TrainerCallback
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +143,7 @@ class LocalSGD:
         for b, v in zip(self.buffers, buffers):
             b.copy_(v)
 
-    def _test_exit(self) -> None:
-        """TEST ONLY: SPARSE_FT_TEST_EXIT_AT="<rank>:<step>" makes that rank die (os._exit(1)) after
-        that many optimizer steps, to check that a dead worker fails the whole job quickly."""
-        self.steps_done += 1
-        spec = os.environ.get("SPARSE_FT_TEST_EXIT_AT")
-        if spec and spec == f"{self.rank}:{self.steps_done}":
-            log.error("SPARSE_FT_TEST_EXIT_AT=%s: rank %d exits now (test hook)", spec, self.rank)
-            os._exit(1)
-
     def count_warmup_step(self, trainable: int) -> None:
-        self._test_exit()
         self.warmup_steps += 1
         if self.communicating:
             self.warmup_gradient_bytes += 4 * trainable  # DDP all-reduces every trainable gradient (fp32)
@@ -166,7 +157,6 @@ class LocalSGD:
         """Count a local step; sync when `local_steps` are done. True when a sync happened."""
         if not self.active:
             return False
-        self._test_exit()
         self.since_sync += 1
         return self.sync() if self.since_sync >= self.local_steps else False
 
@@ -277,22 +267,60 @@ def plot_accuracy_vs_communication(run_dir, out_name: str = "accuracy_vs_communi
     return path
 
 
-def test_dump(tag: str, trainer) -> None:
-    """TEST ONLY: with SPARSE_FT_TEST_DUMP=<dir>, every rank writes <dir>/<tag>_rank<r>.pt holding
-    its weights, its method's selection and its shard of epoch 0 (checked by the tests)."""
-    out = os.environ.get("SPARSE_FT_TEST_DUMP")
-    if not out:
-        return
-    from pathlib import Path
+class LocalSGDCallback(TrainerCallback):
+    """Attaches LocalSGD to the trainer: the warm-up's gradient accounting, the switch from DDP to
+    independent workers at the end of the warm-up, the rounds, and the server view for evaluation."""
 
-    Path(out).mkdir(parents=True, exist_ok=True)
-    module = trainer.bundle.module
-    torch.save(
-        {
-            "state": {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()},
-            "mask": trainer.method.mask_state(),
-            "shard": list(trainer.train_loader(0).sampler),
-            "step": trainer.state.step,
-        },
-        Path(out) / f"{tag}_rank{trainer.dist.rank}.pt",
-    )
+    def __init__(self, cfg, dist_info, module: torch.nn.Module):
+        self.local = LocalSGD(cfg, dist_info.world_size, sum(p.numel() for p in module.parameters()), list(module.buffers()), dist_info.rank)
+
+    def _warmup_over(self, trainer) -> bool:
+        return not self.local.active and trainer.state.epoch >= self.local.warmup_epochs
+
+    def _begin(self, trainer) -> None:
+        """End of the warm-up: drop DDP, let the method pick its mask, start the rounds."""
+        trainer.train_module = trainer.bundle.module  # the DDP wrapper (and its gradient hooks) goes away
+        log.info("local SGD: warm-up over after %d steps; %d workers now train on their shards, syncing every %d steps",
+                 trainer.state.step, trainer.dist.world_size, self.local.local_steps)
+        trainer.refresh_mask()
+
+    def on_fit_start(self, trainer) -> None:
+        if self._warmup_over(trainer):
+            self._begin(trainer)
+
+    def on_step_end(self, trainer) -> None:
+        if not self.local.active:
+            self.local.count_warmup_step(sum(p.numel() for p in trainer._opt_params()))
+        elif self.local.after_step():
+            trainer.method.sync_to_module()
+
+    def sync(self, trainer) -> None:
+        if self.local.sync():
+            trainer.method.sync_to_module()
+
+    def takes_selection(self, trainer) -> bool:
+        if not self._warmup_over(trainer):
+            return False
+        self._begin(trainer)
+        return True
+
+    def after_refresh(self, trainer, changed: bool) -> None:
+        if changed:
+            self.local.count_mask_broadcast(trainer.method.trainable_count())
+        self.local.start(trainer._opt_params())
+
+    @contextlib.contextmanager
+    def eval_view(self, trainer):
+        if self.local.eval_at == "sync" or trainer.state.step >= trainer.total_steps():
+            self.sync(trainer)  # finish the round: the final weights are the synced ones
+        with self.local.server_view(trainer.method.sync_to_module):  # else: the last sync's weights, no extra round
+            yield
+
+    def eval_record(self) -> dict:
+        return self.local.cumulative()
+
+    def on_fit_end(self, trainer) -> None:
+        self.sync(trainer)  # the last (partial) round
+
+    def summary(self) -> dict:
+        return self.local.summary()

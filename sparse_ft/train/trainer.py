@@ -37,6 +37,7 @@ from ..methods.base import Method
 from ..models.bundle import ModelBundle, to_device
 from ..tasks.base import TaskData
 from . import distributed as D
+from .callbacks import TrainerCallback
 from .checkpoint import write_checkpoint_dir
 from .evaluator import Evaluator
 from .optim import build_optimizer, build_scheduler
@@ -136,7 +137,6 @@ class Trainer:
         checkpoint_dir: Path | None = None,
         dist_info: D.DistInfo = D.DistInfo(),
         resume_state: dict | None = None,
-        distributed_cfg=None,
         callbacks: list | None = None,
         stage: int = 0,
         job_state: Callable[[], dict] | None = None,
@@ -157,12 +157,6 @@ class Trainer:
         # objects with an optional on_epoch_end(epoch, step), called after each epoch's evaluation
         self.callbacks = list(callbacks or [])
         self.job_state = job_state or dict  # what the job keeps in checkpoints besides the loop (finished stages)
-        self.local = None  # LocalSGD when distributed.mode=local_sgd (see local_sgd.py)
-        if distributed_cfg is not None and distributed_cfg.get("mode", "none") == "local_sgd":
-            from .local_sgd import LocalSGD
-
-            module = bundle.module
-            self.local = LocalSGD(distributed_cfg, dist_info.world_size, sum(p.numel() for p in module.parameters()), list(module.buffers()), dist_info.rank)
         self._best_weights: dict | None = None
         self.every_steps, self.every_seconds = parse_every(cfg.get("checkpoint_every", 0))
         self.autocast_dtype = None
@@ -197,7 +191,7 @@ class Trainer:
         """checkpoints/last/, written atomically by rank 0 (ranks hold identical weights)."""
         if self.checkpoint_dir is None:
             return
-        self._sync_local()
+        self._sync()
         if self.dist.is_main:
             tensors = {"model.safetensors": self.bundle.module.state_dict()}
             if self._best_weights is not None:
@@ -277,17 +271,17 @@ class Trainer:
             group["lr"] = base * fn(old.last_epoch)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
-    def _sync_local(self) -> None:
-        """Local SGD: finish the current round now (collective) so every rank holds the same weights."""
-        if self.local is not None and self.local.sync():
-            self.method.sync_to_module()
+    def _sync(self) -> None:
+        """Every rank must hold the same weights now (local SGD finishes its round)."""
+        for cb in self.callbacks:
+            cb.sync(self)
 
     def refresh_mask(self) -> None:
         """The method re-selects what trains (rank 0 computes, the other ranks adopt its
         selection), and the optimizer is rebuilt when the parameters it sees changed."""
         import torch.distributed as tdist
 
-        self._sync_local()
+        self._sync()
         self.phases.to(None)
         changed = self.method.refresh_mask() if self.dist.is_main else False
         if tdist.is_initialized() and self.dist.world_size > 1:
@@ -301,20 +295,8 @@ class Trainer:
             self.rebuild_optimizer()
             if hasattr(self.train_module, "no_sync"):  # DDP: re-wrap over the parameters that now train
                 self.train_module = self._train_module()
-        if self.local is not None:
-            if changed:
-                self.local.count_mask_broadcast(self.method.trainable_count())
-            self.local.start(self._opt_params())
-
-    def _begin_local(self) -> None:
-        """End of the local-SGD warm-up: drop DDP, let the method pick its mask, start rounds."""
-        self.train_module = self.bundle.module  # the DDP wrapper (and its gradient hooks) goes away
-        log.info("local SGD: warm-up over after %d steps; %d workers now train on their shards, syncing every %d steps",
-                 self.state.step, self.dist.world_size, self.local.local_steps)
-        self.refresh_mask()
-        from .local_sgd import test_dump
-
-        test_dump("warmup_end", self)
+        for cb in self.callbacks:
+            cb.after_refresh(self, changed)
 
     def fit(self) -> TrainState:
         cfg, module = self.cfg, self.bundle.module
@@ -327,8 +309,8 @@ class Trainer:
             self.resume_state = None
         st = self.state
         self.train_module = self._train_module()
-        if self.local is not None and st.epoch >= self.local.warmup_epochs and not self.local.active:
-            self._begin_local()
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
         log.info("training %d optimizer steps (%d examples, batch %d x accum %d x %d ranks)", total, self.train_size, cfg.batch_size, cfg.grad_accum, self.dist.world_size)
         bar = tqdm(total=total, initial=st.step, disable=not self._progress_enabled(), desc="train", dynamic_ncols=True)
         bad_loss = False
@@ -377,11 +359,8 @@ class Trainer:
                         self.method.after_step(st.step)
                         if self.method.selection_changed(st.step) and self._groups_differ(self.method.param_groups(cfg.weight_decay)):
                             self.rebuild_optimizer()
-                        if self.local is not None:
-                            if not self.local.active:
-                                self.local.count_warmup_step(sum(p.numel() for p in self._opt_params()))
-                            elif self.local.after_step():
-                                self.method.sync_to_module()
+                        for cb in self.callbacks:
+                            cb.on_step_end(self)
                         st.step += 1
                         st.epoch_batches = i + 1
                         bar.update(1)
@@ -410,11 +389,8 @@ class Trainer:
         finally:
             self.phases.to(None)
             bar.close()
-        if self.local is not None:
-            from .local_sgd import test_dump
-
-            self._sync_local()  # the last (partial) round
-            test_dump("end", self)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
         if cfg.select_best and self._best_weights is not None and st.best_step != st.step:
             log.info("restoring the best checkpoint (step %d, %s=%.4f)", st.best_step, self.task.main_metric, st.best_main)
             module.load_state_dict(self._best_weights)
@@ -429,16 +405,16 @@ class Trainer:
         st.epoch_batches = 0
         if st.last_eval_step != st.step:
             self._evaluate_and_select()
-        hooks = [cb.on_epoch_end for cb in self.callbacks if hasattr(cb, "on_epoch_end")]
-        if hooks:
-            self._sync_local()  # checkpoints see the weights every rank holds
-        for hook in hooks:
-            hook(finished, st.step)
+        listeners = [cb for cb in self.callbacks if type(cb).on_epoch_end is not TrainerCallback.on_epoch_end]
+        if listeners:
+            self._sync()  # checkpoints see the weights every rank holds
+        for cb in listeners:
+            cb.on_epoch_end(self, finished, st.step)
         if st.step >= self.total_steps():
             return
-        if self.local is not None and not self.local.active and st.epoch >= self.local.warmup_epochs:
-            self._begin_local()
-        elif self.method.refresh_due(finished):
+        if any(cb.takes_selection(self) for cb in self.callbacks):
+            return
+        if self.method.refresh_due(finished):
             self.refresh_mask()
 
     def _checkpoint_due(self) -> bool:
@@ -452,14 +428,10 @@ class Trainer:
         return False
 
     def _evaluate_and_select(self) -> None:
-        st = self.state
-        view = contextlib.nullcontext()
-        if self.local is not None:
-            if self.local.eval_at == "sync" or st.step >= self.total_steps():
-                self._sync_local()  # finish the round: the final weights are the synced ones
-            view = self.local.server_view(self.method.sync_to_module)  # else: the last sync's weights, no extra round
-        self.phases.to("eval")
-        with view:
+        with contextlib.ExitStack() as views:
+            for cb in self.callbacks:
+                views.enter_context(cb.eval_view(self))
+            self.phases.to("eval")
             results = {split: self.evaluate(split) for split in self.task.eval_splits if self.features.get(split)}
             self._select(results)
 
@@ -468,7 +440,7 @@ class Trainer:
         self.phases.to("train")
         st.last_eval_step = st.step
         for split, metrics in results.items():
-            comm = self.local.cumulative() if self.local is not None else {}
+            comm = {k: v for cb in self.callbacks for k, v in cb.eval_record().items()}
             self.log_metrics({"type": "eval", "stage": st.stage, "step": st.step, "epoch": st.epoch, "split": split, **metrics, **comm})
             log.info("eval step %d  %s  %s", st.step, split, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         selection = results.get(self.task.eval_splits[0])

@@ -1,0 +1,56 @@
+"""Trainer callbacks the distributed tests load through `+trainer.callbacks=[...]` (Hydra
+instantiate) into torchrun workers: they live with the tests, not in the library."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from sparse_ft.train.callbacks import TrainerCallback
+
+log = logging.getLogger("sparse_ft.tests")
+
+
+class DumpState(TrainerCallback):
+    """Every rank writes <out>/<tag>_rank<r>.pt (weights, selection, epoch-0 shard, step) when the
+    local-SGD warm-up ends (the first selection) and when training ends."""
+
+    def __init__(self, out: str):
+        self.out = Path(out)
+        self.selections = 0
+
+    def _dump(self, tag: str, trainer) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "state": {k: v.detach().to("cpu", copy=True) for k, v in trainer.bundle.module.state_dict().items()},
+                "mask": trainer.method.mask_state(),
+                "shard": list(trainer.train_loader(0).sampler),
+                "step": trainer.state.step,
+            },
+            self.out / f"{tag}_rank{trainer.dist.rank}.pt",
+        )
+
+    def after_refresh(self, trainer, changed: bool) -> None:
+        self.selections += 1
+        if self.selections == 1:
+            self._dump("warmup_end", trainer)
+
+    def on_fit_end(self, trainer) -> None:
+        self._dump("end", trainer)
+
+
+class ExitAt(TrainerCallback):
+    """Rank `rank` dies (os._exit(1)) after `step` optimizer steps: a dead worker must fail the job."""
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step, self.done = int(rank), int(step), 0
+
+    def on_step_end(self, trainer) -> None:
+        self.done += 1
+        if trainer.dist.rank == self.rank and self.done == self.step:
+            log.error("rank %d exits now (test probe after %d steps)", self.rank, self.done)
+            os._exit(1)
