@@ -189,3 +189,41 @@ def test_lora_merged_checkpoint_is_the_base_layout_and_scores_like_the_run(model
     # the merged weights, loaded into the plain model by job=evaluate, score what the run scored
     e = run_inprocess(tmp_path / "eval", ["job=evaluate", f"source={tmp_path / 'run'}"])
     assert e["metrics"]["main"] == pytest.approx(s["metrics"]["main"], abs=1e-6)
+
+
+@register("toy_schedule")
+class Schedule(Method):
+    """Asks after every step whether its selection changed; only at step 3 does it really change
+    (the embeddings stop training), so the trainer must rebuild its optimizer exactly once."""
+
+    name = "toy_schedule"
+
+    def after_step(self, step):
+        if step == 2:
+            for name, p in self.module.named_parameters():
+                if "embeddings" in name:
+                    p.requires_grad_(False)
+
+    def selection_changed(self, step):
+        return True
+
+
+def test_the_trainer_asks_every_step_and_rebuilds_only_on_a_real_change(tmp_path, monkeypatch):
+    from sparse_ft.train.trainer import Trainer
+
+    rebuilds, context = [], {}
+    original = Trainer.rebuild_optimizer
+    monkeypatch.setattr(Trainer, "rebuild_optimizer", lambda self: (rebuilds.append(self.state.step), original(self))[1])
+    original_prepare = Schedule.prepare
+
+    def prepare(self, module, ctx):
+        context.update(total=ctx.total_steps, per_epoch=ctx.steps_per_epoch, model=ctx.model_cfg.name, bundle=ctx.bundle is not None)
+        original_prepare(self, module, ctx)
+
+    monkeypatch.setattr(Schedule, "prepare", prepare)
+    s = run_inprocess(tmp_path, [*TINY, "method.name=toy_schedule", "trainer.max_steps=5"])
+    assert s["status"] == "completed", s.get("error")
+    assert rebuilds == [2]  # step index 2 (the third step): once, although it was asked 5 times
+    assert context == {"total": 5, "per_epoch": 8, "model": "tiny_bert", "bundle": True}
+    final = load_file(str(tmp_path / "checkpoints/final/model.safetensors"))
+    assert s["params"]["updated"] > 0 and "bert.embeddings.word_embeddings.weight" in final
