@@ -146,3 +146,159 @@ def test_t5_on_mrpc_completes_and_reports_invalid_predictions(tmp_path):
     evals = [json.loads(l) for l in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
     assert [e["invalid_predictions"] for e in evals if e["type"] == "eval"] and all(
         e["invalid_predictions"] >= 0 for e in evals if e["type"] == "eval")
+
+
+# --- item 5: unknown keys in our config groups ----------------------------------------------------
+
+
+def test_misspelled_trainer_key_fails_through_the_cli_naming_the_closest_key(tmp_path):
+    proc = run_cli(["model=tiny_bert", "task=synthetic_nli", "energy=off", "+trainer.lerning_rate=1e-3"], tmp_path, env=ENV)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "trainer.lerning_rate" in out and "'lr'" in out, out[-3000:]
+    assert "Traceback" not in out
+    assert not list(tmp_path.rglob("checkpoints"))  # failed before anything trained
+
+
+@pytest.mark.parametrize("override,key,hint", [
+    ("+task.max_lenght=64", "task.max_lenght", "max_length"),
+    ("+trainer.learning_rate=1e-3", "trainer.learning_rate", "lr"),
+    ("+energy.interval=2", "energy.interval", "interval_s"),
+    ("+model.revison=main", "model.revison", "revision"),
+    ("+logger.projet=x", "logger.projet", "project"),
+])
+def test_unknown_keys_of_every_checked_group_are_config_errors(override, key, hint):
+    from sparse_ft.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        validate(compose(["model=tiny_bert", "task=synthetic_nli", override]))
+    assert f"{key.split('.')[0]}.{hint}" in str(err.value)
+
+
+def test_known_keys_and_free_form_model_config_pass():
+    from sparse_ft.config import validate
+
+    validate(compose(["model=tiny_bert", "task=synthetic_nli", "+model.config.hidden_dropout_prob=0.0", "trainer.lr=1e-3"]))
+    cfg = compose(["experiment=fish_distributed", "distributed.allow_single_worker=true"])
+    validate(cfg)
+
+
+def test_every_preset_and_sweep_uses_only_known_keys():
+    from sparse_ft.config import check_unknown_keys
+
+    for preset in sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")):
+        check_unknown_keys(compose([f"experiment={preset}"]))
+    for sweep in sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml")):
+        check_unknown_keys(compose([f"+sweep={sweep}"]))
+
+
+# --- item 6: trainer.predict=test without a test file ---------------------------------------------
+
+
+def test_predict_test_without_test_file_fails_in_validation_naming_the_path(tmp_path):
+    from sparse_ft.config import ConfigError, validate
+
+    glue = write_mrpc(tmp_path / "glue", with_test=False)
+    cfg = compose(["model=tiny_bert", "task=mrpc", f"task.data_dir={glue}", "trainer.predict=test"])
+    with pytest.raises(ConfigError, match="trainer.predict") as err:
+        validate(cfg)
+    assert str(glue / "MRPC" / "test.tsv") in str(err.value)
+    (glue / "MRPC" / "test.tsv").write_text("index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\ta b\ta b\n")
+    validate(cfg)  # with the file it is fine
+    mnli = compose(["model=tiny_bert", "task=mnli", f"task.data_dir={glue}", "trainer.predict=test"])
+    with pytest.raises(ConfigError, match="test_matched.tsv"):
+        validate(mnli)
+
+
+def test_predict_test_without_test_file_exits_2_before_training(tmp_path):
+    glue = write_mrpc(tmp_path / "glue", with_test=False)
+    with pytest.raises(SystemExit) as err:
+        run_inprocess(tmp_path / "r", ["model=tiny_bert", "task=mrpc", f"task.data_dir={glue}", "trainer.max_steps=2", "trainer.predict=test"])
+    assert err.value.code == 2
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["status"] == "failed" and "test.tsv" in s["error"]
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+# --- item 7: distributed=local_sgd without torchrun -----------------------------------------------
+
+
+def test_local_sgd_without_torchrun_fails_with_the_torchrun_command(monkeypatch):
+    from sparse_ft.config import ConfigError, validate, validate_launch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    cfg = compose(["experiment=fish_distributed", "task=digits", "model=tiny_resnet"])
+    with pytest.raises(ConfigError, match="torchrun --nproc_per_node="):
+        validate(cfg)
+    with pytest.raises(ConfigError) as err:
+        validate_launch(cfg, launched_by_torchrun=False, argv=["run.py", "experiment=fish_distributed", "trainer.lr=0.1"])
+    assert "torchrun --nproc_per_node=N run.py experiment=fish_distributed trainer.lr=0.1" in str(err.value)
+    assert "distributed.allow_single_worker=true" in str(err.value)
+    # on purpose, one worker: allowed
+    validate(compose(["experiment=fish_distributed", "task=digits", "model=tiny_resnet", "distributed.allow_single_worker=true"]))
+    # under torchrun: allowed
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    validate(cfg)
+    with pytest.raises(ConfigError, match="allow_single_worker"):
+        validate(compose(["experiment=fish_distributed", "distributed.allow_single_worker=maybe"]))
+
+
+def test_local_sgd_cli_without_torchrun_exits_2_and_prints_the_command(tmp_path):
+    proc = run_cli(["experiment=fish_distributed", "task=digits", "model=tiny_resnet", "energy=off"], tmp_path, env=ENV)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "torchrun --nproc_per_node=N" in out and "experiment=fish_distributed" in out, out[-3000:]
+    assert not list(tmp_path.rglob("checkpoints"))
+
+
+# --- item 14: threads per job ---------------------------------------------------------------------
+
+SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+
+
+def test_thread_count_decision():
+    from sparse_ft.train.threads import decide_threads
+
+    assert decide_threads("auto", 16, None) is None  # alone: torch's default
+    assert decide_threads("auto", 16, "hydra._internal.core_plugins.basic_launcher.BasicLauncher") is None
+    assert decide_threads("auto", 16, "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher") is None  # own allocation
+    assert decide_threads("auto", 16, SUBMITIT_LOCAL) == 1  # jobs side by side on this machine
+    assert decide_threads("auto", 2, "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher") == 1
+    assert decide_threads("auto", 2, "joblib") == 1 and decide_threads("auto", 2, "submitit_local") == 1
+    assert decide_threads(3, 16, SUBMITIT_LOCAL) == 3  # an int wins
+    assert decide_threads(4, 2, None) == 4
+    for bad in (0, -1, "many", True, 1.5):
+        with pytest.raises(ValueError, match="trainer.num_threads"):
+            decide_threads(bad, 2, None)
+
+
+def test_num_threads_is_validated_and_applied():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from sparse_ft.config import ConfigError, validate
+    from sparse_ft.train.threads import configure_threads
+
+    assert compose([]).trainer.num_threads == "auto"
+    for bad in ("0", "lots", "-2"):
+        with pytest.raises(ConfigError, match="trainer.num_threads"):
+            validate(compose(["model=tiny_bert", "task=synthetic_nli", f"trainer.num_threads={bad}"]))
+    validate(compose(["model=tiny_bert", "task=synthetic_nli", "trainer.num_threads=2"]))
+    assert configure_threads(compose(["trainer.num_threads=2"])) == 2 and torch.get_num_threads() == 2
+    torch.set_num_threads(3)
+    assert configure_threads(compose([])) == 3  # auto outside a parallel launcher: left alone
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["hydra/launcher=submitit_local"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert configure_threads(cfg) == 1  # several jobs side by side: one thread each
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_readme_says_how_to_set_threads():
+    text = (REPO / "README.md").read_text()
+    assert "trainer.num_threads" in text and "OMP_NUM_THREADS" in text
