@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-from .train.checkpoint import atomic_path
+from .train.checkpoint import atomic_write_text
 
 
 def _jsonable(value):
@@ -24,13 +23,7 @@ def _jsonable(value):
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = atomic_path(path)
-    try:
-        tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
 class RunWriter:
@@ -65,9 +58,7 @@ class RunWriter:
             return (record.get("stage", 0), record.get("step", 0)) <= (stage, step)
 
         keep = [l for l in self.metrics_path.read_text().splitlines() if l.strip() and kept(json.loads(l))]
-        tmp = atomic_path(self.metrics_path)
-        tmp.write_text("".join(l + "\n" for l in keep))
-        os.replace(tmp, self.metrics_path)
+        atomic_write_text(self.metrics_path, "".join(l + "\n" for l in keep))
         self._metrics = open(self.metrics_path, "a", encoding="utf-8")
 
     def write_summary(self, summary: dict) -> Path:

@@ -302,3 +302,43 @@ def test_num_threads_is_validated_and_applied():
 def test_readme_says_how_to_set_threads():
     text = (REPO / "README.md").read_text()
     assert "trainer.num_threads" in text and "OMP_NUM_THREADS" in text
+
+
+# --- item 11: result files readable by the group, like config.yaml ---------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_result_files_get_the_umask_mode_not_0600(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        run = tmp_path / "r"
+        s = run_inprocess(run, ["model=tiny_bert", "task=synthetic_nli", "method=fish", "method.num_samples=8", "trainer.max_steps=2",
+                                "trainer.batch_size=8", "trainer.checkpoint_every=1", "task.max_eval_samples=16"])
+    finally:
+        os.umask(old)
+    assert s["status"] == "completed"
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    want = 0o666 & ~umask
+    assert mode(run / "config.yaml") == want
+    files = [run / "summary.json", run / "metrics.jsonl", run / "checkpoints/final/model.safetensors", run / "delta.safetensors",
+             *sorted((run / "checkpoints/last").iterdir())]
+    assert len(files) > 5
+    for f in files:
+        assert mode(f) == want, (f, oct(mode(f)))
+    assert mode(run / "checkpoints/last") == mode(run / "checkpoints/final") == 0o777 & ~umask
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_every_atomic_write_goes_through_one_helper():
+    """No module of the package makes its own temp files for results (they would be 0600)."""
+    offenders = []
+    for path in (REPO / "sparse_ft").rglob("*.py"):
+        text = path.read_text()
+        if path.name == "checkpoint.py" and path.parent.name == "train":
+            continue
+        if "mkstemp(" in text or "mkdtemp(" in text or "NamedTemporaryFile(" in text:
+            offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []

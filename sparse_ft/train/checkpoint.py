@@ -10,12 +10,52 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc), else by setting
+    and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode `open()` / `mkdir()` would give a new file / directory: 0o666 / 0o777 less the umask
+    (mkstemp / mkdtemp use 0o600 / 0o700, which would hide results from the rest of a group)."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 def atomic_path(path: Path):
-    """A temp file in the target's directory; `os.replace` onto the target makes the write atomic."""
+    """A temp file in the target's directory, with the mode a plainly written file would have;
+    `os.replace` onto the target makes the write atomic. Every atomic write of the package goes
+    through here (summary.json, safetensors, deltas, metrics.jsonl rewrites, submission files)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, default_mode())
+    finally:
+        os.close(fd)
     return Path(tmp)
+
+
+def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
+    """Write `text` to `path` atomically (temp file + rename), with the process's normal mode."""
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        with open(tmp, "w", encoding=encoding, newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> int:
@@ -25,6 +65,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     tmp = atomic_path(path)
     try:
         save_file(plain, str(tmp), metadata=metadata)
+        os.chmod(tmp, default_mode())  # safetensors writes its files 0o600
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -65,10 +106,12 @@ def write_checkpoint_dir(target: Path, tensors: dict[str, dict[str, torch.Tensor
     target.parent.mkdir(parents=True, exist_ok=True)  # the temp dir must sit beside it: rename is atomic only within a filesystem
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp's 0o700 would become checkpoints/last's mode
         files = {}
         for name, tdict in tensors.items():
             plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tdict.items()}
             save_file(plain, str(tmp / name))
+            os.chmod(tmp / name, default_mode())  # safetensors writes its files 0o600
             files[name] = _sha256(tmp / name)
         for name, obj in objects.items():
             torch.save(obj, tmp / name)
