@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 
+from ...core.errors import ConfigError
 from ...core.options import option
 from .fisher import fisher_diagonal
 from .masking import BudgetOptions, MaskedMethod, load_mask, named_params, random_mask, topk_mask

@@ -152,6 +152,46 @@ class LossTerms:
         return 1
 
 
+# --- progress -----------------------------------------------------------------------------------------
+
+
+class FisherProgress:
+    """Progress of the Fisher pass: a tqdm bar on a terminal (`tty=True`); otherwise (a log file,
+    a SLURM job, a pipe) an INFO line at every further 10% of the examples and at least every
+    `interval_s` seconds, each with the elapsed time and an estimate of what is left."""
+
+    def __init__(self, total: int, desc: str, tty: bool, interval_s: float = 30.0, clock=time.monotonic):
+        self.total, self.desc, self.interval_s, self.clock = max(int(total), 1), desc, float(interval_s), clock
+        self.done = 0
+        self.started = self.last = clock()
+        self.decile = 0
+        self.bar = None
+        if tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc=desc, dynamic_ncols=True)
+        else:
+            log.info("%s: %d examples", desc, self.total)
+
+    def update(self, n: int = 1) -> None:
+        self.done = min(self.done + int(n), self.total)
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = self.clock()
+        decile = self.done * 10 // self.total
+        if decile > self.decile or now - self.last >= self.interval_s:
+            elapsed = now - self.started
+            left = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+            log.info("%s: %d/%d examples (%d%%), %.1f s elapsed, ~%.0f s left", self.desc, self.done, self.total,
+                     100 * self.done // self.total, elapsed, left)
+            self.decile, self.last = decile, now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 # --- the reference: one example at a time ---------------------------------------------------------
 
 
@@ -446,8 +486,11 @@ def fisher_diagonal(
     names=None,
     sample_ids=None,
     progress: bool = False,
+    progress_interval_s: float = 30.0,
 ) -> FisherResult:
-    """F̂ over `examples` (already chosen; order only affects batching, not the result)."""
+    """F̂ over `examples` (already chosen; order only affects batching, not the result).
+    `progress`: a tqdm bar (pass True on a terminal); otherwise INFO log lines every 10% of the
+    examples or `progress_interval_s` seconds (FisherProgress)."""
     if impl not in IMPLS:
         raise ValueError(f"fisher impl {impl!r} is not one of {IMPLS}")
     device = torch.device(device)
@@ -460,9 +503,7 @@ def fisher_diagonal(
     chosen = impl
     if impl == "auto":
         chosen, verify = _choose_impl(module, examples, collate, terms, device, names, sample_ids)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=n, desc=f"fisher ({chosen})", disable=not progress, dynamic_ncols=True)
+    bar = FisherProgress(n, f"fisher ({chosen})", tty=bool(progress), interval_s=progress_interval_s)
     try:
         if chosen == "hooks":
             sq = fisher_hooks(module, examples, collate, terms, device, batch_size, names, sample_ids, progress=bar)

@@ -1,0 +1,118 @@
+"""Exact sparse updates over a fixed mask — the machinery fish, random_mask and bitfit share.
+
+A mask is ``{parameter name: sorted int64 flat indices}``. ``SparseUpdate`` makes the optimizer
+see only the masked entries:
+
+* a tensor without masked entries gets ``requires_grad=False`` (backward skips its weight grad);
+* a tensor masked in full is handed to the optimizer as it is (e.g. the new classifier head);
+* the masked entries of the other tensors live in two flat ``nn.Parameter`` vectors (weight-decay
+  and no-decay groups, Hugging Face's convention). ``after_backward`` gathers
+  ``p.grad.view(-1)[idx]`` into the flat gradients, the optimizer updates the flat vectors, and
+  ``after_step`` scatters them back into the parameters.
+
+So no weight decay, momentum or Adam state ever touches an entry outside the mask — those stay
+bit-identical to the initial weights — and optimizer state scales with k, not |θ|.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..base import NO_DECAY
+from .selection import mask_size, named_params
+
+log = logging.getLogger(__name__)
+
+
+def is_no_decay(name: str, p: torch.Tensor) -> bool:
+    return any(t in name for t in NO_DECAY) or p.ndim < 2
+
+
+class SparseUpdate:
+    """Flat optimizer vectors over the masked entries; see the module docstring."""
+
+    def __init__(self, module: nn.Module, mask: dict[str, torch.Tensor]):
+        self.module = module
+        self.mask = mask
+        self.whole: dict[bool, list[nn.Parameter]] = {True: [], False: []}
+        self.segments: dict[bool, list] = {True: [], False: []}
+        for name, p in named_params(module).items():
+            idx = mask.get(name)
+            if idx is None or idx.numel() == 0:
+                p.requires_grad_(False)
+                continue
+            p.requires_grad_(True)
+            decay = not is_no_decay(name, p)
+            if idx.numel() == p.numel():
+                self.whole[decay].append(p)
+                continue
+            if not p.is_contiguous():
+                raise RuntimeError(f"{name}: sparse updates need contiguous parameters")
+            self.segments[decay].append((name, p, idx.to(p.device)))
+        self.flat: dict[bool, nn.Parameter | None] = {}
+        self.offsets: dict[bool, list[int]] = {}
+        for decay, segs in self.segments.items():
+            if not segs:
+                self.flat[decay] = None
+                continue
+            with torch.no_grad():
+                values = torch.cat([p.view(-1)[idx] for _, p, idx in segs])
+            self.flat[decay] = nn.Parameter(values)
+            offs, o = [], 0
+            for _, _, idx in segs:
+                offs.append(o)
+                o += idx.numel()
+            self.offsets[decay] = offs
+
+    @property
+    def size(self) -> int:
+        return mask_size(self.mask)
+
+    def optimizer_params(self) -> list[nn.Parameter]:
+        return [p for d in (True, False) for p in ([self.flat[d]] if self.flat[d] is not None else []) + self.whole[d]]
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        groups = []
+        for decay in (True, False):
+            params = ([self.flat[decay]] if self.flat[decay] is not None else []) + self.whole[decay]
+            if params:
+                groups.append({"params": params, "weight_decay": weight_decay if decay else 0.0})
+        return groups
+
+    def gather_grads(self) -> None:
+        for decay, segs in self.segments.items():
+            flat = self.flat[decay]
+            if flat is None:
+                continue
+            grad = flat.grad if flat.grad is not None else torch.empty_like(flat)
+            for (_, p, idx), off in zip(segs, self.offsets[decay]):
+                out = grad[off : off + idx.numel()]
+                if p.grad is None:
+                    out.zero_()
+                else:
+                    torch.index_select(p.grad.view(-1), 0, idx, out=out)
+            flat.grad = grad
+
+    @torch.no_grad()
+    def scatter(self) -> None:
+        for decay, segs in self.segments.items():
+            flat = self.flat[decay]
+            if flat is None:
+                continue
+            for (_, p, idx), off in zip(segs, self.offsets[decay]):
+                p.view(-1).index_copy_(0, idx, flat.data[off : off + idx.numel()])
+
+    @torch.no_grad()
+    def sync_from_module(self) -> None:
+        """Re-read the flat values from the parameters (after the weights were loaded)."""
+        for decay, segs in self.segments.items():
+            flat = self.flat[decay]
+            if flat is not None:
+                for (_, p, idx), off in zip(segs, self.offsets[decay]):
+                    flat.data[off : off + idx.numel()] = p.view(-1)[idx]
+
+
+# --- the sparse fine-tuned checkpoint -------------------------------------------------------------
