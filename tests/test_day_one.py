@@ -342,3 +342,54 @@ def test_every_atomic_write_goes_through_one_helper():
         if "mkstemp(" in text or "mkdtemp(" in text or "NamedTemporaryFile(" in text:
             offenders.append(str(path.relative_to(REPO)))
     assert offenders == []
+
+
+# --- item 13: the Fisher pass says how far it is -------------------------------------------------
+
+
+def _linear_fisher_inputs(n=20):
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    examples = [{"x": torch.randn(4), "y": torch.tensor(i % 3)} for i in range(n)]
+
+    def collate(items):
+        return {"x": torch.stack([e["x"] for e in items]), "y": torch.stack([e["y"] for e in items])}
+
+    def per_example_loss(batch):
+        return torch.nn.functional.cross_entropy(module(batch["x"]), batch["y"], reduction="none")
+
+    return module, examples, collate, per_example_loss
+
+
+def test_fisher_pass_logs_progress_when_not_a_tty(caplog):
+    from sparse_ft.methods.masked.fisher import fisher_diagonal
+
+    module, examples, collate, loss = _linear_fisher_inputs(20)
+    with caplog.at_level(logging.INFO, logger="sparse_ft.methods.masked.fisher"):
+        got = fisher_diagonal(module, examples, collate, loss, batch_size=2, impl="hooks", progress=False)
+    assert got.num_samples == 20
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fisher (hooks)")]
+    assert lines[0] == "fisher (hooks): 20 examples"
+    steps = [l for l in lines if "examples (" in l]
+    assert len(steps) == 10  # every 10%: batches of 2 of 20 examples
+    assert "2/20 examples (10%)" in steps[0] and "20/20 examples (100%)" in steps[-1] and "s left" in steps[-1]
+
+
+def test_fisher_progress_logs_on_time_too_and_stays_quiet_on_a_tty(caplog):
+    from sparse_ft.methods.masked.fisher import FisherProgress
+
+    now = [0.0]
+    with caplog.at_level(logging.INFO, logger="sparse_ft.methods.masked.fisher"):
+        p = FisherProgress(1000, "fisher (loop)", tty=False, interval_s=5.0, clock=lambda: now[0])
+        for _ in range(30):  # 30 examples (3%), one every 1 s: a line every 5 s, none for a decile
+            now[0] += 1.0
+            p.update(1)
+        p.close()
+    timed = [r.getMessage() for r in caplog.records if "examples (" in r.getMessage()]
+    assert len(timed) == 6 and timed[0].startswith("fisher (loop): 5/1000 examples (0%), 5.0 s elapsed")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sparse_ft.methods.masked.fisher"):
+        bar = FisherProgress(10, "fisher (loop)", tty=True)
+        bar.update(10)
+        bar.close()
+    assert not [r for r in caplog.records if "examples" in r.getMessage()]
