@@ -11,7 +11,9 @@ Layout under `<run>/checkpoints/sparse/`:
   (`trainer.sparse_checkpoints_dense`), for checking the replay and measuring the ratio.
 
 `replay(dir, n)` rebuilds checkpoint n (0 = the base) from base + deltas 1..n;
-`python -m sparse_ft.sparse_checkpoints RUN_DIR [N]` prints what is there and the bytes.
+`python -m sparse_ft.sparse_checkpoints RUN_DIR [N] [--out FILE]` writes it as a safetensors file
+(default `<run>/checkpoints/sparse/rebuilt_<N>.safetensors`, keys as in `model.state_dict()`) and
+prints what is there; `--list` only prints.
 An entry costs 8 bytes (index + value) instead of 4, so a delta pays below 50% changed entries.
 """
 
@@ -129,15 +131,58 @@ def replay(run_or_dir, upto: int | None = None) -> dict[str, torch.Tensor]:
     return state
 
 
+def sparse_dir(run_or_dir) -> Path:
+    d = Path(run_or_dir)
+    return d / SUBDIR if (d / SUBDIR).is_dir() else d
+
+
+def count_checkpoints(run_or_dir) -> int:
+    return len(sorted(sparse_dir(run_or_dir).glob("delta_*.safetensors")))
+
+
+def rebuild(run_or_dir, n: int | None = None, out: Path | None = None) -> tuple[Path, int]:
+    """Write checkpoint `n` (None = the last, 0 = the base) as one safetensors file; returns
+    (path, n). Default path: `<sparse dir>/rebuilt_<n>.safetensors`."""
+    d = sparse_dir(run_or_dir)
+    if not (d / "base.safetensors").is_file():
+        raise FileNotFoundError(f"{d}: no base.safetensors (was the run made with trainer.sparse_checkpoints=true?)")
+    last = count_checkpoints(d)
+    n = last if n is None else int(n)
+    if not 0 <= n <= last:
+        raise ValueError(f"{d}: checkpoints 0 (the base) to {last} exist, asked for {n}")
+    state = replay(d, n)
+    out = Path(out) if out is not None else d / f"rebuilt_{n:04d}.safetensors"
+    save_tensors(state, out, {"format": FORMAT, "checkpoint": str(n), "rebuilt_from": f"base + deltas 1..{n}"})
+    return out, n
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print("usage: python -m sparse_ft.sparse_checkpoints RUN_DIR [N]", file=sys.stderr)
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sparse_ft.sparse_checkpoints",
+        description="Rebuild checkpoint N of a run saved with trainer.sparse_checkpoints=true (FISH §4.3) from its base "
+        "and deltas, and write it as one safetensors file (keys as in model.state_dict()).",
+    )
+    parser.add_argument("run", type=Path, help="run directory (with checkpoints/sparse/) or the sparse checkpoint folder itself")
+    parser.add_argument("n", type=int, nargs="?", default=None, help="checkpoint number: 0 = the base, 1.. = after each epoch (default: the last)")
+    parser.add_argument("--out", type=Path, default=None, help="file to write (default: <run>/checkpoints/sparse/rebuilt_<N>.safetensors)")
+    parser.add_argument("--list", action="store_true", help="only print the checkpoint files and their sizes; write nothing")
+    args = parser.parse_args(argv)
+    d = sparse_dir(args.run)
+    if not (d / "base.safetensors").is_file():
+        print(f"error: {d}: no sparse checkpoints here (a run made with trainer.sparse_checkpoints=true has checkpoints/sparse/base.safetensors)", file=sys.stderr)
         return 2
-    d = Path(argv[0]) / SUBDIR if (Path(argv[0]) / SUBDIR).is_dir() else Path(argv[0])
     files = {p.name: p.stat().st_size for p in sorted(d.glob("*.safetensors"))}
-    state = replay(d, int(argv[1]) if len(argv) > 1 else None)
-    print(json.dumps({"dir": str(d), "files": files, "tensors": len(state)}, indent=1))
+    info = {"dir": str(d), "checkpoints": count_checkpoints(d), "files": files}
+    if not args.list:
+        try:
+            out, n = rebuild(d, args.n, args.out)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        info.update(checkpoint=n, out=str(out), bytes=out.stat().st_size)
+    print(json.dumps(info, indent=1))
     return 0
 
 

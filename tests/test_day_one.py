@@ -393,3 +393,54 @@ def test_fisher_progress_logs_on_time_too_and_stays_quiet_on_a_tty(caplog):
         bar.update(10)
         bar.close()
     assert not [r for r in caplog.records if "examples" in r.getMessage()]
+
+
+# --- item 8: rebuilding a sparse checkpoint writes it ----------------------------------------------
+
+
+def test_sparse_checkpoints_cli_writes_the_rebuilt_checkpoint_bit_for_bit(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from sparse_ft.sparse_checkpoints import main
+
+    run = tmp_path / "run"
+    s = run_inprocess(run, ["experiment=fish_checkpointing", "task=digits", "model=tiny_resnet", "task.max_train_samples=64",
+                            "task.max_eval_samples=32", "trainer.epochs=2", "trainer.batch_size=32", "method.num_samples=16",
+                            "method.density=0.1", "trainer.lr=0.05", "trainer.sparse_checkpoints_dense=true"])
+    assert s["status"] == "completed"
+    sparse = run / "checkpoints" / "sparse"
+
+    def same_bits(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(
+            a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+            and torch.equal(a[k].reshape(-1).view(torch.uint8), b[k].reshape(-1).view(torch.uint8)) for k in a)
+
+    # the command line, as the README gives it: writes <run>/checkpoints/sparse/rebuilt_0001.safetensors
+    proc = subprocess.run([sys.executable, "-m", "sparse_ft.sparse_checkpoints", str(run), "1"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **ENV})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout)
+    assert info["out"] == str(sparse / "rebuilt_0001.safetensors") and info["checkpoint"] == 1 and info["checkpoints"] == 2
+    assert same_bits(load_file(str(sparse / "rebuilt_0001.safetensors")), load_file(str(sparse / "dense_0001.safetensors")))
+    with safe_open(str(sparse / "rebuilt_0001.safetensors"), "pt") as f:
+        assert f.metadata()["checkpoint"] == "1"
+    # default N = the last one; --out anywhere
+    assert main([str(run), "--out", str(tmp_path / "last.safetensors")]) == 0
+    assert same_bits(load_file(str(tmp_path / "last.safetensors")), load_file(str(sparse / "dense_0002.safetensors")))
+    assert main([str(sparse), "0", "--out", str(tmp_path / "base.safetensors")]) == 0
+    assert same_bits(load_file(str(tmp_path / "base.safetensors")), load_file(str(sparse / "base.safetensors")))
+    assert main([str(run), "7"]) == 2  # no such checkpoint
+    assert main([str(tmp_path), "1"]) == 2  # no sparse checkpoints here
+    before = sorted(p.name for p in sparse.iterdir())
+    assert main([str(run), "--list"]) == 0 and sorted(p.name for p in sparse.iterdir()) == before
+
+
+def test_sparse_checkpoints_and_apply_delta_help():
+    for module in ("sparse_ft.sparse_checkpoints", "sparse_ft.apply_delta"):
+        proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **ENV})
+        assert proc.returncode == 0 and "usage: python -m " + module in proc.stdout, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    text = (REPO / "README.md").read_text()
+    assert "python -m sparse_ft.apply_delta" in text and "--out" in text
