@@ -27,7 +27,7 @@ def time_bare(setup: MiniLMOnMRPC, same_optimizer: bool = True) -> float:
 
     from ..methods.base import decay_groups
     from ..train.optim import build_optimizer
-    from ..train.trainer import epoch_order
+    from ..train.state import epoch_order
 
     setup.reset()
     cfg = setup.cfg.trainer
