@@ -175,6 +175,10 @@ class RunContext:
         try:
             validate(cfg)  # before any data or weights are touched
             summary.update(task=cfg.task.name, model=cfg.model.name, seed=cfg.seed)  # a source run may have set them
+            from ..train.threads import configure_threads
+
+            summary["num_threads"] = configure_threads(cfg)  # before any tensor work: one thread per job under parallel launchers
+            log.info("CPU threads: %d (trainer.num_threads=%s)", summary["num_threads"], cfg.trainer.get("num_threads", "auto"))
             if self.is_main:
                 # the effective config: what runs, after the job resolved its source and batch sizes
                 OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
