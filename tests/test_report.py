@@ -165,9 +165,12 @@ def test_report_main_writes_everything(sweep: Path, capsys) -> None:
     assert "CUDA out of memory in step 7" in fail and "unfinished" in fail and "no summary.json" in fail
     assert str(sweep / "8") in fail and str(sweep / "9") in fail
 
-    for name in ("score_vs_updated.png", "score_vs_energy.png", "score_vs_sparsity.png", "memory_per_method.png"):
+    for name in ("score_vs_updated.png", "score_vs_energy.png", "memory_per_method.png"):
         assert _is_png(sweep / name), name
         assert f"![{name}]({name})" in md
+    # no run measured sparsity.overall: updated/trainable fractions are never passed off as sparsity
+    assert not (sweep / "score_vs_sparsity.png").exists()
+    assert "`score_vs_sparsity.png`: skipped" in md and "sparsity.overall" in md
     # table printed to stdout
     assert "82.00 ± 2.83 (2)" in out and "| method |" in out
 
@@ -200,7 +203,7 @@ def test_no_run_dirs_exits_nonzero(tmp_path: Path, capsys) -> None:
 
 
 def test_import_does_not_pull_torch() -> None:
-    code = ("import sys, sparse_ft.report, sparse_ft.report_paper, sparse_ft.callbacks; "
+    code = ("import sys, sparse_ft.report, sparse_ft.report.paper, sparse_ft.report.plots, sparse_ft.callbacks; "
             "bad = [m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -344,7 +347,7 @@ def test_null_blocks_and_missing_status_are_tolerated(tmp_path: Path) -> None:
 
 
 def test_paper_comparison_kinds() -> None:
-    from sparse_ft.report_paper import PAPER_HEADLINES, comparison_rows
+    from sparse_ft.report.paper import PAPER_HEADLINES, comparison_rows
 
     def rec(method, task="mrpc", main=0.8, **kw):
         base = {"method": method, "method_raw": method, "task": task, "setting": "", "main": main,
@@ -371,5 +374,5 @@ def test_paper_comparison_kinds() -> None:
     assert ours[("pst", "delta_vs", None)].startswith("+2.00")
     assert ours[("omp", "essential_sparsity", None)] == "mrpc: 50%"
     assert ours[("ere", "storage_pct", None)].startswith("6%")
-    assert ours[("diff_pruning", "glue_avg_test", None)] == "75.00 over mrpc"
+    assert ours[("diff_pruning", "glue_avg_test", None)].startswith("75.00 over mrpc")
     assert all(h["paper"] in ("FISH", "PST", "ESS", "READ", "ERE") for h in PAPER_HEADLINES)

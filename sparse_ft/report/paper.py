@@ -1,11 +1,12 @@
 """The five papers' headline numbers (METHODS.md) and how to put ours beside them.
 
-Used by ``python -m sparse_ft.report ... --compare paper``. Pure Python, no torch, and no import
-of sparse_ft.report: the report hands over one plain record per completed run.
+Used by ``python -m sparse_ft.report ... --compare paper``. Works on plain records (one dict per
+completed run, see records_from_runs) so the comparison rules read apart from the tables.
 
 Our numbers come from whatever models/tasks the sweep ran (often MiniLM on MRPC on a laptop),
 so "ours" is a sanity check of direction and rough size, not a reproduction claim; the table
-says what each of our figures is computed from.
+says what each of our figures is computed from. GLUE averages follow the papers' protocol: per
+task, the setting with the best mean validation score (aggregate.select_best).
 """
 
 from __future__ import annotations
@@ -86,19 +87,24 @@ def _mean(xs: Iterable[float | None]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
-def records_from_runs(runs: Sequence[Any], label: Callable[[Any], str] = lambda run: "") -> list[dict]:
-    """One plain dict per completed run (duck-typed on sparse_ft.report.Run); `label(run)` names
-    the run's setting."""
+def records_from_runs(runs: Sequence[Any], label: Callable[[Any], str] = lambda run: "",
+                      selected: Callable[[Any], bool] = lambda run: True,
+                      variant: Callable[[Any], str] = lambda run: "") -> list[dict]:
+    """One plain dict per completed run (duck-typed on collect.Run); `label(run)` names the run's
+    setting, `variant(run)` its non-searched part (e.g. the density), `selected(run)` says whether
+    it belongs to the setting the protocol selected for its task."""
     out = []
     for r in runs:
         setting = label(r)
         setting = "" if setting in ("—", None) else setting
+        var = variant(r)
+        var = "" if var in ("—", None) else var
         out.append({
             "method": canonical_method(r.method), "method_raw": str(r.method), "task": str(r.task),
             "setting": setting, "main": r.main, "test_main": r.test_main, "energy": r.energy[0],
             "mem": r.peak_train_bytes, "updated_fraction": r.updated_fraction,
             "trainable_fraction": r.trainable_fraction, "storage_ratio": r.storage_ratio_min,
-            "sparsity": r.sparsity,
+            "sparsity": r.sparsity, "selected": bool(selected(r)), "variant": var,
         })
     return out
 
@@ -126,18 +132,7 @@ def _ours(h: dict, recs: list[dict], scale: float) -> str:
     kind = h["kind"]
 
     if kind in ("glue_avg", "glue_avg_test"):
-        field = "test_main" if kind == "glue_avg_test" else "main"
-        note = ""
-        if kind == "glue_avg_test" and all(r["test_main"] is None for r in mine):
-            field, note = "main", " (no test metrics; validation shown)"
-        items = []
-        for (setting,), rs in sorted(_by(mine, "setting").items()):
-            per_task = {t: _mean(x[field] for x in g) for (t,), g in _by(rs, "task").items() if _is_glue(t)}
-            per_task = {t: v for t, v in per_task.items() if v is not None}
-            if per_task:
-                items.append(f"{statistics.fmean(per_task.values()) * scale:.2f} over {', '.join(sorted(per_task))}"
-                             + _label(setting))
-        return (_join(items) + note) if items else f"— (no GLUE {h['method']} runs with scores)"
+        return _glue_avg(h, mine, scale)
 
     if kind == "task_main":
         items = []
@@ -217,6 +212,26 @@ def _ours(h: dict, recs: list[dict], scale: float) -> str:
         return _join(items) if items else "— (need dense or 0%-sparsity runs on the same task)"
 
     return "—"
+
+
+def _glue_avg(h: dict, mine: list[dict], scale: float) -> str:
+    """Mean over GLUE tasks of the selected setting's per-task mean (validation, or test at the
+    setting selected on validation)."""
+    field = "test_main" if h["kind"] == "glue_avg_test" else "main"
+    note = ""
+    if field == "test_main" and all(r["test_main"] is None for r in mine):
+        field, note = "main", " (no test metrics; validation shown)"
+    chosen = [dict(r, variant=r.get("variant", "")) for r in mine if r.get("selected", True)]
+    items = []
+    for (variant,), rs in sorted(_by(chosen, "variant").items()):
+        per_task = {t: _mean(x[field] for x in g) for (t,), g in _by(rs, "task").items() if _is_glue(t)}
+        per_task = {t: v for t, v in per_task.items() if v is not None}
+        if per_task:
+            items.append(f"{statistics.fmean(per_task.values()) * scale:.2f} over {', '.join(sorted(per_task))}"
+                         + _label(variant))
+    if not items:
+        return f"— (no GLUE {h['method']} runs with scores)"
+    return _join(items) + " (best setting per task by validation)" + note
 
 
 def _close(a: float | None, b: float | None) -> bool:
