@@ -48,6 +48,9 @@ def test_two_workers_share_the_mask_keep_frozen_entries_and_count_bytes_exactly(
     (run,) = run_dirs(tmp_path / "out")
     s = summary(run)
     assert s["status"] == "completed"
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.load(run / "config.yaml").trainer.batch_size == 16  # the effective config: total 32 over 2 workers
     comm = s["communication"]
     # 256 train images, 2 workers x 16 = 8 steps per epoch; 16 steps after warm-up: a round every
     # 3 steps (5) + the final partial one; evaluations in between see the last sync's weights
