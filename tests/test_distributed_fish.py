@@ -59,10 +59,14 @@ def test_two_workers_share_the_mask_keep_frozen_entries_and_count_bytes_exactly(
     assert k == s["method_report"]["k"] and abs(k / total - 0.1) < 1e-3
     assert comm["bytes"] == comm["rounds"] * 4 * k and comm["bytes_per_round"] == 4 * k
     assert comm["bytes_with_positions"] == comm["rounds"] * 8 * k
-    assert comm["full_model_equivalents"] == pytest.approx(comm["rounds"] * 2 * k / total)
+    assert comm["sync_full_model_equivalents"] == pytest.approx(comm["rounds"] * 2 * k / total)
+    # the data-parallel warm-up all-reduces every gradient (the mask is chosen after it): 8 dense steps
+    assert comm["warmup_full_model_equivalents"] == pytest.approx(8.0)
+    assert comm["full_model_equivalents"] == pytest.approx(8.0 + comm["rounds"] * 2 * k / total)
     assert comm["mask_broadcasts"] == 1 and comm["mask_broadcast_bytes"] == 4 * k
     curve = evals(run)
     assert [e["comm_rounds"] for e in curve] == [0, 2, 6] and curve[-1]["comm_bytes"] == comm["bytes"]
+    assert curve[0]["comm_full_model_equivalents"] == pytest.approx(8.0)  # the plot's axis starts after the warm-up's traffic
     assert (run / "accuracy_vs_communication.png").is_file()
 
     ranks = {tag: [torch.load(dump / f"{tag}_rank{r}.pt") for r in (0, 1)] for tag in ("warmup_end", "end")}

@@ -198,9 +198,16 @@ class LocalSGD:
             self.anchor_buffers = [b.detach().clone() for b in self.buffers]
         return True
 
+    @property
+    def warmup_fme(self) -> float:
+        """The data-parallel warm-up's gradient all-reduces, in full-model equivalents (dense)."""
+        return self.warmup_gradient_bytes / (4 * self.total_params) if self.total_params else 0.0
+
     def cumulative(self) -> dict:
-        """What eval records carry: cumulative communication so far (per worker)."""
-        return {"comm_rounds": self.rounds, "comm_bytes": self.bytes, "comm_full_model_equivalents": self.fme}
+        """What eval records carry: cumulative communication so far (per worker), the warm-up's
+        gradient traffic included in `comm_full_model_equivalents` and also given apart."""
+        return {"comm_rounds": self.rounds, "comm_bytes": self.bytes, "comm_full_model_equivalents": self.fme + self.warmup_fme,
+                "comm_sync_full_model_equivalents": self.fme, "comm_warmup_full_model_equivalents": self.warmup_fme}
 
     def summary(self) -> dict:
         dense = self.k >= self.total_params
@@ -219,7 +226,9 @@ class LocalSGD:
             "bytes_per_round": per_round,
             "bytes_with_positions": self.bytes_with_positions,
             "full_model_bytes": 4 * self.total_params,
-            "full_model_equivalents": self.fme,
+            "full_model_equivalents": self.fme + self.warmup_fme,  # the whole run: warm-up all-reduces + sync rounds
+            "sync_full_model_equivalents": self.fme,
+            "warmup_full_model_equivalents": self.warmup_fme,
             "full_model_equivalents_per_message": (1.0 if dense else 2.0 * self.k / self.total_params) if self.total_params else None,
             "full_model_equivalents_values_only": self.bytes / (4 * self.total_params) if self.total_params else None,
             "positions": "shared mask: positions are broadcast once per (re)selection, not per round" if not dense else "dense: no positions",
@@ -244,8 +253,8 @@ def plot_accuracy_vs_communication(run_dir, out_name: str = "accuracy_vs_communi
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     except OSError:
         return None
-    points = [(r["comm_full_model_equivalents"], r.get("main")) for r in records if r.get("type") == "eval" and "comm_full_model_equivalents" in r]
-    points = [(x, y) for x, y in points if y is not None]
+    evals = [r for r in records if r.get("type") == "eval" and "comm_full_model_equivalents" in r and r.get("main") is not None]
+    points = [(r["comm_full_model_equivalents"], r["main"]) for r in evals]
     if not points:
         return None
     try:
@@ -257,7 +266,11 @@ def plot_accuracy_vs_communication(run_dir, out_name: str = "accuracy_vs_communi
         return None
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([x for x, _ in points], [y for _, y in points], marker="o", ms=3)
-    ax.set_xlabel("communication (full-model equivalents per worker)")
+    warmup = max((r.get("comm_warmup_full_model_equivalents", 0.0) for r in evals), default=0.0)
+    if warmup > 0:  # where the data-parallel warm-up's traffic ends and the sparse sync rounds begin
+        ax.axvline(warmup, color="grey", linestyle="--", linewidth=1, label=f"end of DDP warm-up ({warmup:.1f})")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel("communication incl. warm-up (full-model equivalents per worker)")
     ax.set_ylabel("validation main metric")
     ax.grid(alpha=0.3)
     fig.tight_layout()
