@@ -444,3 +444,54 @@ def test_sparse_checkpoints_and_apply_delta_help():
         assert "Traceback" not in proc.stderr
     text = (REPO / "README.md").read_text()
     assert "python -m sparse_ft.apply_delta" in text and "--out" in text
+
+
+# --- item 4: the whole grid of a sweep, before it runs ----------------------------------------------
+
+
+def test_sweep_plan_lists_the_paper_grid_with_resolved_values():
+    from sparse_ft.sweep_plan import describe
+
+    info = describe(["+sweep=fish_glue_table1"], limit=91)
+    assert info["jobs"] == 1200
+    assert info["dimensions"] == {"task": 8, "method": 5, "lr_choice": 3, "trainer.batch_size": 2, "seed": 5}
+    assert len(info["shown"]) == 91
+    first, bitfit = info["shown"][0], info["shown"][90]  # job order: the last key varies fastest
+    assert first["overrides"] == ["task=cola", "method=dense", "lr_choice=high", "trainer.batch_size=8", "seed=1", "+sweep=fish_glue_table1"]
+    assert first["values"]["trainer.lr"] == 1e-4 and first["values"]["task.name"] == "cola" and first["values"]["method.name"] == "dense"
+    assert "method.density" not in first["values"]  # dense has no density
+    assert bitfit["values"]["method.name"] == "bitfit" and bitfit["values"]["trainer.lr"] == 1e-3  # lr_grid.bitfit.high
+    fish = info["shown"][30]
+    assert fish["values"]["method.name"] == "fish" and fish["values"]["method.density"] == 0.005
+    assert [j["values"]["seed"] for j in info["shown"][:5]] == [1, 2, 3, 4, 5]
+    assert describe(["+sweep=fish_glue_table1", "seed=1", "trainer.batch_size=16", "lr_choice=mid"], limit=0)["jobs"] == 40
+
+
+def test_sweep_plan_fast_composition_equals_hydras():
+    from sparse_ft.sweep_plan import Planner, _resolved
+
+    with Planner(["+sweep=fish_glue_table1", "trainer.max_steps=3"]) as planner:
+        jobs = planner.plan().jobs
+        for i in (0, 7, 95, 400, 1199):
+            fast = _resolved(planner.compose_job_fast(jobs[i]))
+            assert fast == _resolved(planner.compose_job(jobs[i])), i
+            assert fast["trainer.max_steps"] == 3
+
+
+def test_sweep_plan_cli_on_a_command_line_grid():
+    proc = subprocess.run([sys.executable, "-m", "sparse_ft.sweep_plan", "-m", "method=dense,fish", "seed=1,2", "model=tiny_bert",
+                           "trainer.lr=1e-3,1e-4", "--limit", "5"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **ENV})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert out.startswith("8 jobs: method (2) x seed (2) x trainer.lr (2)")
+    assert "showing the first 5 (--limit 5)" in out
+    assert "#4  method=fish seed=1 model=tiny_bert trainer.lr=0.001" in out and "#5" not in out  # as Hydra numbers and writes them
+    assert "    method.density = 0.005" in out and "    trainer.lr = 0.001" in out and "    trainer.lr = 0.0001" in out
+    bad = subprocess.run([sys.executable, "-m", "sparse_ft.sweep_plan", "method=no_such,fish"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, **ENV})
+    assert bad.returncode == 2 and "no_such" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_readme_documents_the_sweep_plan():
+    assert "python -m sparse_ft.sweep_plan +sweep=fish_glue_table1" in (REPO / "README.md").read_text()
