@@ -1,0 +1,262 @@
+"""What the pruning methods share: their options, the in-place masks and the end of a run.
+
+In-place masks (omp, imp, magnitude, movement): the model keeps its layout; a pruned entry is
+held at exactly +0.0 in the weight itself. `after_backward` zeroes the pruned entries' gradients
+(so clipping and the optimizer see only live entries) and `after_step` writes +0.0 into them
+again (`masked_fill_`, never a multiplication: −x·0 would be −0.0), so whatever the optimizer's
+momentum or weight decay did, every forward pass and the final checkpoint hold exact zeros.
+
+`finalize` measures the sparsity on the exported weights (never reads it from the config),
+writes the final mask (`prune_mask.safetensors`, packed bits) and the compact weights
+(`sparse_weights.safetensors`: bitmask + kept values per pruned tensor, the rest dense), and
+returns both sizes as storage artifacts. `report()["sparsity"]` carries `overall` (exact zeros /
+prunable entries), `per_layer`, `all_parameters` (zeros over every parameter) and the target.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ...core.errors import ConfigError
+from ...core.options import MethodOptions, option
+from ..base import Method, MethodContext, Stage
+from .masks import COMPACT_FILE, MASK_FILE, measure, pack_state, pruned_count, save_compact, save_masks, select, unpack_state
+from .schedule import cubic_sparsity, ramp_bounds
+from .targets import group_name, prunable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruningOptions(MethodOptions):
+    sparsity: float = option(0.5, "final fraction of exact zeros in the prunable weights, in [0, 1)", low=0, high=1, high_open=True)
+    scope: Literal["global", "layer"] = option("global", "global: one threshold over all prunable weights | layer: every weight matrix pruned to the sparsity")
+    modules: list | None = option(None, "regular expressions over module names choosing the prunable nn.Linear/nn.Conv2d weights; "
+                                        "null = every nn.Linear inside the transformer blocks (ResNet: every Conv2d/Linear but the head)")
+
+
+@dataclass
+class ScheduleOptions(PruningOptions):
+    sparsity: float = option(0.9, "final fraction of exact zeros in the prunable weights, in [0, 1) (PST's headline: 0.9)", low=0, high=1, high_open=True)
+    scope: Literal["global", "layer"] = option("layer", "layer: every weight matrix pruned to the sparsity (PST's f(S, v) per matrix) | global: one threshold over all")
+    schedule: Literal["cubic"] = option("cubic", "sparsity schedule: cubic (Zhu & Gupta 2018), from 0 to `sparsity`")
+    warmup_frac: float = option(0.1, "fraction of the optimizer steps trained dense before pruning starts", low=0, high=1, high_open=True)
+    cooldown_frac: float = option(0.3, "fraction of the optimizer steps at the end trained at the final sparsity", low=0, high=1, high_open=True)
+    prune_every: int = option(1, "re-select the mask every n optimizer steps (the step that first reaches the final sparsity always does)", low=1)
+
+    def check(self) -> None:
+        if self.warmup_frac + self.cooldown_frac > 1:
+            raise ConfigError("method.cooldown_frac", f"warmup_frac + cooldown_frac = {self.warmup_frac + self.cooldown_frac:g} exceeds 1")
+
+
+class PruningMethod(Method):
+    """Base of the pruning methods: prunable weights, in-place masks, state, finalize, report."""
+
+    name = "pruning"
+    Options = PruningOptions
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.ctx: MethodContext | None = None
+        self.targets: dict[str, tuple[str, nn.Module]] = {}
+        self.params: dict[str, nn.Parameter] = {}
+        self.keep: dict[str, torch.Tensor] = {}
+        self.level = 0.0  # the sparsity the current masks were chosen for
+        self.stats: dict = {}
+        self.sparsity_block: dict | None = None
+        self._resume: dict | None = None
+
+    # --- targets and masks ---------------------------------------------------------------------
+    def find_targets(self, module: nn.Module, kinds=None) -> None:
+        self.targets = prunable(module, self.opts.modules, **({"kinds": kinds} if kinds else {}))
+        params = dict(module.named_parameters())
+        self.params = {n: params[n] for n in self.targets}
+
+    def all_kept(self) -> dict[str, torch.Tensor]:
+        return {n: torch.ones_like(p, dtype=torch.bool) for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        for n, p in self.params.items():
+            p.masked_fill_(~self.keep[n], 0.0)
+
+    def choose(self, scores: dict[str, torch.Tensor], sparsity: float, nm=None) -> dict[str, torch.Tensor]:
+        return select(scores, sparsity, self.opts.get("scope", "global"), nm)
+
+    def pruned(self) -> int:
+        return pruned_count(self.keep)
+
+    # --- hooks ------------------------------------------------------------------------------------
+    def after_backward(self, step: int) -> None:
+        for n, p in self.params.items():
+            if p.grad is not None:
+                p.grad.masked_fill_(~self.keep[n], 0.0)
+
+    def after_step(self, step: int) -> None:
+        self.apply_masks()
+
+    def trainable_count(self) -> int:
+        """Entries the optimizer may change: the parameters that train, less the pruned entries
+        (held at zero for the whole run)."""
+        return super().trainable_count() - self.pruned()
+
+    # --- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"keep": pack_state(self.keep), "level": self.level, "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Before `prepare` (a resume): kept for `prepare`, which then reuses the saved masks."""
+        if self.module is None:
+            self._resume = state
+            return
+        self.adopt_state(state)
+
+    def adopt_state(self, state: dict) -> None:
+        device = next(iter(self.params.values())).device if self.params else None
+        self.keep = unpack_state(state["keep"], device)
+        self.level = float(state.get("level", 0.0))
+        self.stats.update(state.get("stats") or {})
+        self.apply_masks()
+
+    def take_resume(self) -> dict | None:
+        state, self._resume = self._resume, None
+        return state
+
+    # --- the end of the run -----------------------------------------------------------------------
+    def final_keep(self) -> dict[str, torch.Tensor]:
+        return self.keep
+
+    def parameter_names(self, module: nn.Module) -> list[str]:
+        """The base model's parameter names (what `all_parameters` sparsity counts over)."""
+        return [n for n, _ in module.named_parameters()]
+
+    def target_sparsity(self) -> float:
+        return float(self.opts.sparsity)
+
+    def mask_info(self) -> dict:
+        return {"method": self.name, "target": self.target_sparsity(), "scope": self.opts.get("scope"), "pattern": self.opts.get("pattern", "unstructured")}
+
+    def finalize(self, module: nn.Module, run_dir: Path) -> dict:
+        weights = self.export(module)
+        keep = self.final_keep()
+        self.sparsity_block = measure(weights, list(keep), self.parameter_names(module))
+        run_dir = Path(run_dir)
+        out = {
+            MASK_FILE: save_masks(run_dir / MASK_FILE, keep, self.mask_info()),
+            COMPACT_FILE: save_compact(run_dir / COMPACT_FILE, weights, keep, self.mask_info()),
+        }
+        log.info("%s: measured sparsity %.4f of %d prunable weights (target %.4f); compact weights %d bytes",
+                 self.name, self.sparsity_block["overall"], self.sparsity_block["prunable"], self.target_sparsity(), out[COMPACT_FILE])
+        return out
+
+    def sparsity_report(self) -> dict:
+        block = dict(self.sparsity_block or {})
+        block.update(target=self.target_sparsity(), scope=self.opts.get("scope"), pattern=self.opts.get("pattern", "unstructured"))
+        if "per_layer" in block:  # one row per module type too (layer indices as *)
+            groups: dict[str, list] = {}
+            for name, frac in block["per_layer"].items():
+                groups.setdefault(group_name(name), []).append((frac, self.params[name].numel() if name in self.params else 1))
+            block["per_type"] = {g: sum(f * n for f, n in v) / sum(n for _, n in v) for g, v in groups.items()}
+        return block
+
+    def report(self) -> dict:
+        pruned = self.pruned()
+        return {
+            "sparsity": self.sparsity_report(),
+            "prunable_tensors": len(self.targets),
+            "pruned_entries": pruned,
+            # entries changed by pruning rather than by training (the contract's "merged" entries)
+            "merged_entries": pruned,
+            **self.stats,
+        }
+
+
+class ScheduledPruning(PruningMethod):
+    """Gradual pruning on the cubic schedule: the mask is re-chosen after optimizer steps from
+    `scores()`; the final sparsity is reached exactly at step t1 = T − round(cooldown_frac·T).
+
+    The run's stage turns `trainer.select_best` off: an earlier, denser checkpoint is not a
+    result at the target sparsity, so the final weights are the last ones (the best evaluation is
+    still recorded in `summary.json → best`)."""
+
+    Options = ScheduleOptions
+    monotone = True  # pruned entries never return: once at the final sparsity the mask is final
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.total_steps = 0
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train", {"select_best": False})]
+
+    def begin_stage(self, index: int, stage: Stage, ctx: MethodContext) -> None:
+        self.total_steps = int(ctx.total_steps)
+
+    def target(self, done: int) -> float:
+        o = self.opts
+        return cubic_sparsity(done, self.total_steps, float(o.sparsity), float(o.warmup_frac), float(o.cooldown_frac))
+
+    def due(self, done: int) -> float | None:
+        """The sparsity to prune to after `done` steps, or None when the mask stays."""
+        t = self.target(done)
+        final = float(self.opts.sparsity)
+        if t <= 0:
+            return None
+        if t >= final and self.level < final:
+            return t
+        if self.monotone and self.level >= final:
+            return None
+        return t if done % int(self.opts.prune_every) == 0 else None
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def on_change(self, old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> None:
+        """Called before the new masks replace the old ones (movement keeps pruned values)."""
+
+    @torch.no_grad()
+    def reprune(self, sparsity: float) -> None:
+        new = self.choose(self.scores(), sparsity)
+        self.on_change(self.keep, new)
+        self.keep = new
+        self.level = sparsity
+        self.apply_masks()
+        self.stats["mask_updates"] = self.stats.get("mask_updates", 0) + 1
+
+    def prepare(self, module: nn.Module, ctx: MethodContext) -> None:
+        super().prepare(module, ctx)
+        self.ctx = ctx
+        self.total_steps = int(ctx.total_steps)
+        self.find_targets(module)
+        self.keep = self.all_kept()
+        self.init_state()
+        state = self.take_resume()
+        if state is not None:
+            self.adopt_state(state)
+
+    def init_state(self) -> None:
+        """Method-specific state created in `prepare`, before a resumed state is adopted."""
+
+    def trainable_count(self) -> int:
+        """What the optimizer sees: every parameter, pruned entries included (their gradients are
+        zeroed, but which entries are pruned changes during the run)."""
+        return Method.trainable_count(self)
+
+    def after_step(self, step: int) -> None:
+        self.apply_masks()
+        t = self.due(step + 1)
+        if t is not None:
+            self.reprune(t)
+
+    def sparsity_report(self) -> dict:
+        block = super().sparsity_report()
+        t0, t1 = ramp_bounds(self.total_steps, float(self.opts.warmup_frac), float(self.opts.cooldown_frac))
+        block["schedule"] = {"kind": self.opts.schedule, "total_steps": self.total_steps, "dense_until_step": t0, "final_from_step": t1,
+                             "prune_every": int(self.opts.prune_every), "level": self.level}
+        return block
