@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -33,12 +34,28 @@ from .targets import group_name, prunable
 log = logging.getLogger(__name__)
 
 
+def normalise_modules(value) -> list[str] | None:
+    """`method.modules` as a plain list of regular expressions (a single string is one; an
+    OmegaConf ListConfig from the command line becomes a list)."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    if not items:
+        raise ConfigError("method.modules", "an empty list selects nothing; use null for the default rule")
+    if not all(isinstance(x, str) for x in items):
+        raise ConfigError("method.modules", f"{items!r} must be regular expressions (strings)")
+    return items
+
+
 @dataclass
 class PruningOptions(MethodOptions):
     sparsity: float = option(0.5, "final fraction of exact zeros in the prunable weights, in [0, 1)", low=0, high=1, high_open=True)
     scope: Literal["global", "layer"] = option("global", "global: one threshold over all prunable weights | layer: every weight matrix pruned to the sparsity")
-    modules: list | None = option(None, "regular expressions over module names choosing the prunable nn.Linear/nn.Conv2d weights; "
+    modules: Sequence | None = option(None, "regular expressions over module names choosing the prunable nn.Linear/nn.Conv2d weights; "
                                         "null = every nn.Linear inside the transformer blocks (ResNet: every Conv2d/Linear but the head)")
+
+    def check(self) -> None:
+        self.modules = normalise_modules(self.modules)
 
 
 @dataclass
@@ -51,6 +68,7 @@ class ScheduleOptions(PruningOptions):
     prune_every: int = option(1, "re-select the mask every n optimizer steps (the step that first reaches the final sparsity always does)", low=1)
 
     def check(self) -> None:
+        super().check()
         if self.warmup_frac + self.cooldown_frac > 1:
             raise ConfigError("method.cooldown_frac", f"warmup_frac + cooldown_frac = {self.warmup_frac + self.cooldown_frac:g} exceeds 1")
 

@@ -21,6 +21,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -29,7 +30,7 @@ from ...core.options import MethodOptions, option
 from ...train.checkpoint import atomic_write_text
 from ..base import MethodContext, Stage
 from ..registry import register
-from .base import PruningMethod
+from .base import PruningMethod, normalise_modules
 from .masks import cosine, save_masks, select
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,11 @@ class ImpOptions(MethodOptions):
     prune_per_round: float = option(0.2, "fraction of the remaining prunable weights removed before each round", low=0, high=1, low_open=True, high_open=True)
     dense_first: bool = option(False, "round 0 fine-tunes the dense model (classic LTH) instead of starting from the one-shot magnitude mask")
     scope: Literal["global", "layer"] = option("global", "global: one threshold over all prunable weights | layer: every weight matrix pruned alike")
-    modules: list | None = option(None, "regular expressions over module names choosing the prunable nn.Linear/nn.Conv2d weights; "
+    modules: Sequence | None = option(None, "regular expressions over module names choosing the prunable nn.Linear/nn.Conv2d weights; "
                                         "null = every nn.Linear inside the transformer blocks (ResNet: every Conv2d/Linear but the head)")
+
+    def check(self) -> None:
+        self.modules = normalise_modules(self.modules)
 
 
 @register("imp")

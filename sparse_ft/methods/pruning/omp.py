@@ -38,6 +38,7 @@ class OmpOptions(PruningOptions):
     fisher_batch_size: int = option(16, "score=fisher: examples per batch of the per-sample gradient pass", low=1)
 
     def check(self) -> None:
+        super().check()
         parse_pattern(self.pattern)
 
 
