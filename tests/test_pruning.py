@@ -468,3 +468,63 @@ def test_default_targets_are_the_linear_layers_of_the_blocks():
     conv = list(prunable(net))
     assert "fc.weight" not in conv and conv and all(n.endswith(".weight") for n in conv)
     assert list(prunable(setup.bundle.module, ["attention"])) == [n for n in names if ".attention." in n]
+
+
+# --- sweeps and the inspect command ------------------------------------------------------------
+
+PRUNING_SWEEPS = {"essential_sparsity": {"omp"}, "pst_glue": {"magnitude", "movement", "pst"}}
+
+
+@pytest.mark.parametrize("sweep", sorted(PRUNING_SWEEPS))
+def test_pruning_sweeps_compose_and_every_swept_value_validates(sweep):
+    import itertools
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from conftest import REPO
+    from sparse_ft.config import check_unknown_keys, validate
+
+    text = (REPO / "sweeps" / f"{sweep}.yaml").read_text()
+    assert text.startswith("# @package _global_") and "A100-hours" in text and ("Figure" in text or "Table" in text)
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        hcfg = hydra_compose(config_name="config", overrides=[f"+sweep={sweep}"], return_hydra_config=True)
+        params = {k: str(v).split(",") for k, v in hcfg.hydra.sweeper.params.items()}
+        assert "seed" in params and "task" in params
+        methods = params.pop("method", [None])
+        widest = max(len(v) for v in params.values())
+        seen = set()
+        for method, i in itertools.product(methods, range(widest)):
+            overrides = [f"+sweep={sweep}"] + ([f"method={method}"] if method else [])
+            overrides += [f"{k}={v[i % len(v)]}" for k, v in params.items()]
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+            check_unknown_keys(cfg)
+            validate(cfg)
+            OmegaConf.to_container(cfg, resolve=True)  # the epochs grid resolves for every task
+            registered()[cfg.method.name].validate(cfg.method)
+            assert cfg.model.name_or_path == "bert-base-uncased" and cfg.trainer.epochs >= 3
+            seen.add(cfg.method.name)
+    assert seen == PRUNING_SWEEPS[sweep]
+
+
+def test_inspect_weights_reports_near_zero_weights_per_module_type(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from sparse_ft.inspect import main
+
+    w = torch.tensor([0.0, 0.001, -0.005, 0.5, -0.2, 0.02, 0.009, 1.0])
+    save_file({"enc.layer.0.ffn.weight": w.view(2, 4), "enc.layer.1.ffn.weight": -w.view(2, 4), "emb.weight": torch.ones(3, 2)}, str(tmp_path / "w.safetensors"))
+    assert main(["weights", str(tmp_path / "w.safetensors"), "--eps", "0.01", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ffn = out["types"]["enc.layer.*.ffn.weight"]
+    assert (ffn["tensors"], ffn["entries"], ffn["near_zero_fraction"], ffn["zero_fraction"]) == (2, 16, 4 / 8, 1 / 8)
+    assert out["types"]["emb.weight"]["near_zero_fraction"] == 0.0
+    assert main(["weights", "tiny_bert", "--sparsity", "0.5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prunable"]["tensors"] == 12
+    pruned = sum(r.get("omp_pruned", 0) for r in out["types"].values())
+    assert pruned == n_pruned(out["prunable"]["entries"], 0.5)
+    assert out["types"]["encoder.layer.*.intermediate.dense.weight"]["module"] == "Linear"
+    assert main(["weights", "tiny_bert"]) == 0
+    assert "near-zero" in capsys.readouterr().out
+    assert main(["weights", str(tmp_path / "missing.safetensors")]) == 2
