@@ -4,6 +4,10 @@ On MiniLM with real MRPC batches, in one process, side by side:
 
   fish_step_time_ratio          seconds per optimizer step inside Trainer.fit, fish (0.5%, exact
                                 sparse updates) / dense; alternating repeats, best of each
+  fish_dense_weight_grads_step_time_ratio  the exact sparse update computing full weight
+                                gradients (method.weight_grads=dense) / dense: the step before
+                                masked weight gradients
+  fish_backward_time_ratio      one backward pass, fish (masked weight gradients) / dense
   fish_naive_step_time_ratio    the same for the naive approach (dense AdamW over every tensor,
                                 gradients multiplied by the mask) / dense — the reference point
   fish_optimizer_state_ratio    bytes of the optimizer's state after training, fish / dense
@@ -81,6 +85,36 @@ class _NaiveMask:
         pass
 
 
+def backward_ratio(setup, mask: dict, repeats: int) -> dict:
+    """Seconds of one backward pass on one MRPC batch: FISH's (exact sparse update, masked
+    weight gradients) / dense's, best of alternating repeats."""
+    from ..methods.masked.sparse_update import SparseUpdate
+
+    setup.reset()
+    module = setup.bundle.module
+    module.train()
+    batch = setup.bundle.collate([setup.features["train"][i] for i in range(int(setup.cfg.trainer.batch_size))])
+
+    def backward_s() -> float:
+        torch.manual_seed(0)
+        loss = setup.bundle.loss(batch)
+        t0 = time.perf_counter()
+        loss.backward()
+        t = time.perf_counter() - t0
+        module.zero_grad(set_to_none=True)
+        return t
+
+    dense, fish = [], []
+    for _ in range(max(2, repeats)):
+        for p in module.parameters():
+            p.requires_grad_(True)
+        dense.append(backward_s())
+        update = SparseUpdate(module, mask, sampled_linear_grads=True)
+        fish.append(backward_s())
+        update.close()
+    return {"fish_backward_s": min(fish), "dense_backward_s": min(dense), "fish_backward_time_ratio": min(fish) / min(dense)}
+
+
 def bench_fish(args) -> dict:
     from ..methods import build_method
     from ..methods.masked.fish import _length
@@ -97,11 +131,12 @@ def bench_fish(args) -> dict:
         fit_method(setup, first, tmp)
         mask = first.mask
         mask_path = tmp / "mask.safetensors"
-        fish_cfg = OmegaConf.merge(setup.cfg.method, {"mask_path": str(mask_path)})
+        fish_cfg = OmegaConf.merge(setup.cfg.method, {"mask_path": str(mask_path), "weight_grads": "sampled"})
+        fish_dense_grads_cfg = OmegaConf.merge(fish_cfg, {"weight_grads": "dense"})
         out["fish_bench_k"] = first.stats["k"]
         out["fish_bench_density"] = first.stats["k"] / first.stats["total_params"]
         fit_method(setup, build_method(dense_cfg), tmp)  # warm-up
-        dense_t, fish_t, naive_t = [], [], []
+        dense_t, fish_t, naive_t, fish_dg_t = [], [], [], []
         dense_bytes = fish_bytes = None
         for _ in range(int(args.repeats)):  # alternate to cancel drift
             t, trainer = fit_method(setup, build_method(dense_cfg), tmp)
@@ -112,12 +147,16 @@ def bench_fish(args) -> dict:
             fish_bytes = _state_bytes(trainer.optimizer)
             t, _ = fit_method(setup, _NaiveMask(mask), tmp)
             naive_t.append(t)
+            t, _ = fit_method(setup, build_method(fish_dense_grads_cfg), tmp)
+            fish_dg_t.append(t)
         # best of the alternating repeats (timeit's rule): on a CPU shared with other jobs the
         # minimum is the least disturbed measurement of each, taken under the same conditions
-        d, f, nv = min(dense_t), min(fish_t), min(naive_t)
+        d, f, nv, fdg = min(dense_t), min(fish_t), min(naive_t), min(fish_dg_t)
         out.update(
             fish_dense_step_s=d, fish_step_s=f, fish_naive_step_s=nv,
             fish_step_time_ratio=f / d, fish_naive_step_time_ratio=nv / d,
+            fish_dense_weight_grads_step_time_ratio=fdg / d,  # the same exact sparse update with full dW (before sampled gradients)
+            **backward_ratio(setup, mask, int(args.repeats)),
             fish_optimizer_state_bytes=fish_bytes, dense_optimizer_state_bytes=dense_bytes,
             fish_optimizer_state_ratio=fish_bytes / dense_bytes,
         )

@@ -80,7 +80,7 @@ def train_job(rc: RunContext) -> float | None:
             logits=setup.bundle.logits if setup.bundle.logits_fn is not None else None,
             # local SGD: a masked method trains densely through the warm-up and selects its
             # mask when the trainer calls refresh_mask() at the end of it
-            extra={"dist": dist_info, "resumed": resume is not None, "defer_mask": local_sgd and int(dist_cfg.warmup_epochs) > 0},
+            extra={"dist": dist_info, "resumed": resume is not None, "local_sgd": local_sgd, "defer_mask": local_sgd and int(dist_cfg.warmup_epochs) > 0},
             total_steps=total_steps(cfg.trainer, train_size, dist_info.world_size),
             steps_per_epoch=steps_per_epoch(cfg.trainer, train_size, dist_info.world_size),
             model_cfg=cfg.model,

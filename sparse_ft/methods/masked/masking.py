@@ -45,6 +45,7 @@ class BudgetOptions(MaskedOptions):
     """Methods that choose k = density·|θ| entries and may re-select them."""
 
     density: float = option(0.005, "k/|θ|: fraction of all parameters trained, head included", low=0, low_open=True, high=1)
+    weight_grads: Literal["sampled", "dense"] = option("sampled", "Linear weights partly in the mask: compute only the masked entries of the weight gradient (sampled) or the full dense gradient (dense; always under DDP)")
     mask_refresh_epochs: int | Literal["never"] | None = option("never", "re-select the mask after every n epochs (FISH §4.3), or never", low=1)
 
 
@@ -75,6 +76,13 @@ class MaskedMethod(Method):
     # subclasses: the mask (without the head when classifier_in_mask); `round` counts refreshes
     def select(self, module: nn.Module, ctx: MethodContext, head: list[str], k: int | None, round: int = 0) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def sampled_grads(self) -> bool:
+        """Masked-entry weight gradients, unless asked otherwise or gradients are all-reduced by DDP
+        (which only reduces the module's own parameters; local SGD's sparse phase runs without DDP)."""
+        extra = self.ctx.extra if self.ctx is not None else {}
+        ddp = extra.get("dist") is not None and extra["dist"].world_size > 1 and not extra.get("local_sgd")
+        return self.cfg.get("weight_grads", "dense") == "sampled" and not ddp
 
     def head_in_mask(self) -> bool:
         return bool(self.cfg.get("classifier_in_mask", True))
@@ -116,7 +124,9 @@ class MaskedMethod(Method):
         self.stats["total_params"] = sum(p.numel() for p in params.values())
         if self.delta is not None:
             self.delta.extend(self.module, self.mask)
-        self.update = SparseUpdate(self.module, self.mask)
+        if self.update is not None:
+            self.update.close()
+        self.update = SparseUpdate(self.module, self.mask, sampled_linear_grads=self.sampled_grads())
         if save and self.ctx is not None and self.ctx.run_dir is not None:
             self.mask_bytes = save_mask(Path(self.ctx.run_dir) / MASK_FILE, self.module, self.mask, {"method": self.name, "k": self.stats["k"], **self.mask_info()})
 

@@ -34,7 +34,7 @@ def is_no_decay(name: str, p: torch.Tensor) -> bool:
 class SparseUpdate:
     """Flat optimizer vectors over the masked entries; see the module docstring."""
 
-    def __init__(self, module: nn.Module, mask: dict[str, torch.Tensor]):
+    def __init__(self, module: nn.Module, mask: dict[str, torch.Tensor], sampled_linear_grads: bool = False):
         self.module = module
         self.mask = mask
         self.whole: dict[bool, list[nn.Parameter]] = {True: [], False: []}
@@ -66,6 +66,21 @@ class SparseUpdate:
                 offs.append(o)
                 o += idx.numel()
             self.offsets[decay] = offs
+        # partly masked Linear weights: only their masked gradient entries are computed (sampled_grads.py)
+        self.linears = None
+        if sampled_linear_grads:
+            from .sampled_grads import MaskedLinears
+
+            segments = [(name, self.flat[d], off, idx) for d in (True, False) for (name, _, idx), off in zip(self.segments[d], self.offsets.get(d, []))]
+            self.linears = MaskedLinears(module, segments)
+            for layer in self.linears.installed:
+                layer.weight.requires_grad_(False)
+
+    def close(self) -> None:
+        """Give the Linear layers their own forward back (before the mask changes)."""
+        if self.linears is not None:
+            self.linears.remove()
+            self.linears = None
 
     @property
     def size(self) -> int:
@@ -87,8 +102,11 @@ class SparseUpdate:
             flat = self.flat[decay]
             if flat is None:
                 continue
-            grad = flat.grad if flat.grad is not None else torch.empty_like(flat)
-            for (_, p, idx), off in zip(segs, self.offsets[decay]):
+            grad = flat.grad if flat.grad is not None else torch.zeros_like(flat)
+            sampled = self.linears.names if self.linears is not None else ()
+            for (name, p, idx), off in zip(segs, self.offsets[decay]):
+                if name in sampled:  # autograd already put these entries' gradients into flat.grad
+                    continue
                 out = grad[off : off + idx.numel()]
                 if p.grad is None:
                     out.zero_()
