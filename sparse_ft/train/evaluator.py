@@ -61,7 +61,9 @@ class Evaluator:
         preds, labels = self.predictions(split)
         if labels is None:
             raise ValueError(f"split {split!r} has no labels to evaluate against")
-        return {k: float(v) for k, v in self.task.metric_fn(preds, labels).items()}
+        # counts (invalid_predictions) stay integers in summary.json
+        return {k: int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else float(v)
+                for k, v in self.task.metric_fn(preds, labels).items()}
 
     def final_metrics(self) -> dict:
         """Every evaluation split (and a labelled test split), plus `main` of the selection split."""
