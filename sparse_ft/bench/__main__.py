@@ -13,7 +13,14 @@ from . import __doc__ as DOC
 from .harness import DEFAULT_GLUE
 
 # group name -> "module:function"; each module is imported only when its group runs
-GROUPS = {"trainer": "trainer:bench_trainer", "energy": "energy:bench_energy", "fish": "fish:bench_fish"}
+GROUPS = {
+    "trainer": "trainer:bench_trainer",
+    "energy": "energy:bench_energy",
+    "fish": "fish:bench_fish",
+    "pruning": "pruning:bench_pruning",
+    "ere": "ere:bench_ere",
+    "read": "read:bench_read",
+}
 
 
 def run_group(name: str, args) -> dict:

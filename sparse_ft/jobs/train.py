@@ -182,6 +182,8 @@ def train_job(rc: RunContext) -> float | None:
 
             plot_accuracy_vs_communication(run_dir)
         summary["method_report"] = method.report()
+        for key, block in method.summary_blocks().items():
+            summary.setdefault(key, block)
         summary["time"] = rc.time_block(totals["steps"], totals["epochs"], totals["samples"], totals["tokens"])
         summary["memory"] = telemetry.resources.memory_block()
         p = summary["params"]

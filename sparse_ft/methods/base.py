@@ -185,6 +185,11 @@ class Method:
     def report(self) -> dict:
         return {}
 
+    def summary_blocks(self) -> dict:
+        """Top-level summary.json blocks the method measures (e.g. `sparsity` of the final
+        weights); they never replace a block the job writes."""
+        return {}
+
 
 def decay_groups(named_params, weight_decay: float) -> list[dict]:
     """Hugging Face's convention: no weight decay on biases and normalisation weights."""

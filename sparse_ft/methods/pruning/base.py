@@ -183,6 +183,9 @@ class PruningMethod(Method):
             block["per_type"] = {g: sum(f * n for f, n in v) / sum(n for _, n in v) for g, v in groups.items()}
         return block
 
+    def summary_blocks(self) -> dict:
+        return {"sparsity": self.sparsity_report()}  # summary.json → sparsity: what the report plots
+
     def report(self) -> dict:
         pruned = self.pruned()
         return {
