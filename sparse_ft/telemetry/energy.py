@@ -40,6 +40,9 @@ intervals: trapezoids are clipped at the boundaries by linear interpolation. Par
 before the first or after the last sample are not extrapolated (the NVML and RAPL samplers take
 a sample at start and at stop, so the curve spans the run). The integration lives in pure
 functions over arrays (:func:`integrate`, :func:`counter_delta`, …) so it can be checked by hand.
+
+Why one file of ~680 lines: the monitor, its phase accounting and the three kWh estimates share
+the sample stream and its clock; the backends (NVML, nvidia-smi, RAPL) already live apart.
 """
 
 from __future__ import annotations

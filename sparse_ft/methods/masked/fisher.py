@@ -22,6 +22,10 @@ otherwise — e.g. T5 (its relative-position bias is shared by the whole batch) 
 positional embedding computes its own indices).
 
 The pass runs in eval mode (no dropout; BatchNorm uses and keeps its running statistics).
+
+Why one file of ~500 lines: the batched hooks, the per-example loop that checks them, and the
+progress report are one algorithm with one contract (per-sample squared gradients, exact); split,
+each part would import the others' internals.
 """
 
 from __future__ import annotations
