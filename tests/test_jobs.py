@@ -227,3 +227,12 @@ def test_the_trainer_asks_every_step_and_rebuilds_only_on_a_real_change(tmp_path
     assert context == {"total": 5, "per_epoch": 8, "model": "tiny_bert", "bundle": True}
     final = load_file(str(tmp_path / "checkpoints/final/model.safetensors"))
     assert s["params"]["updated"] > 0 and "bert.embeddings.word_embeddings.weight" in final
+
+
+def test_random_init_with_a_name_or_path_is_a_logged_choice(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="sparse_ft"):
+        s = run_inprocess(tmp_path, [*TINY, "method=dense", "trainer.max_steps=1", "model.name_or_path=/nonexistent"])
+    assert s["status"] == "completed"
+    assert any("model.name_or_path=/nonexistent is not loaded" in r.getMessage() for r in caplog.records)

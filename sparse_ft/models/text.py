@@ -91,6 +91,10 @@ def load_module(model_cfg, task: TaskData, tokenizer):
             raise ModelLoadError("model.config.model_type: needed to build a model with random_init=true")
         config = AutoConfig.for_model(model_type, **overrides, **head)
         source = f"random init ({model_type})"
+        if model_cfg.get("name_or_path"):  # a preset's hub id stays in the config: say it is not loaded
+            log.warning("model.random_init=true: random weights built from model.config (%s shapes); "
+                        "model.name_or_path=%s is not loaded", model_type, model_cfg.name_or_path)
+            source += f", shapes of {model_cfg.name_or_path}, its weights not loaded"
         module = _auto_class(arch).from_config(config)
     else:
         spec = model_cfg.name_or_path
