@@ -250,3 +250,11 @@ def test_sampled_linear_weight_gradients_equal_the_masked_dense_ones(model):
     # relative error in norm: two fp32 summation orders (a GEMM and dot products) over the tokens
     assert float(torch.linalg.norm(dense - fast) / torch.linalg.norm(dense)) < 1e-6
     assert all("forward" not in vars(m) for m in module.modules())  # close() restored every forward
+
+
+def test_the_report_says_where_the_mask_lands():
+    from sparse_ft.methods.masked.selection import mask_by_type
+
+    mask = {"bert.encoder.layer.0.attention.self.query.weight": torch.arange(3), "bert.encoder.layer.1.attention.self.query.weight": torch.arange(2),
+            "bert.pooler.dense.weight": torch.arange(10), "classifier.bias": torch.zeros(0, dtype=torch.long)}
+    assert mask_by_type(mask) == {"bert.pooler.dense.weight": 10, "bert.encoder.layer.*.attention.self.query.weight": 5}

@@ -18,7 +18,7 @@ from ...core.options import MethodOptions, option
 from ..base import Method, MethodContext, decay_groups
 from .delta import SparseDelta, bits_differ, fingerprint, head_info, persistent_buffers  # noqa: F401
 from .selection import (  # noqa: F401
-    BASE_FILE, DELTA_FILE, DELTA_FORMAT, MASK_FILE, MASK_FORMAT, budget, full_mask, head_names, load_mask, mask_size,
+    BASE_FILE, DELTA_FILE, DELTA_FORMAT, MASK_FILE, MASK_FORMAT, budget, full_mask, head_names, load_mask, mask_by_type, mask_size,
     named_params, random_mask, save_mask, topk_mask,
 )
 from .sparse_update import SparseUpdate, is_no_decay  # noqa: F401
@@ -262,6 +262,7 @@ class MaskedMethod(Method):
             "optimizer_elements": k,
             "optimizer_state_bytes_adamw": 2 * 4 * k,  # exp_avg + exp_avg_sq, fp32, masked entries only
             "tensors_with_mask": sum(1 for i in self.mask.values() if i.numel()),
+            "mask_by_type": mask_by_type(self.mask),  # where the k entries land (e.g. FISH's pooler share)
         }
         out.update({k2: v for k2, v in self.stats.items() if k2 not in ("k", "total_params", "head_params", "mask_seconds")})
         if self.delta is not None and hasattr(self.delta, "summary"):

@@ -177,3 +177,15 @@ def load_mask(path, module: nn.Module, skip=()) -> dict[str, torch.Tensor]:
 
 
 # --- the optimizer sees only the masked entries ---------------------------------------------------
+
+
+def mask_by_type(mask: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Where a mask lands: masked entries per parameter type (layer indices as `*`), largest first."""
+    import re
+
+    counts: dict[str, int] = {}
+    for name, idx in mask.items():
+        if idx.numel():
+            key = re.sub(r"\.\d+\.", ".*.", name)
+            counts[key] = counts.get(key, 0) + int(idx.numel())
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
