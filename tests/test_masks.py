@@ -3,6 +3,8 @@ mask files, BitFit's selection, config validation."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -258,3 +260,20 @@ def test_the_report_says_where_the_mask_lands():
     mask = {"bert.encoder.layer.0.attention.self.query.weight": torch.arange(3), "bert.encoder.layer.1.attention.self.query.weight": torch.arange(2),
             "bert.pooler.dense.weight": torch.arange(10), "classifier.bias": torch.zeros(0, dtype=torch.long)}
     assert mask_by_type(mask) == {"bert.pooler.dense.weight": 10, "bert.encoder.layer.*.attention.self.query.weight": 5}
+
+
+def test_fish_head_warmup_moves_only_the_head_and_changes_where_the_mask_lands(tmp_path):
+    from conftest import run_inprocess
+
+    common = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=64", "task.max_eval_samples=16", "method=fish",
+              "method.num_samples=32", "method.density=0.002", "trainer.max_steps=1", "trainer.lr=1e-12"]
+    cold = run_inprocess(tmp_path / "cold", common)
+    warm = run_inprocess(tmp_path / "warm", [*common, "method.head_warmup_steps=20", "method.head_warmup_lr=0.05"])
+    r = warm["method_report"]
+    assert r["head_warmup_steps"] == 20 and math.isfinite(r["head_warmup_loss_last"])
+    assert "head_warmup_steps" not in cold["method_report"]
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "cold/mask.safetensors")), load_file(str(tmp_path / "warm/mask.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the head decides where the Fisher is large
+    assert warm["params"]["updated"] <= warm["params"]["trainable"]  # the warm-up trains the head only

@@ -45,12 +45,43 @@ class FishOptions(BudgetOptions):
     mask_path: str | None = option(None, "reuse a saved mask: a mask.safetensors file or a run directory holding one")
     batch_size: int = option(16, "examples per batch in the Fisher pass (per-sample gradients are exact at any size)", low=1)
     fisher_impl: Literal["auto", "hooks", "loop"] = option("auto", "auto (batched per-sample hooks, verified, else loop) | hooks | loop")
+    head_warmup_steps: int = option(0, "train only the new head for this many steps before the Fisher pass (0 = the paper: the Fisher goes through the random head)", low=0)
+    head_warmup_lr: float = option(1e-3, "AdamW learning rate of the head warm-up", low=0, low_open=True)
 
 
 @register("fish")
 class Fish(MaskedMethod):
     name = "fish"
     Options = FishOptions
+
+    def _warm_up_head(self, module, ctx, head: list[str]) -> None:
+        """A short head-only fine-tune (the rest frozen), so the Fisher's gradients do not all flow
+        through a random head; the warmed-up head is the head's starting point for training."""
+        steps, params = int(self.cfg.head_warmup_steps), named_params(module)
+        if not head:
+            raise ConfigError("method.head_warmup_steps", "this model has no new task head to warm up")
+        flags = {n: p.requires_grad for n, p in params.items()}
+        for n, p in params.items():
+            p.requires_grad_(n in head)
+        opt = torch.optim.AdamW([params[n] for n in head], lr=float(self.cfg.head_warmup_lr), weight_decay=0.0)
+        g = torch.Generator().manual_seed(int(ctx.seed) + 17)
+        batch_size = int(self.cfg.batch_size)
+        was_training = module.training
+        module.train()
+        losses = []
+        for step in range(steps):
+            idx = torch.randint(len(ctx.train_features), (batch_size,), generator=g).tolist()
+            batch = {k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in ctx.collate([ctx.train_features[i] for i in idx]).items()}
+            loss = ctx.loss(batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        module.train(was_training)
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+        self.stats.update(head_warmup_steps=steps, head_warmup_loss_first=losses[0], head_warmup_loss_last=losses[-1])
+        log.info("fish: head warm-up, %d steps: loss %.4f → %.4f", steps, losses[0], losses[-1])
 
     def mask_info(self) -> dict:
         return {k: self.stats.get(k) for k in ("source", "num_samples", "fisher", "fisher_impl")}
@@ -78,6 +109,8 @@ class Fish(MaskedMethod):
         order = torch.randperm(n_train, generator=torch.Generator().manual_seed(int(ctx.seed)))[:n].tolist()
         order.sort(key=lambda i: (_length(ctx.train_features[i]), i))  # similar lengths share a batch: less padding
         examples = [ctx.train_features[i] for i in order]
+        if int(cfg.get("head_warmup_steps", 0)) > 0:
+            self._warm_up_head(module, ctx, head)
         started = time.perf_counter()
         result = fisher_diagonal(
             module, examples, ctx.collate, ctx.per_example_loss,
