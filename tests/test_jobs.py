@@ -236,3 +236,19 @@ def test_random_init_with_a_name_or_path_is_a_logged_choice(tmp_path, caplog):
         s = run_inprocess(tmp_path, [*TINY, "method=dense", "trainer.max_steps=1", "model.name_or_path=/nonexistent"])
     assert s["status"] == "completed"
     assert any("model.name_or_path=/nonexistent is not loaded" in r.getMessage() for r in caplog.records)
+
+
+def test_diff_pruning_second_stage_finetunes_the_projection_and_resumes_inside_it(tmp_path):
+    args = [*TINY, "method=diff_pruning", "method.density=0.01", "method.finetune_steps=4", "trainer.max_steps=4",
+            "trainer.checkpoint_every=2"]
+    full = run_inprocess(tmp_path / "full", args)
+    assert full["status"] == "completed", full.get("error")
+    assert [s["name"] for s in full["stages"]] == ["diff", "finetune_projection"]
+    r = full["method_report"]
+    assert 0 < r["finetune_entries"] <= r["k"] and r["projected_entries"] <= r["k"]
+    assert full["params"]["updated"] <= r["k"]  # the second stage moved only projected entries (+ head)
+    resumed = run_inprocess(tmp_path / "resumed", [*args, f"trainer.resume={tmp_path / 'full'}"])
+    assert resumed["resumed_from"]["stage"] == 1
+    a = load_file(str(tmp_path / "full/checkpoints/final/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/checkpoints/final/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

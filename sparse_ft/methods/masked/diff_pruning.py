@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from ...core.options import option
-from ..base import Method, MethodContext, decay_groups
-from .masking import MASK_FILE, MaskedOptions, SparseDelta, bits_differ, budget, head_names, named_params, save_mask, topk_mask
+from ..base import Method, MethodContext, Stage, decay_groups
+from .masking import MASK_FILE, MaskedOptions, SparseUpdate, SparseDelta, bits_differ, budget, head_names, named_params, save_mask, topk_mask
 from ..registry import register
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class DiffPruningOptions(MaskedOptions):
     temperature: float = option(1.0, "β of the hard-concrete distribution", low=0, low_open=True)
     stretch_left: float = option(-1.5, "l: hard-concrete stretch interval (l, r), l < 0", high=0, high_open=True)
     stretch_right: float = option(1.5, "r: > 1, so that z is exactly 0 or 1 with positive probability", low=1, low_open=True)
+    finetune_steps: int = option(0, "Guo et al.'s second stage: after the projection to k entries, fine-tune the projected δ with the mask fixed for this many optimizer steps (0 = no second stage)", low=0)
 
 
 @register("diff_pruning")
@@ -66,6 +67,7 @@ class DiffPruning(Method):
         self._written = None
         self._version = 0
         self.stats: dict = {}
+        self.update: SparseUpdate | None = None  # the second stage: exact sparse updates over the projection
 
     # --- set-up ----------------------------------------------------------------------------
     def prepare(self, module: nn.Module, ctx: MethodContext) -> None:
@@ -99,6 +101,9 @@ class DiffPruning(Method):
             self.s = [t.to(params[n].device) for n, t in zip(self.body, resumed["s"])]
         else:
             self._sample()
+        if resumed is not None and resumed.get("finetune_mask") is not None:  # resumed inside the second stage
+            self._start_finetune(resumed["finetune_mask"])
+            return
         self._write_train()
         self._hooks = [m.register_forward_pre_hook(self._pre_forward) for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
         log.info(
@@ -106,7 +111,40 @@ class DiffPruning(Method):
             sum(p.numel() for p in self.params), len(self.params), self.k, 100 * self.k / total, head_size,
         )
 
+    # --- Guo et al.'s second stage --------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        steps = int(self.cfg.get("finetune_steps", 0))
+        if not steps:
+            return [Stage("diff")]
+        return [Stage("diff"), Stage("finetune_projection", {"max_steps": steps})]
+
+    def begin_stage(self, index: int, stage: Stage, ctx: MethodContext) -> None:
+        if index != 1:
+            return
+        if self._written is not None and self._versions() != self._written:
+            # the trainer restored the best (projected) weights of stage 0: fine-tune those
+            mask = {n: bits_differ(p.detach().view(-1), t0.view(-1)).nonzero().view(-1).cpu() for n, p, t0 in zip(self.body, self.params, self.theta0)}
+        else:
+            self._write_eval()  # θ0 + the projected δ of the last step
+            mask = {n: idx.detach().cpu() for n, (idx, _) in self._project().items()}
+        self._start_finetune(mask)
+
+    def _start_finetune(self, mask: dict[str, torch.Tensor]) -> None:
+        """From here on the projected entries (and the head) train with exact sparse updates; the
+        gates and their hooks are gone and the module holds θ0 + δ as it trains."""
+        for h in getattr(self, "_hooks", []):
+            h.remove()
+        self._hooks = []
+        self.finetune_mask = mask
+        full = {n: torch.arange(p.numel()) for n, p in self.head_params}
+        self.update = SparseUpdate(self.module, {**mask, **full})
+        self.state = "finetune"
+        self.stats["finetune_entries"] = sum(int(i.numel()) for i in mask.values())
+        log.info("diff_pruning: fine-tuning the projected δ (%d entries) with the mask fixed", self.stats["finetune_entries"])
+
     def param_groups(self, weight_decay: float) -> list[dict]:
+        if self.update is not None:
+            return self.update.param_groups(weight_decay)
         groups = [{"params": self.w, "weight_decay": 0.0}]
         alpha = {"params": self.log_alpha, "weight_decay": 0.0}
         if self.cfg.get("alpha_lr") is not None:
@@ -127,12 +165,15 @@ class DiffPruning(Method):
             self.s.append(torch.sigmoid((u.log() - (-u).log1p() + a) / self.beta))
 
     def extra_loss(self) -> torch.Tensor | None:
-        if self.lam == 0:
+        if self.lam == 0 or self.update is not None:
             return None
         shift = self.beta * math.log(-self.l / self.r)
         return self.lam * sum(torch.sigmoid(a - shift).sum() for a in self.log_alpha)
 
     def after_backward(self, step: int) -> None:
+        if self.update is not None:
+            self.update.gather_grads()
+            return
         span = self.r - self.l
         with torch.no_grad():
             for p, s, w, a in zip(self.params, self.s, self.w, self.log_alpha):
@@ -149,6 +190,9 @@ class DiffPruning(Method):
                 a.grad = ga if a.grad is None else a.grad.add_(ga)
 
     def after_step(self, step: int) -> None:
+        if self.update is not None:
+            self.update.scatter()
+            return
         self._version += 1
         self._sample()
         if self.module.training:
@@ -158,6 +202,9 @@ class DiffPruning(Method):
 
     def sync_to_module(self) -> None:
         """w and α were overwritten from outside (a local-SGD sync): rewrite the weights."""
+        if self.update is not None:
+            self.update.scatter()
+            return
         self._version += 1
         if self.module.training:
             self._write_train()
@@ -220,7 +267,7 @@ class DiffPruning(Method):
         for h in getattr(self, "_hooks", []):
             h.remove()
         self._hooks = []
-        if self.state != "eval" and not (self._written is not None and self._versions() != self._written):
+        if self.update is None and self.state != "eval" and not (self._written is not None and self._versions() != self._written):
             self._write_eval()
         sparse, mask, changed = {}, {}, 0
         for n, p, t0 in zip(self.body, self.params, self.theta0):
@@ -257,6 +304,7 @@ class DiffPruning(Method):
             "log_alpha": [a.detach().cpu() for a in self.log_alpha],
             "s": [t.detach().cpu() for t in self.s],
             "delta": self.delta.state_dict(),
+            "finetune_mask": getattr(self, "finetune_mask", None),
         }
 
     def load_state_dict(self, state: dict) -> None:
