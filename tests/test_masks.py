@@ -277,3 +277,31 @@ def test_fish_head_warmup_moves_only_the_head_and_changes_where_the_mask_lands(t
     a, b = load_file(str(tmp_path / "cold/mask.safetensors")), load_file(str(tmp_path / "warm/mask.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the head decides where the Fisher is large
     assert warm["params"]["updated"] <= warm["params"]["trainable"]  # the warm-up trains the head only
+
+
+def test_a_mask_change_keeps_the_adam_moments_of_entries_that_stay():
+    from sparse_ft.methods.masked.sparse_update import SparseUpdate
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 2))
+    x = torch.randn(8, 6)
+    a = {"0.weight": torch.tensor([1, 4, 7, 20]), "0.bias": torch.zeros(0, dtype=torch.long), "1.weight": torch.arange(10), "1.bias": torch.tensor([0])}
+    b = {"0.weight": torch.tensor([4, 9, 20, 25]), "0.bias": torch.tensor([2]), "1.weight": torch.arange(10), "1.bias": torch.tensor([0])}
+    first = SparseUpdate(net, a)
+    opt = torch.optim.AdamW(first.param_groups(0.01), lr=1e-2)
+    for _ in range(3):
+        net(x).pow(2).sum().backward()
+        first.gather_grads()
+        opt.step()
+        opt.zero_grad()
+        first.scatter()
+    second = SparseUpdate(net, b)
+    new = torch.optim.AdamW(second.param_groups(0.01), lr=1e-2)
+    second.carry_state(first, opt, new)
+    old_avg, new_avg = opt.state[first.flat[True]]["exp_avg"], new.state[second.flat[True]]["exp_avg"]
+    old_pos = {int(i): o for i, o in zip(a["0.weight"], range(4))}
+    for j, i in enumerate(b["0.weight"].tolist()):  # "0.weight" is the first decay segment in both
+        assert float(new_avg[j]) == (float(old_avg[old_pos[i]]) if i in old_pos else 0.0)
+    assert new.state[second.flat[True]]["step"] == opt.state[first.flat[True]]["step"]
+    whole = [p for p in second.whole[True]] + [p for p in second.whole[False]]
+    assert whole and all(new.state[p] is opt.state[p] for p in whole)  # tensors trained in full keep theirs

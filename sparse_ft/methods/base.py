@@ -144,6 +144,14 @@ class Method:
 
     def after_step(self, step: int) -> None: ...
 
+    def carry_optimizer_state(self, old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> None:
+        """The trainer rebuilt its optimizer after a selection change: move over what still applies
+        (default: the state of tensors the new optimizer sees too; a method with flat vectors remaps)."""
+        for group in new.param_groups:
+            for p in group["params"]:
+                if p in old.state:
+                    new.state[p] = old.state[p]
+
     def selection_changed(self, step: int) -> bool:
         """Asked after every optimizer step: did what trains change (the trainer then compares the
         new `param_groups()` with its optimizer's and rebuilds only if they differ)?"""

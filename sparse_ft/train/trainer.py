@@ -202,11 +202,13 @@ class Trainer:
         return layout(groups) != layout(self.optimizer.param_groups)
 
     def rebuild_optimizer(self) -> None:
-        """A new optimizer over the method's current `param_groups()` (after a mask change);
-        the schedule goes on from the same position (optimizer state, e.g. momentum, restarts)."""
+        """A new optimizer over the method's current `param_groups()` (after a mask change); the
+        schedule goes on from the same position and the method carries over the optimizer state
+        that still applies (entries that stay selected keep their moments, new ones start at zero)."""
         cfg = self.cfg
-        old = self.scheduler
+        old, old_optimizer = self.scheduler, self.optimizer
         self.optimizer = build_optimizer(cfg, self.method.param_groups(cfg.weight_decay))
+        self.method.carry_optimizer_state(old_optimizer, self.optimizer)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps())
         self.scheduler.last_epoch = old.last_epoch
         for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):

@@ -126,6 +126,7 @@ class MaskedMethod(Method):
             self.delta.extend(self.module, self.mask)
         if self.update is not None:
             self.update.close()
+        self.previous_update = self.update  # the optimizer state is remapped from its layout
         self.update = SparseUpdate(self.module, self.mask, sampled_linear_grads=self.sampled_grads())
         if save and self.ctx is not None and self.ctx.run_dir is not None:
             self.mask_bytes = save_mask(Path(self.ctx.run_dir) / MASK_FILE, self.module, self.mask, {"method": self.name, "k": self.stats["k"], **self.mask_info()})
@@ -181,6 +182,13 @@ class MaskedMethod(Method):
     def after_step(self, step: int) -> None:
         if self.update is not None:
             self.update.scatter()
+
+    def carry_optimizer_state(self, old, new) -> None:
+        previous = getattr(self, "previous_update", None)
+        if self.update is None or previous is None:
+            return super().carry_optimizer_state(old, new)
+        self.update.carry_state(previous, old, new)
+        self.previous_update = None
 
     def sync_to_module(self) -> None:
         """The flat vectors were overwritten from outside (a local-SGD sync): write them back."""

@@ -76,6 +76,32 @@ class SparseUpdate:
             for layer in self.linears.installed:
                 layer.weight.requires_grad_(False)
 
+    def carry_state(self, previous: "SparseUpdate", old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> None:
+        """Optimizer state from `previous`'s layout into this one's: an entry selected in both keeps
+        its moments (remapped to its new flat position), a new entry starts at zero; whole tensors
+        seen by both keep their state as it is."""
+        for decay in (True, False):
+            for p in self.whole[decay]:
+                if p in old.state:
+                    new.state[p] = old.state[p]
+            flat, before = self.flat[decay], previous.flat.get(decay)
+            if flat is None or before is None or before not in old.state:
+                continue
+            old_state = old.state[before]
+            where = {name: (idx, off) for (name, _, idx), off in zip(previous.segments[decay], previous.offsets[decay])}
+            state = {k: (torch.zeros_like(flat.data) if torch.is_tensor(v) and v.shape == before.shape else (v.clone() if torch.is_tensor(v) else v))
+                     for k, v in old_state.items()}
+            for (name, _, idx), off in zip(self.segments[decay], self.offsets[decay]):
+                if name not in where:
+                    continue
+                old_idx, old_off = where[name]
+                pos = torch.searchsorted(old_idx, idx).clamp_(max=max(old_idx.numel() - 1, 0))
+                kept = (old_idx[pos] == idx) if old_idx.numel() else torch.zeros_like(idx, dtype=torch.bool)
+                for k, v in old_state.items():
+                    if torch.is_tensor(v) and v.shape == before.shape:
+                        state[k][off + kept.nonzero().view(-1)] = v[old_off + pos[kept]]
+            new.state[flat] = state
+
     def close(self) -> None:
         """Give the Linear layers their own forward back (before the mask changes)."""
         if self.linears is not None:
