@@ -156,8 +156,7 @@ class IA3Options(MethodOptions):
 
 @register("ia3")
 class IA3(PeftMethod):
-    """(IA)³ through peft: learned vectors rescaling keys, values and feed-forward activations,
-    merged into the base weights on export; head trained."""
+    """(IA)³ through peft: learned rescaling vectors, merged into the weights on export; head trained."""
 
     name = "ia3"
     Options = IA3Options

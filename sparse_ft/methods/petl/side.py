@@ -18,7 +18,6 @@ included) and `finalize` writes the side network's tensors apart.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,8 +28,6 @@ from torch import nn
 from ...core.errors import ConfigError
 from ..base import Method, MethodContext
 from ..masked.selection import head_names
-
-log = logging.getLogger(__name__)
 
 
 # --- classification heads: how each architecture reads its last hidden state --------------------
