@@ -528,3 +528,11 @@ def test_inspect_weights_reports_near_zero_weights_per_module_type(tmp_path, cap
     assert main(["weights", "tiny_bert"]) == 0
     assert "near-zero" in capsys.readouterr().out
     assert main(["weights", str(tmp_path / "missing.safetensors")]) == 2
+
+
+def test_bench_nm_speedup_says_it_needs_cuda_on_a_cpu_machine():
+    from sparse_ft.bench.pruning import nm_linear_speedup
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine measures the speedup")
+    assert nm_linear_speedup() == ("needs CUDA", {})
