@@ -165,10 +165,12 @@ def test_omp_final_zeros_are_bit_exact_against_the_saved_mask(tmp_path):
     for n, k in keep.items():
         assert bits_zero(final[n][~k]).all(), f"{n}: a pruned entry is not +0.0"
         assert (final[n][k] != base[n][k]).any(), f"{n}: the kept weights did not train"
-    block = s["method_report"]["sparsity"]
+    block = s["sparsity"]  # summary.json → sparsity, measured on the final weights
     zeros = sum(int((final[n] == 0).sum()) for n in keep)
     assert block["overall"] == zeros / total and block["target"] == 0.6
     assert set(block["per_layer"]) == set(keep)
+    assert all(block["per_layer"][n] == int((final[n] == 0).sum()) / final[n].numel() for n in keep)
+    assert block == s["method_report"]["sparsity"]
     assert s["params"]["trainable"] == s["params"]["total"] - n_pruned(total, 0.6)  # pruned entries never train
     assert s["method_report"]["pruned_entries"] == n_pruned(total, 0.6)
     # the compact form gives the final checkpoint back bit for bit, and is reported as storage
@@ -263,7 +265,7 @@ def test_scheduled_methods_follow_the_cubic_schedule_and_end_exactly_at_the_targ
         assert int((~k).sum()) == n_pruned(k.numel(), 0.8), n
         assert int((final[n] == 0).sum()) == n_pruned(k.numel(), 0.8), n
         assert bits_zero(final[n][~k]).all(), n
-    block = s["method_report"]["sparsity"]
+    block = s["sparsity"]
     assert block["overall"] == pytest.approx(0.8, abs=1e-3) and block["target"] == 0.8
     assert block["schedule"]["dense_until_step"] == 1 and block["schedule"]["final_from_step"] == 7
     # half-way (the checkpoint at step 5) the layers sit at the cubic schedule's value for step 5
