@@ -319,3 +319,41 @@ def test_fewer_bits_and_lower_ranks_give_smaller_artifacts(tmp_path):
         res = build_method(OmegaConf.create({"name": "ere", "rank_prior": r, "bits": bits, "device": "cpu"})).compress(base, tuned, out)
         sizes[bits, r] = res.report["bytes"]["coded"]
     assert sizes[2, 2] < sizes[4, 2] < sizes[8, 2] and sizes[4, 2] < sizes[4, 6]
+
+
+def test_new_keys_are_stored_as_they_are_even_when_the_base_holds_them(tmp_path):
+    base, tuned = tiny_pair()
+    base["classifier.weight"] = torch.zeros(3, 16)  # the job's base holds the head at its seeded init
+    method = build_method(OmegaConf.create({"name": "ere", "rank_prior": 4, "device": "cpu"}))
+    method.new_keys = frozenset({"classifier.weight"})
+    result = method.compress(base, tuned, tmp_path)
+    assert result.report["raw_keys"]["classifier.weight"] == "no pretrained counterpart"
+    assert torch.equal(result.reconstructed["classifier.weight"], tuned["classifier.weight"])
+
+
+def test_budget_fraction_trims_ranks_when_the_written_file_is_over_the_cap(tmp_path, caplog):
+    """The header's size is only estimated before writing: when the file comes out over the cap,
+    ranks are dropped (least σ² per byte first) and the file is rewritten."""
+    base, tuned = tiny_pair()
+    method = build_method(OmegaConf.create({"name": "ere", "rank_prior": None, "budget_fraction": 0.8, "device": "cpu"}))
+    full = method.budget_bytes
+    cap = {}
+
+    def tighter(ctx):  # the allocation plans for the full budget, the file must fit 1000 bytes less
+        cap["bytes"] = full(ctx) - 1000
+        return cap["bytes"]
+
+    method.budget_bytes = tighter
+    with caplog.at_level("INFO", logger="sparse_ft.methods.compress.residual"):
+        result = method.compress(base, tuned, tmp_path)
+    assert "trimming" in caplog.text
+    size = os.path.getsize(tmp_path / "ere.safetensors")
+    assert size == result.artifacts["ere.safetensors"] <= cap["bytes"]
+    assert sum(result.report["ranks"].values()) < sum(method._alloc.ranks)
+    tensors, meta = read_artifact(tmp_path / "ere.safetensors")
+    assert {k: e["rank"] for k, e in meta["entries"].items() if e["code"] == "lowrank_q"} == result.report["ranks"]
+    from sparse_ft.ere import decompress
+
+    save_file({k: v.clone() for k, v in base.items()}, str(tmp_path / "base.safetensors"))
+    weights = decompress(tmp_path / "ere.safetensors", tmp_path / "base.safetensors")
+    assert all(torch.equal(weights[k], t) for k, t in result.reconstructed.items())

@@ -81,18 +81,20 @@ def _quick_id(t: torch.Tensor) -> tuple:
     return (tuple(t.shape), t.dtype, 0.0 if t.is_complex() else probe.double().sum().item())
 
 
-def plan_entries(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor]) -> Plan:
+def plan_entries(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], new_keys=()) -> Plan:
     """Classify every key of `tuned`: unchanged from `base` (not stored), a repeat of an earlier
     key whose θ and θ' are both equal (tied weights: stored once), a tensor stored as it is (no
-    counterpart in `base`, a different shape or dtype, fewer than 2 dimensions, not floating
-    point), or a matrix whose residual θ' − θ is coded."""
+    counterpart in `base` or named in `new_keys` — e.g. a task head that `base` holds only as its
+    seeded random init —, a different shape or dtype, fewer than 2 dimensions, not floating point),
+    or a matrix whose residual θ' − θ is coded."""
     plan = Plan()
+    new_keys = set(new_keys)
     seen: dict[tuple, list[str]] = {}
     for key, t in tuned.items():
-        b = base.get(key)
+        b = None if key in new_keys else base.get(key)
         ident = _quick_id(t) + (None if b is None else _quick_id(b),)
         for other in seen.get(ident, []):
-            ob = base.get(other)
+            ob = None if other in new_keys else base.get(other)
             if torch.equal(tuned[other], t) and ((b is None and ob is None) or (b is not None and ob is not None and torch.equal(ob, b))):
                 plan.kinds[key], plan.aliases[key] = "alias", other
                 break

@@ -40,7 +40,7 @@ def device_option():
 
 def svd_option():
     return option("auto", "truncated SVD: exact (torch.linalg.svd), randomized (torch.svd_lowrank) or auto "
-                          "(randomized when (rank + svd_oversample)·4 <= min(n, m), else exact)")
+                          "(randomized when (rank + svd_oversample)·8 <= min(n, m), else exact)")
 
 
 def oversample_option():
@@ -129,6 +129,9 @@ class ResidualCompressor(Compressor):
     name = "residual"
     Options = ResidualOptions
     base_identity: dict | None = None  # the job may set e.g. {"model": name_or_path, "revision": ...}: kept in the artifact
+    # keys with no pretrained counterpart although `base` holds them (a new task head at its seeded
+    # random init): stored as they are; the job may set it (e.g. selection.head_names(module))
+    new_keys: frozenset = frozenset()
 
     @property
     def artifact_name(self) -> str:
@@ -153,7 +156,7 @@ class ResidualCompressor(Compressor):
     def compress(self, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], out_dir: Path) -> CompressResult:
         seconds: dict[str, float] = {}
         start = time.perf_counter()
-        plan = plan_entries(base, tuned)
+        plan = plan_entries(base, tuned, self.new_keys)
         dense = dense_fp32_bytes(tuned, plan)
         entries, tensors = {}, {}
         for key, kind in plan.kinds.items():
@@ -217,9 +220,9 @@ class ResidualCompressor(Compressor):
     def _report(self, plan, coded, tensors, size, dense, reconstructed, base, tuned, seconds) -> dict:
         layers, err2, tot2 = {}, 0.0, 0.0
         for key, c in coded.items():
-            d = tuned[key].detach().double() - base[key].detach().double()
-            e = reconstructed[key].detach().double() - tuned[key].detach().double()
-            de, dd = float(e.pow(2).sum()), float(d.pow(2).sum())
+            t = tuned[key].detach().float()
+            dd = float(torch.linalg.vector_norm(t - base[key].detach().float())) ** 2
+            de = float(torch.linalg.vector_norm(reconstructed[key].detach().float() - t)) ** 2
             err2, tot2 = err2 + de, tot2 + dd
             layers[key] = {**c.report, "bytes": sum(tensor_bytes(t) for t in c.tensors.values()),
                            "rel_error": math.sqrt(de / dd) if dd > 0 else 0.0}
