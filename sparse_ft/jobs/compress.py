@@ -34,6 +34,11 @@ def compress_job(rc: RunContext) -> float | None:
         dense_bytes = dense_fp32_bytes(module)
         load_weights_into(module, path)  # checks the keys
         tuned = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        from ..methods.masked.selection import head_names
+
+        method.new_keys = frozenset(head_names(module))  # a new head has no pretrained counterpart
+        method.base_identity = {"model": cfg.model.get("name"), "name_or_path": cfg.model.get("name_or_path"),
+                                "revision": cfg.model.get("revision"), "random_init": bool(cfg.model.get("random_init")), "seed": cfg.seed}
         with telemetry.phase("compress"):
             result = method.compress(base, tuned, rc.run_dir)
         missing = set(tuned) - set(result.reconstructed)

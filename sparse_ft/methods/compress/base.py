@@ -28,6 +28,10 @@ class Compressor(Method):
     """A method that compresses a finished run instead of training (runs under `job=compress`)."""
 
     kind = "compressor"
+    # set by the job before compress(): tensors with no pretrained counterpart (a new task head,
+    # stored as they are, not as a residual against its random init) and where θ came from
+    new_keys: frozenset = frozenset()
+    base_identity: dict | None = None
 
     def compress(self, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], out_dir: Path) -> CompressResult:
         raise NotImplementedError
