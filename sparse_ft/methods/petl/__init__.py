@@ -1,2 +1,3 @@
-"""Parameter-efficient methods that add parameters or wrap the model (LoRA through peft; adapters,
-prompt tuning, LST and READ to come). Each exports its weights in the base model's layout."""
+"""Parameter-efficient methods that add parameters or wrap the model: LoRA, prompt tuning and IA3
+through peft, Houlsby adapters, LST and READ. Each exports its weights in the base model's layout
+and keeps its own tensors apart."""
