@@ -86,7 +86,9 @@ class Method:
         from .registry import registered
 
         own = set(cls.Options.__dataclass_fields__)
-        raw = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg or {})
+        from omegaconf import DictConfig, OmegaConf
+
+        raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
         foreign = {}
         for key in raw:
             if key in own:

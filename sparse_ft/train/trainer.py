@@ -209,6 +209,12 @@ class Trainer:
         old, old_optimizer = self.scheduler, self.optimizer
         self.optimizer = build_optimizer(cfg, self.method.param_groups(cfg.weight_decay))
         self.method.carry_optimizer_state(old_optimizer, self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if isinstance(self.optimizer, torch.optim.SGD) and any(p in self.optimizer.state for p in params):
+            # (fused) SGD wants a momentum buffer for all or none: a new tensor starts from zero,
+            # which equals SGD's own first step (buffer = gradient)
+            for p in params:
+                self.optimizer.state.setdefault(p, {}).setdefault("momentum_buffer", torch.zeros_like(p))
         self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps())
         self.scheduler.last_epoch = old.last_epoch
         for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
