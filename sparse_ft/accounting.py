@@ -63,3 +63,19 @@ def storage_block(run_dir: Path, dense_bytes: int, extra: dict | None = None) ->
         "dense_fp32_bytes": dense_bytes,
         "artifacts": {k: {"bytes": v, "ratio_to_dense_fp32": v / dense_bytes if dense_bytes else None} for k, v in artifacts.items()},
     }
+
+
+def optimizer_block(optimizer: torch.optim.Optimizer | None) -> dict | None:
+    """Bytes the optimizer holds beyond the weights (AdamW's moments, SGD's momentum), counted
+    from its state tensors at the end of training, so every method is measured the same way."""
+    if optimizer is None:
+        return None
+    state_bytes, state_elements = 0, 0
+    for per_param in optimizer.state.values():
+        for value in per_param.values():
+            if torch.is_tensor(value) and value.dim() > 0:  # step counters are scalars
+                state_bytes += value.numel() * value.element_size()
+                state_elements += value.numel()
+    params = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    return {"kind": type(optimizer).__name__, "param_elements": int(params),
+            "state_elements": int(state_elements), "state_bytes": int(state_bytes)}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..accounting import count_updated, dense_fp32_bytes, param_block, snapshot, storage_block
+from ..accounting import count_updated, dense_fp32_bytes, optimizer_block, param_block, snapshot, storage_block
 from ..core.errors import ConfigError
 from ..methods import MethodContext, build_method
 from ..train import distributed as D
@@ -151,6 +151,7 @@ def train_job(rc: RunContext) -> float | None:
         writer.log_metrics({"type": "final", "stage": len(stages) - 1, "step": state.step, **final})
         summary["metrics"] = final
         summary["best"] = dict(done[-1]["best"])
+        summary["optimizer"] = optimizer_block(trainer.optimizer)
         if len(stages) > 1:
             summary["stages"] = done
 
