@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The CPU reproduction: every sweep behind docs/reproduction/README.md, then the report.
+#   bash sweeps/reproduce_cpu.sh [OUT]         (OUT defaults to outputs/reproduce; ~1.5-2 h on 2 cores)
+#   make reproduce                             (the same)
+# Offline: the bundled pretrained MiniLM, the real MRPC files in ../shared/data/glue (GLUE_DIR to
+# point elsewhere), the generated NLI task, random-init T5-base shapes. A sweep whose directory
+# already holds a report.md is skipped, so an interrupted reproduction continues where it stopped
+# (a job interrupted inside a sweep resumes from its checkpoint: trainer.resume=auto).
+set -euo pipefail
+OUT=${1:-outputs/reproduce}
+GLUE=${GLUE_DIR:-../shared/data/glue}
+PY=${PYTHON:-python}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=${WANDB_MODE:-disabled}
+
+sweep() {  # sweep <dir name> <overrides...>
+  local dir="$OUT/$1"; shift
+  if [[ -f "$dir/report.md" ]]; then echo "== $dir: done, skipped"; return; fi
+  echo "== $dir: $*"
+  # a sweep with a failed job exits 1 after writing its report; the others still run
+  "$PY" run.py -m "$@" hydra.sweep.dir="$dir" || echo "!! $dir: a job did not complete (see $dir/report.md)"
+}
+
+sweep read        +sweep=reproduce_cpu_read task.data_dir="$GLUE"
+sweep essential   +sweep=reproduce_cpu_essential task.data_dir="$GLUE"
+sweep ere         +sweep=reproduce_cpu_ere source="$OUT/read/0" method.rank_prior=4,8,16,64 method.bits=2,4,8  # job 0 of read is dense
+sweep ere_bitq    +sweep=reproduce_cpu_ere source="$OUT/read/0" method=bitq method.bits=2,4,8
+sweep ere_lra     +sweep=reproduce_cpu_ere source="$OUT/read/0" method=lra method.rank=4,16,64
+sweep fish        +sweep=reproduce_cpu_fish
+sweep dense       +sweep=reproduce_cpu_dense
+sweep fish_samples +sweep=reproduce_cpu_fish_samples
+sweep pst         +sweep=reproduce_cpu_pst
+sweep costs       +sweep=reproduce_cpu_costs
+sweep memory      +sweep=reproduce_cpu_memory task.data_dir="$GLUE"
+sweep imp         +sweep=reproduce_cpu_imp task.data_dir="$GLUE"
+sweep fish_warmup +sweep=reproduce_cpu_fish_warmup task.data_dir="$GLUE"
+
+"$PY" -m sparse_ft.report "$OUT" --reproduce --out docs/reproduction
