@@ -9,7 +9,7 @@
 set -euo pipefail
 OUT=${1:-outputs/reproduce}
 GLUE=${GLUE_DIR:-../shared/data/glue}
-PY=${PYTHON:-python}
+PY=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=${WANDB_MODE:-disabled}
 
 sweep() {  # sweep <dir name> <overrides...>
@@ -20,16 +20,16 @@ sweep() {  # sweep <dir name> <overrides...>
   "$PY" run.py -m "$@" hydra.sweep.dir="$dir" || echo "!! $dir: a job did not complete (see $dir/report.md)"
 }
 
-sweep read        +sweep=reproduce_cpu_read task.data_dir="$GLUE"
 sweep essential   +sweep=reproduce_cpu_essential task.data_dir="$GLUE"
-sweep ere         +sweep=reproduce_cpu_ere source="$OUT/read/0" method.rank_prior=4,8,16,64 method.bits=2,4,8  # job 0 of read is dense
-sweep ere_bitq    +sweep=reproduce_cpu_ere source="$OUT/read/0" method=bitq method.bits=2,4,8
-sweep ere_lra     +sweep=reproduce_cpu_ere source="$OUT/read/0" method=lra method.rank=4,16,64
+sweep ere         +sweep=reproduce_cpu_ere source="$OUT/essential/0" method.rank_prior=4,8,16,64 method.bits=2,4,8  # job 0: s = 0, dense
+sweep ere_bitq    +sweep=reproduce_cpu_ere source="$OUT/essential/0" method=bitq method.bits=2,4,8
+sweep ere_lra     +sweep=reproduce_cpu_ere source="$OUT/essential/0" method=lra method.rank=4,16,64
 sweep fish        +sweep=reproduce_cpu_fish
 sweep dense       +sweep=reproduce_cpu_dense
 sweep fish_samples +sweep=reproduce_cpu_fish_samples
 sweep pst         +sweep=reproduce_cpu_pst
 sweep costs       +sweep=reproduce_cpu_costs
+sweep read        +sweep=reproduce_cpu_read task.data_dir="$GLUE"
 sweep memory      +sweep=reproduce_cpu_memory task.data_dir="$GLUE"
 sweep imp         +sweep=reproduce_cpu_imp task.data_dir="$GLUE"
 sweep fish_warmup +sweep=reproduce_cpu_fish_warmup task.data_dir="$GLUE"
