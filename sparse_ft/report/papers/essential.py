@@ -1,0 +1,449 @@
+"""Essential Sparsity (papers/essential_sparsity.txt, METHODS.md §3): the score-drop curve of
+one-shot magnitude pruning (OMP) and the essential sparsity read off it.
+
+Curves. Per model × task × pruning criterion (`method.score`: magnitude | fisher; an N:M pattern
+or a `scope=layer` run is a series of its own), one point per **measured** sparsity (summary.json
+`sparsity.overall`, the exact zeros of the final weights; never the configured value), the score
+the mean over seeds. Dense runs (`method=dense`) of the same model × task, and OMP runs that
+measured sparsity 0, are the point s = 0 of every series; the dense score is their mean.
+drop(s) = dense score − score(s), in points (×100 where the metric is a fraction 0–1).
+
+* **essential sparsity** (ES): the largest measured s with drop(s) ≤ ε = 1 point such that every
+  smaller measured s is within ε too (the paper's definition on a grid: "the largest sparsity
+  whose score is ≥ dense − ε while pruning a little more falls below");
+* **knee**: the first measured s whose drop exceeds ε, i.e. the next grid point after ES (so the
+  true essential sparsity lies in [ES, knee)). When no point exceeds ε the knee is "not reached"
+  and ES is only a lower bound (the grid stops there).
+
+The ESS claim's verdict uses the magnitude-criterion unstructured curves: it holds when every such
+curve's ES is ≥ 30% (the paper's lower end), does not hold when one is below 30% with its knee
+measured, and is not measurable when there is no curve with at least one pruned point, or when a
+curve ends below 30% still within ε (a lower bound only).
+
+Mask similarity (the paper's Figure 10): IMP runs keep, per round, the cosine similarity of the
+round's mask to the OMP mask of the pretrained weights at the same sparsity (`masks/rounds.json`,
+also `method_report.rounds` in summary.json); the figure draws it against the round's sparsity.
+The claim ("> 96–98% inside the essential range") takes the lowest cosine over the rounds at or
+below the essential sparsity of the same model × task (every round when none is), leaving out
+round 0 of a run without `dense_first`, which is the OMP mask itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..aggregate import is_dense_method
+from ..collect import Run
+from ..render import fmt_cell, fmt_num, md_table
+from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
+
+log = logging.getLogger(__name__)
+
+PAPER = "ESS"
+EPSILON = 1.0          # points of the task metric (×100 scale)
+PAPER_ES_LOW = 30.0    # % — the paper: 30–50% of the weights removable for free
+COSINE_PAPER = 0.96    # the paper: > 96–98% inside the essential range
+SPARSITY_BIN = 1e-3    # measured sparsities closer than this are one grid point
+CURVE_PLOT = "essential_drop_vs_sparsity.png"
+COSINE_PLOT = "essential_imp_omp_mask_cosine.png"
+
+_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+_MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+# ----------------------------------------------------------------------------- curves
+@dataclass
+class Point:
+    sparsity: float               # measured, fraction (mean over the runs of this point)
+    scores: list[float]           # raw main scores (fraction or the task's own scale)
+    target: float | None = None   # configured sparsity (shown beside the measured one only)
+
+    @property
+    def score(self) -> float:
+        return statistics.fmean(self.scores)
+
+
+@dataclass
+class Curve:
+    model: Any
+    task: Any
+    series: str                     # e.g. "magnitude", "fisher", "magnitude, 2:4"
+    criterion: str                  # magnitude | fisher
+    structured: bool                # N:M pattern
+    scope: str
+    scale: float
+    dense: list[float]              # dense (s = 0) scores
+    points: list[Point] = field(default_factory=list)  # pruned points (s > 0), sorted by s
+    seeds: set = field(default_factory=set)
+
+    @property
+    def dense_score(self) -> float | None:
+        return statistics.fmean(self.dense) if self.dense else None
+
+    def drop(self, p: Point) -> float | None:
+        d = self.dense_score
+        return None if d is None else (d - p.score) * self.scale
+
+    def all_points(self) -> list[tuple[float, float | None]]:
+        """(sparsity, drop in points) including s = 0 (drop 0 by definition)."""
+        out = [(0.0, 0.0)] if self.dense else []
+        return out + [(p.sparsity, self.drop(p)) for p in self.points]
+
+    @property
+    def measurable(self) -> bool:
+        return bool(self.dense) and bool(self.points)
+
+
+def essential_and_knee(points: Sequence[tuple[float, float]], epsilon: float = EPSILON) -> tuple[float | None, float | None]:
+    """(essential sparsity, knee) of a drop curve given as (measured sparsity, drop in points).
+
+    ES: the largest s with drop ≤ ε such that every smaller s is within ε too; knee: the first s
+    whose drop exceeds ε (None when none does). Both None for an empty curve."""
+    pts = sorted((float(s), float(d)) for s, d in points if d is not None)
+    es = knee = None
+    for s, d in pts:
+        if d <= epsilon + 1e-9:
+            es = s
+        else:
+            knee = s
+            break
+    return es, knee
+
+
+def _score_scale(runs: Sequence[Run]) -> float:
+    scores = [r.main for r in runs if r.main is not None]
+    return 100.0 if scores and all(abs(v) <= 1.0 for v in scores) else 1.0
+
+
+def _opt(run: Run, key: str, default: Any) -> Any:
+    v = (run.config.get("method") or {}).get(key) if isinstance(run.config.get("method"), dict) else None
+    return default if v in (None, "") else v
+
+
+def _series_of(run: Run) -> tuple[str, bool, str]:
+    criterion = str(_opt(run, "score", "magnitude"))
+    pattern = str(_opt(run, "pattern", "unstructured"))
+    scope = str(_opt(run, "scope", "global"))
+    structured = pattern != "unstructured"
+    parts = [criterion] + ([pattern] if structured else []) + ([f"scope={scope}"] if scope != "global" else [])
+    return ", ".join(parts), structured, scope
+
+
+def _is_omp(run: Run) -> bool:
+    return str(run.method).lower() == "omp"
+
+
+def _is_imp(run: Run) -> bool:
+    return str(run.method).lower() in ("imp", "lth")
+
+
+def build_curves(runs: Sequence[Run]) -> list[Curve]:
+    """One curve per model × task × series from completed OMP and dense runs."""
+    done = [r for r in runs if r.completed and r.main is not None]
+    omp = [r for r in done if _is_omp(r) and r.sparsity is not None]
+    scale = _score_scale([r for r in done if _is_omp(r) or is_dense_method(r.method)])
+    dense: dict[tuple, list[Run]] = {}
+    for r in done:
+        if is_dense_method(r.method):
+            dense.setdefault((str(r.model), str(r.task)), []).append(r)
+    for r in omp:  # OMP at measured sparsity 0 is the dense model fine-tuned
+        if r.sparsity < SPARSITY_BIN / 2:
+            dense.setdefault((str(r.model), str(r.task)), []).append(r)
+    grouped: dict[tuple, list[Run]] = {}
+    for r in omp:
+        if r.sparsity >= SPARSITY_BIN / 2:
+            series, structured, scope = _series_of(r)
+            grouped.setdefault((str(r.model), str(r.task), series, structured, scope), []).append(r)
+    # a model × task whose OMP runs are all at s = 0 still gets a (non-measurable) curve
+    for mt in {(str(r.model), str(r.task)) for r in omp}:
+        if not any(k[:2] == mt for k in grouped):
+            grouped[(*mt, "magnitude", False, "global")] = []
+    curves = []
+    for (model, task, series, structured, scope), rs in sorted(grouped.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        base = dense.get((model, task), [])
+        c = Curve(model, task, series, series.split(",")[0], structured, scope, scale, [b.main for b in base],
+                  seeds={r.seed for r in [*rs, *base]})
+        bins: list[list[Run]] = []
+        for r in sorted(rs, key=lambda r: r.sparsity):
+            if bins and r.sparsity - bins[-1][0].sparsity < SPARSITY_BIN:
+                bins[-1].append(r)
+            else:
+                bins.append([r])
+        for b in bins:
+            targets = [_opt(r, "sparsity", None) for r in b]
+            targets = [float(t) for t in targets if isinstance(t, (int, float))]
+            c.points.append(Point(statistics.fmean(r.sparsity for r in b), [r.main for r in b],
+                                  statistics.fmean(targets) if targets else None))
+        curves.append(c)
+    return curves
+
+
+# ----------------------------------------------------------------------------- IMP masks
+@dataclass
+class CosinePoint:
+    model: Any
+    task: Any
+    seed: Any
+    round: int
+    sparsity: float
+    cosine: float
+    path: Path
+    trivial: bool = False  # round 0 without dense_first *is* the OMP mask: cosine 1 by construction
+
+
+def imp_cosines(runs: Sequence[Run]) -> list[CosinePoint]:
+    """Every IMP round's mask cosine to OMP, from `masks/rounds.json` (else the summary's
+    `method_report.rounds`)."""
+    out = []
+    for r in runs:
+        if not _is_imp(r):
+            continue
+        rounds = None
+        f = Path(r.path) / "masks" / "rounds.json"
+        if f.is_file():
+            try:
+                rounds = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read %s: %s", f, exc)
+        if not isinstance(rounds, list):
+            rounds = ((r.summary or {}).get("method_report") or {}).get("rounds")
+        dense_first = bool((r.config.get("method") or {}).get("dense_first", False)) if isinstance(r.config.get("method"), dict) else False
+        for item in rounds if isinstance(rounds, list) else []:
+            if not isinstance(item, dict):
+                continue
+            s, c = item.get("sparsity"), item.get("omp_mask_cosine")
+            if isinstance(s, (int, float)) and isinstance(c, (int, float)) and math.isfinite(c):
+                index = int(item.get("round", len(out)))
+                out.append(CosinePoint(r.model, r.task, r.seed, index, float(s), float(c), Path(r.path), index == 0 and not dense_first))
+    return out
+
+
+def _cosine_rows(points: Sequence[CosinePoint]) -> list[tuple[str, str, float, float, int]]:
+    """(model, task, sparsity, mean cosine, n runs) per model × task × rounded sparsity."""
+    groups: dict[tuple, list[CosinePoint]] = {}
+    for p in points:
+        groups.setdefault((str(p.model), str(p.task), round(p.sparsity, 3)), []).append(p)
+    return [(m, t, statistics.fmean(p.sparsity for p in g), statistics.fmean(p.cosine for p in g), len(g))
+            for (m, t, _), g in sorted(groups.items())]
+
+
+# ----------------------------------------------------------------------------- figures
+def _curve_figure(curves: Sequence[Curve]):
+    from ..plots import _new_figure, _wrap
+
+    panels = sorted({(str(c.model), str(c.task)) for c in curves if c.measurable})
+    criteria = sorted({c.criterion for c in curves if c.measurable}, key=lambda x: (x != "magnitude", x))
+    if not panels:
+        return None
+    ncols, nrows = len(criteria), len(panels)
+    width = 4.6 * ncols + 0.4
+    fig = _new_figure(width, 3.6 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, (model, task) in enumerate(panels):
+        for j, crit in enumerate(criteria):
+            ax = axes[i][j]
+            mine = [c for c in curves if c.measurable and (str(c.model), str(c.task)) == (model, task) and c.criterion == crit]
+            if not mine:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"no {crit} runs", ha="center", va="center", transform=ax.transAxes)
+                continue
+            for k, c in enumerate(mine):
+                xs, ds = zip(*[(100 * s, d) for s, d in c.all_points()])
+                ax.plot(xs, ds, marker=_MARKERS[k % len(_MARKERS)], color=_COLOURS[k % len(_COLOURS)], label=c.series)
+                es, knee = essential_and_knee(c.all_points())
+                if es is not None and es > 0:
+                    ax.axvline(100 * es, color=_COLOURS[k % len(_COLOURS)], linestyle=":", linewidth=1)
+            ax.axhline(EPSILON, color="grey", linestyle="--", linewidth=1, label=f"ε = {EPSILON:g} point")
+            ax.set_title(_wrap(f"{model} / {task} — {crit}", 4.6, 10), fontsize=10)
+            ax.set_xlabel("sparsity, % of prunable weights that are zero (measured)")
+            ax.set_ylabel("drop vs dense (points)")
+            ax.margins(x=0.05)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize="small")
+    fig.suptitle(_wrap("OMP: score drop vs measured sparsity (dotted: essential sparsity)", width))
+    return fig
+
+
+def _cosine_figure(points: Sequence[CosinePoint]):
+    from ..plots import _new_figure, _wrap
+
+    fig = _new_figure(5.6, 4.0)
+    ax = fig.subplots()
+    lines: dict[tuple, list[CosinePoint]] = {}
+    for p in points:
+        lines.setdefault((str(p.model), str(p.task), str(p.seed), str(p.path)), []).append(p)
+    colours: dict[str, str] = {}
+    for key, ps in sorted(lines.items()):
+        ps = sorted(ps, key=lambda p: p.sparsity)
+        label = f"{key[0]} / {key[1]}"
+        first = label not in colours  # one legend entry per model × task (a line per run and seed)
+        colour = colours.setdefault(label, _COLOURS[len(colours) % len(_COLOURS)])
+        ax.plot([100 * p.sparsity for p in ps], [100 * p.cosine for p in ps], marker="o", color=colour,
+                label=label if first else None)
+    ax.axhline(100 * COSINE_PAPER, color="grey", linestyle="--", linewidth=1, label="paper: > 96%")
+    ax.set_xlabel("sparsity of the IMP round, %")
+    ax.set_ylabel("cosine similarity IMP vs OMP mask, %")
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.1)
+    ax.legend(fontsize="small")
+    fig.suptitle(_wrap("Mask similarity of IMP (lottery ticket) and OMP at equal sparsity", 5.6))
+    return fig
+
+
+def _save(fig, path: Path) -> Path | None:
+    try:
+        fig.savefig(path, dpi=110)
+    except Exception:  # a plot must never cost the tables
+        log.exception("plot %s failed", path.name)
+        return None
+    return path
+
+
+# ----------------------------------------------------------------------------- claims
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _ess_claim(curves: Sequence[Curve]) -> Claim:
+    claim = "OMP sparsity removable within 1 point of dense (bert-base), knee ≈ 60%"
+    primary = [c for c in curves if c.measurable and c.criterion == "magnitude" and not c.structured and c.scope == "global"]
+    if not primary:
+        primary = [c for c in curves if c.measurable and c.criterion == "magnitude" and not c.structured]
+    if not primary:
+        why = ("n/a: no OMP curve with a dense (or 0%) run and a pruned run of the same model × task"
+               if curves else "n/a: no OMP runs")
+        return Claim(PAPER, claim, "30–50%", why, NOT_MEASURABLE)
+    items, verdicts = [], []
+    for c in primary:
+        es, knee = essential_and_knee(c.all_points())
+        top = max(p.sparsity for p in c.points)
+        seeds = len(c.seeds)
+        if knee is None:
+            text = f"ES ≥ {_pct(es)} (no drop > ε up to {_pct(top)}; knee not reached)"
+            verdicts.append(HOLDS if 100 * es >= PAPER_ES_LOW - 1e-9 else NOT_MEASURABLE)
+        else:
+            text = f"ES {_pct(es)}, knee {_pct(knee)}"
+            verdicts.append(HOLDS if 100 * (es or 0.0) >= PAPER_ES_LOW - 1e-9 else DOES_NOT_HOLD)
+        items.append(f"{text} on {c.model}/{c.task} ({c.series}, {seeds} seed{'s' if seeds != 1 else ''}; ε = 1 point, measured sparsity)")
+    if DOES_NOT_HOLD in verdicts:
+        verdict = DOES_NOT_HOLD
+    elif NOT_MEASURABLE in verdicts:
+        verdict = NOT_MEASURABLE
+    else:
+        verdict = HOLDS
+    return Claim(PAPER, claim, "30–50%", "; ".join(items), verdict)
+
+
+def _cosine_claim(points: Sequence[CosinePoint], curves: Sequence[Curve]) -> Claim:
+    claim = "IMP (lottery ticket) and OMP masks are nearly the same inside the essential range (cosine similarity)"
+    if not points:
+        return Claim(PAPER, claim, "> 96–98%", "n/a: no IMP run with saved masks (masks/rounds.json)", NOT_MEASURABLE)
+    es_of = {}
+    for c in curves:
+        if c.measurable and c.criterion == "magnitude" and not c.structured:
+            es, _ = essential_and_knee(c.all_points())
+            if es is not None:
+                es_of[(str(c.model), str(c.task))] = max(es, es_of.get((str(c.model), str(c.task)), 0.0))
+    real = [p for p in points if not p.trivial]
+    if not real:
+        return Claim(PAPER, claim, "> 96–98%", "n/a: only IMP round 0, which is the OMP mask by construction (cosine 1); "
+                     "a second round (method.rounds ≥ 2) is needed", NOT_MEASURABLE)
+    items, worst = [], []
+    for model, task in sorted({(str(p.model), str(p.task)) for p in real}):
+        mine = [p for p in real if (str(p.model), str(p.task)) == (model, task)]
+        es = es_of.get((model, task))
+        inside = [p for p in mine if es is not None and p.sparsity <= es + SPARSITY_BIN]
+        if inside:
+            used, where = inside, f"rounds ≤ ES {_pct(es)}"
+        else:
+            used, where = mine, ("every round: none within ES " + _pct(es)) if es is not None else "every round: ES not measured"
+        low = min(used, key=lambda p: p.cosine)
+        worst.append(low.cosine)
+        items.append(f"min {100 * low.cosine:.1f}% at {_pct(low.sparsity)} on {model}/{task} ({where}, {len(used)} round(s))")
+    verdict = HOLDS if min(worst) >= COSINE_PAPER - 1e-9 else DOES_NOT_HOLD
+    return Claim(PAPER, claim, "> 96–98%", "; ".join(items), verdict)
+
+
+# ----------------------------------------------------------------------------- section
+def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
+    if not any(_is_omp(r) for r in runs):
+        return None
+    out_dir = Path(out_dir)
+    curves = build_curves(runs)
+    cos_points = imp_cosines([r for r in runs if r.completed])
+    unit = " (×100)" if curves and curves[0].scale != 1 else ""
+    files: list[Path] = []
+    md: list[str] = []
+
+    md.append(f"One-shot magnitude pruning of the pretrained weights, then fine-tuning with the mask fixed. "
+              f"x = **measured** sparsity (exact zeros among the prunable weights, `sparsity.overall`); dense runs "
+              f"of the same model × task are s = 0. Drop = dense score − score, in points; ε = {EPSILON:g} point. "
+              "**Essential sparsity** (ES): the largest measured s whose drop ≤ ε with every smaller s within ε too. "
+              "**Knee**: the first measured s whose drop exceeds ε (the curve falls off between ES and the knee); "
+              "\"not reached\" means the grid ends within ε and ES is a lower bound.")
+    md.append("")
+    rows = []
+    for c in curves:
+        if not c.dense:
+            es_cell = knee_cell = "n/a: no dense or 0% run"
+            drop_knee = "—"
+        elif not c.points:
+            es_cell = knee_cell = "n/a: no pruned run"
+            drop_knee = "—"
+        else:
+            es, knee = essential_and_knee(c.all_points())
+            es_cell = _pct(es) + ("" if knee is not None else " (lower bound)")
+            knee_cell = _pct(knee) if knee is not None else f"not reached (≤ {_pct(max(p.sparsity for p in c.points))})"
+            kp = next((p for p in c.points if knee is not None and abs(p.sparsity - knee) < 1e-12), None)
+            drop_knee = fmt_num(c.drop(kp), 2) if kp is not None else "—"
+        rows.append([c.model, c.task, c.series, fmt_cell(c.dense, c.scale, 2) if c.dense else "—",
+                     len(c.points), es_cell, knee_cell, drop_knee, len(c.seeds)])
+    md.append(md_table(["model", "task", "criterion", f"dense score{unit}", "pruned points", "essential sparsity (%, measured)",
+                        "knee (%, first drop > ε)", "drop at knee (points)", "seeds"], rows, "lllrrrrrr"))
+    md.append("")
+    detail = []
+    for c in curves:
+        for p in c.points:
+            detail.append([c.model, c.task, c.series, f"{100 * p.sparsity:.2f}",
+                           "—" if p.target is None else f"{100 * p.target:.0f}", fmt_cell(p.scores, c.scale, 2),
+                           fmt_num(c.drop(p), 2) if c.dense else "—"])
+    if detail:
+        md.append("The curve (mean ± std (n) over seeds):")
+        md.append("")
+        md.append(md_table(["model", "task", "criterion", "sparsity (%, measured)", "target (%, config)", f"score{unit}",
+                            "drop (points)"], detail, "lllrrrr"))
+        md.append("")
+
+    if plots and any(c.measurable for c in curves):
+        fig = _curve_figure(curves)
+        if fig is not None and _save(fig, out_dir / CURVE_PLOT):
+            files.append(out_dir / CURVE_PLOT)
+            md.append(f"![OMP drop vs measured sparsity]({CURVE_PLOT})")
+            md.append("")
+
+    if cos_points:
+        md.append("IMP vs OMP masks (the paper's Figure 10): cosine similarity of each IMP round's keep-mask with the "
+                  "one-shot magnitude mask of the pretrained weights at the same sparsity (`masks/rounds.json`).")
+        md.append("")
+        md.append(md_table(["model", "task", "IMP round sparsity (%)", "mask cosine to OMP (%)", "runs"],
+                           [[m, t, f"{100 * s:.1f}", f"{100 * cs:.2f}", n] for m, t, s, cs, n in _cosine_rows(cos_points)], "llrrr"))
+        md.append("")
+        if plots:
+            fig = _cosine_figure(cos_points)
+            if _save(fig, out_dir / COSINE_PLOT):
+                files.append(out_dir / COSINE_PLOT)
+                md.append(f"![IMP vs OMP mask cosine similarity]({COSINE_PLOT})")
+                md.append("")
+    else:
+        md.append("No IMP run with saved round masks: the IMP/OMP mask similarity is not drawn.")
+        md.append("")
+
+    claims = [_ess_claim(curves), _cosine_claim(cos_points, curves)]
+    return Section(title="Essential Sparsity — OMP drop curve, essential sparsity and IMP/OMP masks",
+                   markdown="\n".join(md).rstrip() + "\n", files=files, claims=claims)
