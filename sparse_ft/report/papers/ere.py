@@ -1,0 +1,484 @@
+"""ERE (papers/ere.txt, METHODS.md §5): score vs storage of compressed full fine-tunes.
+
+Reads the `job=compress` runs of ERE and its two baselines (BITQ, LRA). Each names its source
+run (summary.json `source.path`, config.yaml `source`): the uncompressed fine-tune whose score
+the compressed one is compared with (the source run's directory when it is among `runs` or still
+on disk, otherwise the `source.main` the compress job copied). Storage is the artifact's bytes on
+disk over the dense fp32 checkpoint's (`storage.artifacts`, `storage.dense_fp32_bytes`).
+
+"Within 1 point" means the reconstruction's main score *and* (where the task reports one) its F1
+are at most 1 point (of 100) below the source run's; an improvement counts as within.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..collect import Run, as_number, load_run
+from ..render import fmt_num, md_table
+from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
+
+log = logging.getLogger(__name__)
+
+PAPER = "ERE"
+METHODS = ("ere", "bitq", "lra")
+LABELS = {"ere": "ERE", "bitq": "BITQ", "lra": "LRA"}
+TOLERANCE = 1.0  # points: "within 1 point of the uncompressed score"
+STORAGE_CAP = 10.0  # % of dense fp32: the storage the verdict allows (the paper: 6.0%)
+PAPER_STORAGE, PAPER_R, PAPER_B = 6.0, 256, 4
+PAPER_ERE, PAPER_DENSE = 89.2, 89.4
+PLOT = "ere_score_vs_storage.png"
+_COLOURS = {"ere": "tab:blue", "bitq": "tab:orange", "lra": "tab:green"}
+_MARKERS = {"ere": "o", "bitq": "s", "lra": "^"}
+
+
+@dataclass
+class Point:
+    """One compress run beside its source run; scores in points (0–100 where the metric is 0–1)."""
+
+    run: Run
+    method: str
+    model: Any
+    task: Any
+    source: str  # the source run's path as the compress run names it
+    source_seed: Any
+    rank: float | None  # ERE: rank prior r; LRA: its one rank
+    bits: float | None  # ERE: bits of U, V; BITQ: bits per entry; LRA: 16 or 32 (fp factors)
+    budget_fraction: float | None
+    extra: str  # other non-default options, e.g. "alpha=0.2"
+    storage_pct: float | None
+    artifact_bytes: float | None
+    score: float | None
+    source_score: float | None
+    f1: float | None
+    source_f1: float | None
+    seconds: float | None  # the compress phase's wall seconds
+
+    @property
+    def drop(self) -> float | None:
+        return None if self.score is None or self.source_score is None else self.source_score - self.score
+
+    @property
+    def f1_drop(self) -> float | None:
+        return None if self.f1 is None or self.source_f1 is None else self.source_f1 - self.f1
+
+    @property
+    def worst_drop(self) -> float | None:
+        """The larger of the main-score and F1 drops (the one the 1-point rule checks)."""
+        drops = [d for d in (self.drop, self.f1_drop) if d is not None]
+        return max(drops) if drops else None
+
+    @property
+    def within(self) -> bool:
+        return self.worst_drop is not None and self.worst_drop <= TOLERANCE + 1e-9
+
+    @property
+    def group(self) -> tuple:
+        return (str(self.model), str(self.task))
+
+    @property
+    def setting(self) -> str:
+        parts = []
+        if self.method == "ere":
+            parts.append(f"r={fmt_int(self.rank)}" if self.rank is not None else f"budget={fmt_num(self.budget_fraction)}")
+            parts.append(f"b={fmt_int(self.bits)}")
+        elif self.method == "bitq":
+            parts.append(f"b={fmt_int(self.bits)}")
+        else:
+            parts.append(f"r={fmt_int(self.rank)}")
+            if self.bits == 32:
+                parts.append("fp32")
+        if self.extra:
+            parts.append(self.extra)
+        return ", ".join(parts)
+
+
+def fmt_int(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def fmt_pct(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3g}%" if value < 10 else f"{value:.1f}%"
+
+
+# ----------------------------------------------------------------------------- reading runs
+def _is_compress_run(run: Run) -> bool:
+    job = (run.summary or {}).get("job") or run.config.get("job")
+    return run.completed and str(run.method) in METHODS and job == "compress"
+
+
+def _metric(summary: dict | None, *keys: str) -> float | None:
+    node: Any = summary or {}
+    for k in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(k)
+    return as_number(node)
+
+
+def _f1(summary: dict | None) -> float | None:
+    return _metric(summary, "metrics", "validation", "f1") if _metric(summary, "metrics", "f1") is None \
+        else _metric(summary, "metrics", "f1")
+
+
+def _find_source(path: str, runs: Sequence[Run], cache: dict) -> Run | None:
+    """The source run: among `runs` by resolved path (then by folder name), else loaded from disk."""
+    if path in cache:
+        return cache[path]
+    found = None
+    p = Path(path)
+    try:
+        want = p.resolve()
+    except OSError:
+        want = p
+    for r in runs:
+        try:
+            if Path(r.path).resolve() == want:
+                found = r
+                break
+        except OSError:
+            continue
+    if found is None and p.is_dir() and (p / "summary.json").is_file():
+        found = load_run(p)
+    if found is None:
+        same_name = [r for r in runs if Path(r.path).name == p.name and not _is_compress_run(r)]
+        found = same_name[0] if len(same_name) == 1 else None
+    cache[path] = found if found is not None and found.completed else None
+    return cache[path]
+
+
+def _storage(run: Run) -> tuple[float | None, float | None]:
+    """(artifact bytes, % of dense fp32) of the compressed artifact."""
+    s = run.summary or {}
+    storage = s.get("storage") if isinstance(s.get("storage"), dict) else {}
+    report = s.get("method_report") if isinstance(s.get("method_report"), dict) else {}
+    dense = as_number(storage.get("dense_fp32_bytes")) or as_number(report.get("dense_fp32_bytes"))
+    artifacts = storage.get("artifacts") if isinstance(storage.get("artifacts"), dict) else {}
+    name = report.get("artifact") or f"{run.method}.safetensors"
+    entry = artifacts.get(name) if isinstance(artifacts.get(name), dict) else None
+    size = as_number(entry.get("bytes")) if entry else None
+    if size is None:
+        size = as_number((report.get("bytes") or {}).get("total")) if isinstance(report.get("bytes"), dict) else None
+    if size is not None and dense:
+        return size, 100.0 * size / dense
+    ratio = run.storage_ratio_min
+    return size, None if ratio is None else 100.0 * ratio
+
+
+def _options(run: Run) -> tuple[float | None, float | None, float | None, str]:
+    m = run.config.get("method") if isinstance(run.config.get("method"), dict) else {}
+    method = str(run.method)
+    extra = []
+    if method == "ere":
+        rank, bits, frac = as_number(m.get("rank_prior")), as_number(m.get("bits")), as_number(m.get("budget_fraction"))
+        if as_number(m.get("alpha")) not in (None, 0.5):
+            extra.append(f"α={m.get('alpha')}")
+        if m.get("stiefel") is False:
+            extra.append("no Stiefel")
+        return rank, bits, frac, ", ".join(extra)
+    if method == "bitq":
+        if m.get("axis") not in (None, "row"):
+            extra.append(f"per-{m.get('axis')}")
+        return None, as_number(m.get("bits")), None, ", ".join(extra)
+    dtype = str(m.get("dtype") or "float16")
+    return as_number(m.get("rank")), 32.0 if dtype == "float32" else 16.0, None, ""
+
+
+def collect_points(runs: Sequence[Run]) -> list[Point]:
+    cache: dict = {}
+    points = []
+    for run in runs:
+        if not _is_compress_run(run):
+            continue
+        s = run.summary or {}
+        src_block = s.get("source") if isinstance(s.get("source"), dict) else {}
+        src_path = str(src_block.get("path") or run.config.get("source") or "")
+        src = _find_source(src_path, runs, cache) if src_path else None
+        source_main = src.main if src is not None and src.main is not None else as_number(src_block.get("main"))
+        rank, bits, frac, extra = _options(run)
+        size, pct = _storage(run)
+        points.append(Point(
+            run=run, method=str(run.method), model=run.model, task=run.task, source=src_path,
+            source_seed=src.seed if src is not None else run.seed, rank=rank, bits=bits, budget_fraction=frac,
+            extra=extra, storage_pct=pct, artifact_bytes=size, score=run.main, source_score=source_main,
+            f1=_f1(s), source_f1=_f1(src.summary) if src is not None else None,
+            seconds=run.figure("time.wall_s.compress"),
+        ))
+    # points: ×100 where every score is a 0–1 fraction
+    values = [v for p in points for v in (p.score, p.source_score, p.f1, p.source_f1) if v is not None]
+    scale = 100.0 if values and all(abs(v) <= 1.0 for v in values) else 1.0
+    for p in points:
+        for attr in ("score", "source_score", "f1", "source_f1"):
+            v = getattr(p, attr)
+            setattr(p, attr, None if v is None else v * scale)
+    order = {m: i for i, m in enumerate(METHODS)}
+    points.sort(key=lambda p: (p.group, order[p.method], math.inf if p.storage_pct is None else p.storage_pct,
+                               p.setting))
+    return points
+
+
+# ----------------------------------------------------------------------------- analysis
+def cheapest_within(points: Sequence[Point]) -> Point | None:
+    """The point with the least storage whose drop is within TOLERANCE, or None."""
+    ok = [p for p in points if p.within and p.storage_pct is not None]
+    return min(ok, key=lambda p: p.storage_pct) if ok else None
+
+
+def _by(points: Sequence[Point], *, method: str | None = None, group: tuple | None = None) -> list[Point]:
+    return [p for p in points if (method is None or p.method == method) and (group is None or p.group == group)]
+
+
+def _groups(points: Sequence[Point]) -> list[tuple]:
+    return list(dict.fromkeys(p.group for p in points))
+
+
+def _on(group: tuple, points: Sequence[Point]) -> str:
+    """'minilm on mrpc (source seed 42)': what a figure was measured on."""
+    seeds = sorted({str(p.source_seed) for p in points if p.group == group and p.source_seed is not None})
+    seed = f", source seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}" if seeds else ""
+    return f"{group[0]} on {group[1]}{seed}"
+
+
+def _drop_text(p: Point) -> str:
+    out = f"drop {fmt_num(p.drop, 2)} pts main ({fmt_num(p.score, 2)} vs {fmt_num(p.source_score, 2)})"
+    if p.f1_drop is not None:
+        out += f", {fmt_num(p.f1_drop, 2)} pts F1 ({fmt_num(p.f1, 2)} vs {fmt_num(p.source_f1, 2)})"
+    return out
+
+
+def beats_at_equal_storage(points: Sequence[Point], baseline: str) -> tuple[int, int, list[str]]:
+    """For each `baseline` point, is there an ERE point of the same source with no more storage
+    and no lower score? (k such points, n comparable ones, the losses as text)."""
+    k = n = 0
+    losses = []
+    for b in _by(points, method=baseline):
+        if b.storage_pct is None or b.score is None:
+            continue
+        ere = [p for p in points if p.method == "ere" and p.source == b.source and p.storage_pct is not None
+               and p.score is not None and p.storage_pct <= b.storage_pct]
+        if not ere:
+            continue
+        n += 1
+        best = max(ere, key=lambda p: p.score)
+        if best.score >= b.score - 1e-9:
+            k += 1
+        else:
+            losses.append(f"{LABELS[baseline]} {b.setting} ({fmt_pct(b.storage_pct)}: {fmt_num(b.score, 2)}) > best ERE at "
+                          f"≤ that storage ({best.setting}, {fmt_pct(best.storage_pct)}: {fmt_num(best.score, 2)})")
+    return k, n, losses
+
+
+def claims(points: Sequence[Point]) -> list[Claim]:
+    ere = _by(points, method="ere")
+    groups = _groups(ere)
+    out = []
+
+    # 1. storage: the cheapest ERE setting within 1 point, per model/task
+    texts, ok = [], []
+    for g in groups:
+        mine = _by(ere, group=g)
+        best = cheapest_within(mine)
+        paper_setting = [p for p in mine if p.rank == PAPER_R and p.bits == PAPER_B]
+        at_paper = (f"; at the paper's r={PAPER_R}, b={PAPER_B}: {fmt_pct(paper_setting[0].storage_pct)}"
+                    if paper_setting else "")
+        if best is None:
+            worst = min((p for p in mine if p.worst_drop is not None), key=lambda p: p.worst_drop, default=None)
+            texts.append(f"no ERE setting within {TOLERANCE:g} point on {_on(g, points)} (smallest drop "
+                         f"{fmt_num(worst.worst_drop if worst else None, 2)} pts"
+                         + (f" at {worst.setting}, {fmt_pct(worst.storage_pct)}" if worst else "") + f"){at_paper}")
+            ok.append(False)
+        else:
+            texts.append(f"{fmt_pct(best.storage_pct)} of dense fp32 bytes at {best.setting}, the least storage "
+                         f"within {TOLERANCE:g} point ({_drop_text(best)}); {_on(g, points)}{at_paper}")
+            ok.append(best.storage_pct <= STORAGE_CAP)
+    out.append(Claim(
+        PAPER, f"storage {PAPER_STORAGE}% of dense at r={PAPER_R}, b={PAPER_B} (RoBERTa-large GLUE) at nearly "
+               f"the uncompressed score (ours holds at ≤ {TOLERANCE:g} point drop with ≤ {STORAGE_CAP:g}% storage)",
+        f"{PAPER_STORAGE}% of dense", "; ".join(texts) if texts else "n/a: no ERE compress run",
+        (HOLDS if all(ok) else DOES_NOT_HOLD) if texts else NOT_MEASURABLE))
+
+    # 2. score: the drop at the ERE setting the verdict picks (cheapest within; else closest to 6%)
+    texts, ok = [], []
+    for g in groups:
+        mine = [p for p in _by(ere, group=g) if p.drop is not None and p.storage_pct is not None]
+        if not mine:
+            continue
+        best = cheapest_within(mine)
+        pick = best if best is not None and best.storage_pct <= STORAGE_CAP else min(
+            mine, key=lambda p: (abs(math.log(p.storage_pct / PAPER_STORAGE)) if p.storage_pct > 0 else math.inf))
+        texts.append(f"{_drop_text(pick)} at {pick.setting} ({fmt_pct(pick.storage_pct)} of dense); "
+                     f"{_on(g, points)}" + ("" if str(g[1]).lower() == "glue" else " (one task, not a GLUE average)"))
+        ok.append(pick.within and pick.storage_pct <= STORAGE_CAP)
+    out.append(Claim(
+        PAPER, f"GLUE avg {PAPER_ERE} with ERE vs {PAPER_DENSE} uncompressed (r={PAPER_R}, b={PAPER_B}, "
+               f"RoBERTa-large; ours holds at ≤ {TOLERANCE:g} point drop with ≤ {STORAGE_CAP:g}% storage)",
+        f"{PAPER_ERE} vs {PAPER_DENSE} (−{PAPER_DENSE - PAPER_ERE:.1f})",
+        "; ".join(texts) if texts else "n/a: no ERE run with both its own and its source's score",
+        (HOLDS if all(ok) else DOES_NOT_HOLD) if texts else NOT_MEASURABLE))
+
+    # 3. ERE vs the baselines at equal storage
+    parts, verdicts = [], []
+    for base in ("bitq", "lra"):
+        k, n, losses = beats_at_equal_storage(points, base)
+        if n:
+            parts.append(f"vs {LABELS[base]}: ERE at ≤ the storage scores ≥ it for {k} of {n} {LABELS[base]} settings"
+                         + (f" (not: {'; '.join(losses[:3])}{' …' if len(losses) > 3 else ''})" if losses else ""))
+            verdicts.append(k == n)
+    where = ", ".join(_on(g, points) for g in groups)
+    out.append(Claim(
+        PAPER, "BITQ and LRA alone need more storage than ERE for the same score (ERE beats them at equal storage)",
+        "Table 1: BITQ, LRA larger than ERE",
+        ("; ".join(parts) + f"; {where}") if parts else
+        "n/a: no BITQ/LRA compress run with an ERE run of the same source at no more storage",
+        (HOLDS if all(verdicts) else DOES_NOT_HOLD) if parts else NOT_MEASURABLE))
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
+def settings_table(points: Sequence[Point], multi_group: bool) -> str:
+    has_f1 = any(p.f1 is not None for p in points)
+    header = (["model / task"] if multi_group else []) + [
+        "method", "rank prior r", "bits b", "storage (% of dense fp32)", "artifact (MiB)", "score (main, pts)",
+        "source (pts)", "drop (pts)"]
+    if has_f1:
+        header += ["F1 (pts)", "F1 drop (pts)"]
+    header += ["compress (s)"]
+    rows = []
+    for p in points:
+        bits = ("fp32" if p.bits == 32 else "fp16") if p.method == "lra" else fmt_int(p.bits)
+        rank = fmt_int(p.rank) if p.method != "ere" or p.rank is not None else f"budget {fmt_num(p.budget_fraction)}"
+        row = ([f"{p.model} / {p.task}"] if multi_group else []) + [
+            LABELS[p.method] + (f" ({p.extra})" if p.extra else ""), rank, bits, fmt_pct(p.storage_pct),
+            fmt_num(None if p.artifact_bytes is None else p.artifact_bytes / (1 << 20), 3),
+            fmt_num(p.score, 2), fmt_num(p.source_score, 2), fmt_num(p.drop, 2)]
+        if has_f1:
+            row += [fmt_num(p.f1, 2), fmt_num(p.f1_drop, 2)]
+        row += [fmt_num(p.seconds, 1)]
+        rows.append(row)
+    return md_table(header, rows, ("l" if multi_group else "") + "lrrrrrrr" + ("rr" if has_f1 else "") + "r")
+
+
+def budget_table(points: Sequence[Point]) -> str:
+    rows = []
+    for g in _groups(points):
+        for method in METHODS:
+            mine = _by(points, method=method, group=g)
+            if not mine:
+                continue
+            best = cheapest_within(mine)
+            if best is None:
+                scored = [p for p in mine if p.worst_drop is not None]
+                least = min(scored, key=lambda p: p.worst_drop) if scored else None
+                rows.append([f"{g[0]} / {g[1]}", LABELS[method], f"none of {len(mine)}", "—",
+                             f"least: {fmt_num(least.worst_drop, 2)} at {least.setting} ({fmt_pct(least.storage_pct)})"
+                             if least else "—"])
+            else:
+                rows.append([f"{g[0]} / {g[1]}", LABELS[method], best.setting, fmt_pct(best.storage_pct),
+                             fmt_num(best.worst_drop, 2)])
+    return md_table(["model / task", "method", f"least storage within {TOLERANCE:g} point", "storage (% of dense fp32)",
+                     "drop (pts, worse of main and F1)"], rows, "llllr")
+
+
+# ----------------------------------------------------------------------------- plot
+def score_vs_storage_figure(points: Sequence[Point]):
+    """One panel per model/task: main score (pts) vs storage (% of dense fp32, log); one series per
+    method, the uncompressed source as a star at 100%, a dashed line 1 point below it."""
+    from ..plots import _log_limits, _new_figure, _wrap
+
+    groups = [g for g in _groups(points)
+              if any(p.storage_pct and p.score is not None for p in _by(points, group=g))]
+    if not groups:
+        return None
+    ncols = min(2, len(groups))
+    nrows = math.ceil(len(groups) / ncols)
+    width = 5.2 * ncols + 1.4
+    fig = _new_figure(width, 4.2 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    handles = {}
+    for ax, g in zip(axes, groups):
+        mine = [p for p in _by(points, group=g) if p.storage_pct and p.storage_pct > 0 and p.score is not None]
+        for method in METHODS:
+            pts = sorted((p for p in mine if p.method == method), key=lambda p: p.storage_pct)
+            if not pts:
+                continue
+            (h,) = ax.plot([p.storage_pct for p in pts], [p.score for p in pts], marker=_MARKERS[method],
+                           color=_COLOURS[method], linestyle="none", label=LABELS[method])
+            handles[LABELS[method]] = h
+            for p in pts:
+                ax.annotate(p.setting, (p.storage_pct, p.score), textcoords="offset points", xytext=(4, 3),
+                            fontsize=6, color=_COLOURS[method])
+        dense = sorted({p.source_score for p in _by(points, group=g) if p.source_score is not None})
+        if dense:
+            d = sum(dense) / len(dense)
+            (h,) = ax.plot([100.0], [d], marker="*", markersize=12, color="black", linestyle="none",
+                           label="uncompressed (fp32)")
+            handles["uncompressed (fp32, 100%)"] = h
+            line = ax.axhline(d - TOLERANCE, color="grey", linestyle="--", linewidth=0.8)
+            handles[f"uncompressed − {TOLERANCE:g} point"] = line
+        _log_limits(ax, [p.storage_pct for p in mine] + [100.0])
+        ax.set_xlabel("artifact bytes, % of the dense fp32 checkpoint (log)")
+        ax.set_ylabel("score (main metric, points)")
+        ax.set_title(f"{g[0]} / {g[1]}", fontsize="medium")
+        ax.grid(True, alpha=0.3, which="major")
+    for ax in axes[len(groups):]:
+        ax.set_visible(False)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize="small",
+               ncols=min(3, len(handles)))
+    fig.suptitle(_wrap("ERE vs BITQ and LRA: score of the reconstructed model vs storage", width))
+    return fig
+
+
+# ----------------------------------------------------------------------------- section
+def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
+    points = collect_points(runs)
+    if not points:
+        return None
+    out_dir = Path(out_dir)
+    files: list[Path] = []
+    plot_note = ""
+    if plots:
+        try:
+            fig = score_vs_storage_figure(points)
+            if fig is None:
+                plot_note = "No plot: no compress run has both a storage figure and a score."
+            else:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                fig.savefig(out_dir / PLOT, dpi=110)
+                files.append(out_dir / PLOT)
+        except Exception as exc:  # a plot must never cost the tables
+            log.exception("plot %s failed", PLOT)
+            plot_note = f"No plot: plotting failed ({exc})."
+    multi = len(_groups(points)) > 1
+    cl = claims(points)
+    n_sources = len({p.source for p in points})
+    lines = [
+        f"Compressed full fine-tunes (`job=compress`): {len(points)} runs of "
+        + ", ".join(f"{LABELS[m]} ({len(_by(points, method=m))})" for m in METHODS if _by(points, method=m))
+        + f" over {n_sources} source run{'s' if n_sources != 1 else ''} ("
+        + "; ".join(_on(g, points) for g in _groups(points)) + "). "
+        "Storage is the compressed artifact's bytes on disk (codes, scales, D, the tensors stored as they are and "
+        "the header) over the dense fp32 checkpoint's; the score is the reconstructed model's main validation metric, "
+        "the drop is the source run's score minus it (points; negative = better than uncompressed).",
+        "",
+    ]
+    if files:
+        lines += [f"![score vs storage]({PLOT})", ""]
+    elif plot_note:
+        lines += [plot_note, ""]
+    lines += ["### Every setting", "", settings_table(points, multi), "",
+              f"### The least storage within {TOLERANCE:g} point of the uncompressed score", "",
+              budget_table(points), "",
+              f"Within {TOLERANCE:g} point: the drop of the main score and, where the task reports F1, of F1 are both "
+              f"≤ {TOLERANCE:g}.", "",
+              "### Paper vs ours", "",
+              md_table(["claim", "paper", "ours", "verdict"], [[c.claim, c.paper_value, c.ours, c.verdict] for c in cl]),
+              ""]
+    return Section(title="ERE — efficient residual encoding", markdown="\n".join(lines), files=files, claims=cl)
