@@ -4,6 +4,7 @@ bad values, compress() on tiny state dicts, the artifact's bytes on disk, and de
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -357,3 +358,17 @@ def test_budget_fraction_trims_ranks_when_the_written_file_is_over_the_cap(tmp_p
     save_file({k: v.clone() for k, v in base.items()}, str(tmp_path / "base.safetensors"))
     weights = decompress(tmp_path / "ere.safetensors", tmp_path / "base.safetensors")
     assert all(torch.equal(weights[k], t) for k, t in result.reconstructed.items())
+
+
+def test_bench_storage_and_drop_read_the_compress_runs_summary(tmp_path):
+    from sparse_ft.bench.ere import ere_storage_and_drop
+
+    summary = {"status": "completed", "job": "compress", "method": "ere",
+               "source": {"path": "/x", "main": 0.80, "score_drop": 0.012},
+               "storage": {"dense_fp32_bytes": 1000, "artifacts": {"ere.safetensors": {"bytes": 50, "ratio_to_dense_fp32": 0.05}}},
+               "method_report": {"artifact": "ere.safetensors", "storage_ratio": 0.05}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert ere_storage_and_drop(tmp_path) == {"ere_storage_ratio": 0.05, "ere_score_drop": 0.012}
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
+    with pytest.raises(ValueError, match="not completed"):
+        ere_storage_and_drop(tmp_path)

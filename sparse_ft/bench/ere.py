@@ -1,6 +1,6 @@
 """The ERE benchmark group: `bench_ere(args) -> dict` (to be registered in `sparse_ft.bench.__main__.GROUPS`).
 
-Standalone, on synthetic matrices of MiniLM-L6's shapes (no model, no data), in one process:
+In one process; all but the last block on synthetic matrices of MiniLM-L6's shapes (no model, no data):
 
   ere_svd_exact_vs_randomized_speedup   384x1536 residual, rank 8: seconds of torch.linalg.svd /
                                         seconds of torch.svd_lowrank (q = r + 8, 4 power iterations);
@@ -19,19 +19,31 @@ Standalone, on synthetic matrices of MiniLM-L6's shapes (no model, no data), in 
   bitq_synthetic_storage_ratio, ..._rel_error    BITQ at b = 4 (per-row scales) on the same residual
   lra_synthetic_storage_ratio, ..._rel_error     LRA at r = 8 (fp16 factors) on the same residual
 
+  ere_storage_ratio, ere_score_drop, on a real fine-tune, measured in this run: a dense fine-tune (the
+  ere_real_*                            source) is compressed by `job=compress method=ere` (r = 8, b = 4, in
+                                        process); the ratio is the artifact's bytes on disk over the dense fp32
+                                        checkpoint, the drop the source's main score minus the reconstruction's
+                                        (a 0–1 metric: 0.01 = 1 point). The source is the run dir given by
+                                        `args.ere_source` or $SPARSE_FT_BENCH_ERE_SOURCE (e.g. MiniLM on real MRPC),
+                                        else a tiny BERT (random init, 2 layers, hidden 32) fine-tuned here on
+                                        synthetic_nli for 2 epochs (~30 s on a CPU); `ere_real_source` says which
+                                        model/task/run the two figures are from.
+
 The synthetic residual of every matrix is low rank plus noise: singular values exp(−l/τ) with τ
 drawn per matrix from [2, 40] (layers decay very differently, as papers/ere.txt §3.1 observes),
 entries of RMS 1e-3 (the weights': 0.04), plus 1% of that as Gaussian noise; biases and LayerNorms change a little;
 the classifier is new. It is *not* a fine-tuned model: the score drop and the storage ratio of a
-real fine-tune come from `ere_storage_and_drop` over a `job=compress` run.
+real fine-tune (`ere_storage_ratio`, `ere_score_drop`) come from the real source above, through
+`ere_storage_and_drop` over its `job=compress` run.
 
-Uses `args.repeats` (the bench CLI's flag; default 3).
+Uses `args.repeats` (the bench CLI's flag; default 3) and `args.ere_source` where the CLI has it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -162,7 +174,64 @@ def bench_ere(args) -> dict:
         report, _ = _compress(name, {**opts, "device": device}, base, tuned)
         results[f"{name}_synthetic_storage_ratio"] = report["storage_ratio"]
         results[f"{name}_synthetic_rel_error"] = report["rel_error"]
+    source = getattr(args, "ere_source", None) or os.environ.get(SOURCE_ENV) or None
+    results.update(real_storage_and_drop(Path(source) if source else None, device))
     return results
+
+
+SOURCE_ENV = "SPARSE_FT_BENCH_ERE_SOURCE"
+REAL_RANK, REAL_BITS = 8, 4
+# the in-bench source: a tiny random-init BERT that learns synthetic_nli in two epochs
+TINY_SOURCE = ["model=tiny_bert", "task=synthetic_nli", "method=dense", "trainer.epochs=2", "trainer.lr=2e-3",
+               "trainer.warmup_ratio=0.1", "task.num_train=2000", "task.num_validation=256", "task.num_test=64",
+               "trainer.batch_size=32", "seed=0"]
+QUIET = ["energy=off", "trainer.progress=false"]
+
+
+def _run_inprocess(run_dir: Path, overrides: list[str]) -> dict:
+    """Compose like `python run.py <overrides>` and run the entry point here; returns summary.json."""
+    from omegaconf import OmegaConf
+
+    from ..entry import run
+    from .harness import compose
+
+    cfg = compose(overrides)
+    OmegaConf.set_struct(cfg, False)
+    cfg.run_dir = str(run_dir)
+    run(cfg)
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def real_storage_and_drop(source: Path | None = None, device: str = "cpu") -> dict:
+    """`ere_storage_ratio` and `ere_score_drop` of ERE (r = 8, b = 4) on a real fine-tune: `source`
+    (a finished run dir) or, without one, a tiny BERT fine-tuned here on synthetic_nli."""
+    with tempfile.TemporaryDirectory(prefix="bench_ere_") as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        if source is None:
+            source = tmp / "source"
+            _run_inprocess(source, TINY_SOURCE + QUIET + [f"trainer.device={device}"])
+            origin = "random init (2 layers, hidden 32), fine-tuned in this run for 2 epochs"
+        else:
+            origin = f"run dir {source}"
+        finetune_s = time.perf_counter() - start
+        src = json.loads((Path(source) / "summary.json").read_text())
+        start = time.perf_counter()
+        _run_inprocess(tmp / "ere", ["job=compress", "method=ere", f"source={source}", f"method.rank_prior={REAL_RANK}",
+                                     f"method.bits={REAL_BITS}", f"method.device={device}", *QUIET])
+        compress_s = time.perf_counter() - start
+        figures = ere_storage_and_drop(tmp / "ere")
+        summary = json.loads((tmp / "ere" / "summary.json").read_text())
+    model, task = src.get("model"), src.get("task")
+    return {
+        **figures,
+        "ere_real_source": f"{model} on {task}: {origin}; ERE r={REAL_RANK}, b={REAL_BITS}",
+        "ere_real_source_main": (src.get("metrics") or {}).get("main"),
+        "ere_real_compressed_main": (summary.get("metrics") or {}).get("main"),
+        "ere_real_rel_error": (summary.get("method_report") or {}).get("rel_error"),
+        "ere_real_finetune_seconds": finetune_s,
+        "ere_real_compress_job_seconds": compress_s,
+    }
 
 
 def ere_storage_and_drop(run_dir: Path) -> dict:
