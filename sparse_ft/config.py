@@ -66,7 +66,9 @@ def validate_trainer(t) -> None:
         raise ConfigError("trainer.device", f"{device!r} is not auto, cpu, cuda or cuda:N")
     _choice(t, "predict", p, (None, "test"))
     _choice(t, "progress", p, ("auto", True, False))
-    from .train.trainer import parse_every
+    from .train.trainer import early_stopping_patience, parse_every
+
+    early_stopping_patience(t)  # ConfigError naming trainer.early_stopping_patience
 
     try:
         parse_every(t.get("checkpoint_every", 0))

@@ -151,6 +151,7 @@ def train_job(rc: RunContext) -> float | None:
         writer.log_metrics({"type": "final", "stage": len(stages) - 1, "step": state.step, **final})
         summary["metrics"] = final
         summary["best"] = dict(done[-1]["best"])
+        summary["early_stopping"] = trainer.early_stopping_summary()  # stopped_early_at_step: null = ran every step
         summary["optimizer"] = optimizer_block(trainer.optimizer)
         if len(stages) > 1:
             summary["stages"] = done

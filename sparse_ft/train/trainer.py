@@ -11,6 +11,10 @@ selection changes (`refresh_due` / `refresh_mask` at epoch ends, `selection_chan
 step) get their optimizer rebuilt mid-run, only when the parameters it sees really changed.
 One Trainer runs one stage of a run (its own optimizer and schedule); the train job loops over
 the method's stages and records the stage in every metrics record and checkpoint.
+With `trainer.early_stopping_patience=N` the loop stops after N evaluations in a row without a
+better validation main metric (the READ paper's protocol, with `select_best` restoring the best
+checkpoint before the final evaluation); the count is in the checkpoint, so a resumed run stops
+where an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..core.errors import ConfigError
 from ..methods.base import Method
 from ..models.bundle import ModelBundle, to_device
 from ..tasks.base import TaskData
@@ -46,6 +51,15 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
+
+
+def early_stopping_patience(cfg) -> int:
+    """`trainer.early_stopping_patience`: 0 = off; N = stop after N evaluations in a row without
+    a better validation main metric. Raises ConfigError naming the key for anything else."""
+    value = cfg.get("early_stopping_patience", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError("trainer.early_stopping_patience", f"{value!r} must be an integer >= 0 (0 = off; N = stop after N evaluations without improvement)")
+    return value
 
 
 class _Phases:
@@ -100,6 +114,10 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.job_state = job_state or dict  # what the job keeps in checkpoints besides the loop (finished stages)
         self._best_weights: dict | None = None
+        # early stopping: evaluations in a row without a better main metric, and where it stopped
+        self.patience = early_stopping_patience(cfg)
+        self.evals_without_improvement = 0
+        self.stopped_early_at_step: int | None = None
         self.every_steps, self.every_seconds = parse_every(cfg.get("checkpoint_every", 0))
         self.autocast_dtype = None
         if cfg.precision != "fp32":
@@ -147,6 +165,7 @@ class Trainer:
                     "method": self.method.state_dict(),
                     "rng": rng_state(),
                     "job": self.job_state(),
+                    "early_stopping": {"evals_without_improvement": self.evals_without_improvement, "stopped_early_at_step": self.stopped_early_at_step},
                 }
             }
             info = {"step": self.state.step, "epoch": self.state.epoch, "stage": self.state.stage}
@@ -162,6 +181,9 @@ class Trainer:
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.scaler.load_state_dict(trainer_state["scaler"])
         self._best_weights = resume["tensors"].get("best.safetensors")
+        early = trainer_state.get("early_stopping") or {}
+        self.evals_without_improvement = int(early.get("evals_without_improvement", 0))
+        self.stopped_early_at_step = early.get("stopped_early_at_step")
         set_rng_state(trainer_state["rng"])
         log.info("resumed at optimizer step %d (epoch %d, %d batches into it)", self.state.step, self.state.epoch, self.state.epoch_batches)
 
@@ -269,7 +291,7 @@ class Trainer:
         self.phases.to("train")
         try:
             with watcher:
-                while st.step < total:
+                while st.step < total and self.stopped_early_at_step is None:
                     module.train()
                     loader = self.train_loader(st.epoch, st.epoch_batches)
                     n_micro = len(loader) + st.epoch_batches
@@ -332,7 +354,7 @@ class Trainer:
                             raise Preempted(watcher.received or signal.SIGTERM, st.step)
                         if self._checkpoint_due() and st.step < total:
                             self.save_last()
-                        if st.step >= total or epoch_done:
+                        if st.step >= total or epoch_done or self.stopped_early_at_step is not None:
                             break
                 if st.last_eval_step != st.step:
                     self._evaluate_and_select()
@@ -399,8 +421,22 @@ class Trainer:
         main = selection["main"]
         if st.best_step < 0 or (math.isfinite(main) and main > st.best_main):
             st.best_main, st.best_step, st.best_metrics = main, st.step, results
+            self.evals_without_improvement = 0
             if self.cfg.select_best:
                 self._best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.bundle.module.state_dict().items()}
+        else:
+            self.evals_without_improvement += 1
+        if self.patience and self.evals_without_improvement >= self.patience and self.stopped_early_at_step is None:
+            self.stopped_early_at_step = st.step
+            self.log_metrics({"type": "early_stop", "stage": st.stage, "step": st.step, "epoch": st.epoch, "patience": self.patience,
+                              "best_step": st.best_step, "best_main": st.best_main})
+            log.info("early stopping at step %d: %d evaluations without a better %s (best %.4f at step %d)",
+                     st.step, self.evals_without_improvement, self.task.main_metric, st.best_main, st.best_step)
+
+    def early_stopping_summary(self) -> dict:
+        """summary.json `early_stopping`: the patience and the step training stopped at (null: ran to the end)."""
+        return {"patience": self.patience, "stopped_early_at_step": self.stopped_early_at_step,
+                "evals_without_improvement": self.evals_without_improvement, "best_step": self.state.best_step}
 
     # --- evaluation (the shared Evaluator) ------------------------------------------------
     def predictions(self, split: str) -> tuple[np.ndarray, np.ndarray | None]:
