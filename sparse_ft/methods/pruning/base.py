@@ -104,6 +104,25 @@ class PruningMethod(Method):
         for n, p in self.params.items():
             p.masked_fill_(~self.keep[n], 0.0)
 
+    def share_masks(self) -> bool:
+        """Under torch.distributed (DDP or local SGD, world size > 1) every rank adopts rank 0's
+        masks, so all ranks hold the same zeros even where a score is not bit-reproducible across
+        processes (e.g. `score=fisher`). Collective: every rank calls it at the same point. True
+        when the masks were broadcast."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return False
+        box = [pack_state(self.keep) if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        if dist.get_rank() != 0:
+            device = next(iter(self.params.values())).device if self.params else None
+            mine, self.keep = self.keep, unpack_state(box[0], device)
+            differ = sum(int((mine[n] != self.keep[n]).sum()) for n in self.keep if n in mine)
+            if differ:
+                log.warning("%s: rank %d's own mask differed from rank 0's in %d entries; rank 0's is used", self.name, dist.get_rank(), differ)
+        return True
+
     def choose(self, scores: dict[str, torch.Tensor], sparsity: float, nm=None) -> dict[str, torch.Tensor]:
         return select(scores, sparsity, self.opts.get("scope", "global"), nm)
 

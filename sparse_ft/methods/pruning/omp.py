@@ -6,7 +6,9 @@ fine-tune everything else with the mask fixed; pruned entries stay exactly zero 
 `scope=global` (the project decision) ranks all prunable weights together, `scope=layer` ranks
 within each matrix. `pattern=N:M` keeps the N largest of every M consecutive weights along the
 input dimension instead (sparsity 1 − N/M; `method.sparsity` is then not used). Masks of one
-pretrained model are nested: a higher sparsity prunes a superset.
+pretrained model are nested: a higher sparsity prunes a superset. Under torchrun (DDP or
+`distributed=local_sgd`) rank 0's mask is broadcast to every rank, and the pruned entries stay
+exactly +0.0 on every rank (tests/test_pruning_dist.py).
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class OneShotMagnitude(PruningMethod):
         with ctx.phase("mask") if ctx.phase is not None else contextlib.nullcontext():
             scores = self.scores(module, ctx)
             self.keep = self.choose(scores, self.target_sparsity(), nm)
+            self.share_masks()  # torchrun: one mask for every rank (rank 0's)
         self.level = self.target_sparsity()
         self.apply_masks()
         self.stats.update(score=self.opts.score, mask_seconds=time.perf_counter() - started)
