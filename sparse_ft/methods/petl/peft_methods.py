@@ -31,9 +31,9 @@ from torch import nn
 from ...core.errors import ConfigError
 from ...core.options import MethodOptions, option
 from ..base import Method, MethodContext
-from ..masked.selection import head_names
 from ..registry import register
 from .lora import base_name
+from .side import new_params
 
 
 class LeftPadded(nn.Module):
@@ -66,7 +66,7 @@ class PeftMethod(Method):
         if bundle.arch not in ("encoder", "decoder", "seq2seq"):
             raise ConfigError("model", f"method={self.name} runs on text models, not {bundle.arch}")
         module = bundle.module
-        heads = sorted({n.rsplit(".", 1)[0] for n in head_names(module)}) if self.opts.get("train_head", True) else []
+        heads = sorted({n.rsplit(".", 1)[0] for n in new_params(module, self.name)}) if self.opts.get("train_head", True) else []
         config = self.peft_config(bundle, heads)
         try:
             self.peft_model = get_peft_model(module, config)

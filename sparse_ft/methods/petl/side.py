@@ -19,6 +19,7 @@ included) and `finalize` writes the side network's tensors apart.
 from __future__ import annotations
 
 from dataclasses import replace
+import logging
 from pathlib import Path
 
 import torch
@@ -28,6 +29,8 @@ from torch import nn
 from ...core.errors import ConfigError
 from ..base import Method, MethodContext
 from ..masked.selection import head_names
+
+log = logging.getLogger(__name__)
 
 
 # --- classification heads: how each architecture reads its last hidden state --------------------
@@ -57,7 +60,8 @@ class ClassifierHead:
 
 
 class BertHead(ClassifierHead):
-    """BERT / MiniLM: pooler (dense + tanh on [CLS], pretrained, frozen) → dropout → classifier."""
+    """BERT / MiniLM: pooler (dense + tanh on [CLS]; frozen when pretrained, trained with the head when
+    the checkpoint holds none, see `new_params`) → dropout → classifier."""
 
     model_types = ("bert",)
 
@@ -266,9 +270,23 @@ class SideModel(nn.Module):
 # --- the method side ---------------------------------------------------------------------------
 
 
-def freeze_backbone(module: nn.Module, train_head: bool = True) -> list[str]:
-    """Freeze every parameter but the newly initialised task head's; returns the head's names."""
-    heads = set(head_names(module)) if train_head else set()
+def new_params(module: nn.Module, method: str = "") -> list[str]:
+    """What trains in full beside a method's own parameters: the new task head (`head_names`)
+    and the body's parameters the loader found with no trained values (`module.newly_initialized`,
+    set by models.text: missing from the checkpoint, or a sentence-transformers checkpoint's never
+    trained BERT pooler) — frozen, those would stay at their random initialisation."""
+    heads = head_names(module)
+    names = set(dict(module.named_parameters()))
+    extra = sorted(n for n in getattr(module, "newly_initialized", ()) if n in names and n not in heads)
+    if extra:
+        log.info("method=%s: also training %s (no trained values in the checkpoint) with the task head", method, ", ".join(extra))
+    return sorted(set(heads) | set(extra))
+
+
+def freeze_backbone(module: nn.Module, train_head: bool = True, method: str = "") -> list[str]:
+    """Freeze every parameter but the new task head's (and the body's newly initialised ones,
+    see `new_params`); returns their names."""
+    heads = set(new_params(module, method)) if train_head else set()
     for name, p in module.named_parameters():
         p.requires_grad_(name in heads)
     return sorted(heads)
@@ -302,7 +320,7 @@ class SideMethod(Method):
         if bundle.arch not in ("encoder", "decoder", "seq2seq"):
             raise ConfigError("model", f"method={self.name} runs on text models (encoder, decoder-only, T5), not {bundle.arch}")
         backbone = bundle.module
-        self.heads = freeze_backbone(backbone, train_head=bundle.arch != "seq2seq")
+        self.heads = freeze_backbone(backbone, train_head=bundle.arch != "seq2seq", method=self.name)
         dims = model_dims(backbone)
         side = self.build_side(backbone, bundle.arch, dims)
         if getattr(side, "needs_cross_attentions", False):
