@@ -1,0 +1,383 @@
+"""READ (papers/read.txt, METHODS.md §4): a recurrent side network over a frozen backbone, against
+full fine-tuning and the PETL baselines, on score, energy and memory.
+
+Runs: `method=read` (READ-large: `model.drop_last_layers` > 0) beside `dense`, `bitfit`,
+`prompt_tuning`, `ia3`, `adapter`, `lora`, `lst`. A table row is one model × task × method; when a
+method ran under several settings (its `method.*` options and `trainer.lr`), the row is the
+setting with the best mean validation score (the paper's selection), averaged over its seeds.
+
+* Table 1/3 columns: score (the task's main metric, ×100 where it is a fraction), energy in kWh
+  with the estimator that produced it (`kwh_counter` = GPU energy counter, `kwh_power_integral`
+  = sampled power integrated, `kwh_util_estimate` = READ's Appendix-D utilisation estimate,
+  `cpu_kwh` = CPU RAPL), peak training memory in GB (10⁹ bytes; on CPU the process's peak
+  resident set, on GPU the allocator's peak), inference peak memory and median latency at batch
+  size 1 where the run measured them (`trainer.measure_inference=true`). A missing figure reads
+  "n/a: <why>", never 0.
+* Memory ratio vs dense: each method's mean peak training memory / dense's on the same
+  model × task. Random-init models of real shapes count (memory does not depend on the weights).
+* Figure 1: energy (kWh) vs score, one point per method (a panel per model × task), drawn when
+  any run has an energy figure; beside it the same with peak training memory, which CPU runs
+  always have.
+
+Claims (verdicts from the runs alone):
+
+* memory −56% vs full fine-tuning (T5-base, GPU): holds when READ's peak training memory is at
+  most 0.5× dense's (the project's target; the paper's 0.44) on every model × task with both;
+* energy −84% vs full fine-tuning (GPU): the same rule on training energy from the same
+  estimator; not measurable where READ or dense has no energy figure (the reason is given);
+* accuracy comparable to LoRA / adapters / BitFit at far lower memory: holds when READ's score is
+  within `COMPARABLE` points of the best of them and its peak memory below each, on every
+  pretrained (not random-init) model × task with READ and at least one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..collect import ENERGY_SOURCES, Run
+from ..render import fmt_num, md_table
+from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
+
+log = logging.getLogger(__name__)
+
+PAPER = "READ"
+METHODS = ("dense", "bitfit", "prompt_tuning", "ia3", "adapter", "lora", "lst", "read", "read_large")
+PETL = ("prompt_tuning", "ia3", "adapter", "lora", "lst", "read", "read_large")
+LABELS = {"dense": "Full FT", "bitfit": "BitFit", "prompt_tuning": "Prompt tuning", "ia3": "(IA)³", "adapter": "Adapter",
+          "lora": "LoRA", "lst": "LST", "read": "READ", "read_large": "READ-large"}
+BASELINES = ("lora", "adapter", "bitfit")  # the accuracy claim's comparison
+RATIO_TARGET = 0.5    # READ / dense at most this: memory (paper 0.44) and energy (paper 0.16)
+COMPARABLE = 1.0      # score points (×100 scale) READ may trail the best baseline and still be "comparable"
+GB = 1e9
+ESTIMATORS = {"kwh_counter": "GPU energy counter", "kwh_power_integral": "GPU power integral",
+              "kwh_util_estimate": "READ utilisation estimate", "cpu_kwh": "CPU RAPL"}
+FIGURE_ENERGY = "read_energy_vs_score.png"
+FIGURE_MEMORY = "read_memory_vs_score.png"
+_COLOURS = {"dense": "tab:gray", "bitfit": "tab:olive", "prompt_tuning": "tab:pink", "ia3": "tab:cyan", "adapter": "tab:green",
+            "lora": "tab:orange", "lst": "tab:purple", "read": "tab:blue", "read_large": "tab:red"}
+
+
+def method_of(run: Run) -> str | None:
+    name = str(run.method).lower()
+    if name == "read":
+        model = run.config.get("model") if isinstance(run.config.get("model"), dict) else {}
+        return "read_large" if (model.get("drop_last_layers") or 0) > 0 else "read"
+    return name if name in METHODS else None
+
+
+def _random_init(run: Run) -> bool:
+    model = run.config.get("model")
+    return bool(model.get("random_init")) if isinstance(model, dict) else False
+
+
+def _setting(run: Run) -> str:
+    trainer = run.config.get("trainer") if isinstance(run.config.get("trainer"), dict) else {}
+    return json.dumps([run.config.get("method"), trainer.get("lr")], sort_keys=True, default=str)
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def _train_energy(run: Run) -> tuple[float | None, str | None]:
+    """Training-phase kWh from the best estimator the run has (the run's total when it has no phases)."""
+    for src in ENERGY_SOURCES:
+        v = run.figure(f"energy.phases.train.{src}")
+        if v is not None:
+            return v, src
+    return run.energy
+
+
+def _energy_missing(run: Run) -> str:
+    reason = run.block("energy").get("reason")
+    if not reason:
+        return "n/a: no energy figure recorded"
+    reason = str(reason)
+    if reason.startswith("no GPU") and "RAPL" in reason:
+        return "n/a: no GPU and no readable RAPL counter"
+    return "n/a: " + (reason if len(reason) <= 60 else reason[:57] + "…")
+
+
+@dataclass
+class Cell:
+    """One model × task × method: the runs of its best setting."""
+
+    model: str
+    task: str
+    method: str
+    runs: list[Run] = field(default_factory=list)
+    settings: int = 1
+
+    @property
+    def scores(self) -> list[float]:
+        return [r.main for r in self.runs if r.main is not None]
+
+    @property
+    def score(self) -> float | None:
+        return _mean(self.scores)
+
+    @property
+    def peak(self) -> float | None:
+        return _mean(r.peak_train_bytes for r in self.runs)
+
+    @property
+    def random_init(self) -> bool:
+        return any(_random_init(r) for r in self.runs)
+
+    def energy(self) -> tuple[float | None, str | None]:
+        """Mean training kWh over the runs that share the best estimator any of them has."""
+        found = [_train_energy(r) for r in self.runs]
+        sources = [s for _, s in found if s is not None]
+        if not sources:
+            return None, None
+        best = min(sources, key=ENERGY_SOURCES.index)
+        return _mean(v for v, s in found if s == best), best
+
+    def device(self) -> str:
+        devices = sorted({str(r.block("memory").get("device")) for r in self.runs if r.block("memory").get("device")})
+        return ", ".join(devices) or "?"
+
+
+def collect_cells(runs: Sequence[Run]) -> list[Cell]:
+    by: dict[tuple, dict[str, list[Run]]] = {}
+    for r in runs:
+        m = method_of(r)
+        if m is None or not r.completed:
+            continue
+        by.setdefault((str(r.model), str(r.task), m), {}).setdefault(_setting(r), []).append(r)
+    cells = []
+    for (model, task, method), settings in by.items():
+        best = max(settings.values(), key=lambda rs: _mean(r.main for r in rs) if _mean(r.main for r in rs) is not None else -math.inf)
+        cells.append(Cell(model, task, method, best, len(settings)))
+    cells.sort(key=lambda c: (c.model, c.task, METHODS.index(c.method)))
+    return cells
+
+
+def _scale(cells: Sequence[Cell]) -> float:
+    scores = [s for c in cells for s in c.scores]
+    return 100.0 if scores and all(abs(s) <= 1.0 for s in scores) else 1.0
+
+
+def _score_cell(c: Cell, scale: float) -> str:
+    s = c.scores
+    if not s:
+        return "n/a: no score"
+    if len(s) == 1:
+        return fmt_num(s[0] * scale, 1)
+    return f"{fmt_num(statistics.fmean(s) * scale, 1)} ± {fmt_num(statistics.stdev(s) * scale, 1)}"
+
+
+def _energy_cell(c: Cell) -> str:
+    v, src = c.energy()
+    if v is None:
+        return _energy_missing(c.runs[0])
+    return f"{v:.3g} ({ESTIMATORS.get(src, src)})"
+
+
+def _inference_cells(c: Cell) -> tuple[str, str]:
+    if not any(r.block("inference") for r in c.runs):
+        why = "n/a: not measured (trainer.measure_inference=false)"
+        return why, why
+    mem = _mean(r.figure("inference.peak_bytes") for r in c.runs)
+    lat = _mean(r.figure("inference.latency_ms_median") for r in c.runs)
+    return (fmt_num(mem / GB, 2) if mem is not None else "n/a: no peak recorded",
+            fmt_num(lat, 1) if lat is not None else "n/a: no latency recorded")
+
+
+def _trainable(c: Cell) -> str:
+    t = _mean(r.figure("params.trainable") for r in c.runs)
+    n = _mean(r.figure("params.total") for r in c.runs)
+    if t is None or not n:
+        return "n/a: not recorded"
+    return f"{t / n * 100:.3g}%"
+
+
+def table_1(cells: Sequence[Cell], scale: float) -> str:
+    header = ["model", "task", "method", "runs", f"score{' (×100)' if scale == 100 else ''}", "trainable params",
+              "train energy (kWh, estimator)", "peak train memory (GB)", "memory measured on",
+              "inference peak memory, batch 1 (GB)", "inference latency, batch 1 (ms, median)"]
+    rows = []
+    for c in cells:
+        inf_mem, inf_lat = _inference_cells(c)
+        peak = fmt_num(c.peak / GB, 2) if c.peak is not None else "n/a: not recorded"
+        model = c.model + (" (random init)" if c.random_init else "")
+        rows.append([model, c.task, LABELS[c.method], str(len(c.runs)), _score_cell(c, scale), _trainable(c), _energy_cell(c), peak,
+                     c.device(), inf_mem, inf_lat])
+    return md_table(header, rows, "lllrrrrrlrr")
+
+
+def _pairs(cells: Sequence[Cell]) -> dict[tuple, dict[str, Cell]]:
+    out: dict[tuple, dict[str, Cell]] = {}
+    for c in cells:
+        out.setdefault((c.model, c.task), {})[c.method] = c
+    return out
+
+
+def ratio_table(cells: Sequence[Cell]) -> tuple[str, dict[tuple, dict[str, float]]]:
+    ratios: dict[tuple, dict[str, float]] = {}
+    rows = []
+    for (model, task), by in _pairs(cells).items():
+        dense = by.get("dense")
+        if dense is None or not dense.peak:
+            continue
+        for method, c in by.items():
+            if method == "dense" or c.peak is None:
+                continue
+            r = c.peak / dense.peak
+            ratios.setdefault((model, task), {})[method] = r
+            rows.append([model, task, LABELS[method], fmt_num(c.peak / GB, 2), fmt_num(dense.peak / GB, 2), f"{r:.2f}", f"{(r - 1) * 100:+.0f}%",
+                         c.device()])
+    if not rows:
+        return "_No model × task has a dense run beside a PETL run with peak training memory: no ratio._", ratios
+    header = ["model", "task", "method", "peak train memory (GB)", "dense's (GB)", "ratio to dense", "vs dense", "measured on"]
+    return md_table(header, rows, "lllrrrrl"), ratios
+
+
+# --- claims -------------------------------------------------------------------------------------
+
+
+def _where(c: Cell) -> str:
+    seeds = len(c.runs)
+    return f"{c.model}{' (random init, real shapes)' if c.random_init else ''} × {c.task}, {seeds} seed{'s' if seeds != 1 else ''}"
+
+
+def memory_claim(cells: Sequence[Cell]) -> Claim:
+    found = []
+    for (_, _), by in _pairs(cells).items():
+        read, dense = by.get("read"), by.get("dense")
+        if read and dense and read.peak and dense.peak:
+            found.append((read.peak / dense.peak, read, dense))
+    claim = "READ's peak training memory vs full fine-tuning (T5-base, GPU)"
+    if not found:
+        return Claim(PAPER, claim, "−56%", "n/a: no model × task with both a READ and a dense run that recorded peak training memory", NOT_MEASURABLE)
+    ours = "; ".join(f"{(r - 1) * 100:+.0f}% (ratio {r:.2f}; peak {'RSS' if read.device() == 'cpu' else 'memory'} on {read.device()}, {_where(read)})"
+                     for r, read, _ in found)
+    ok = all(r <= RATIO_TARGET for r, _, _ in found)
+    return Claim(PAPER, claim, "−56%", ours, HOLDS if ok else DOES_NOT_HOLD)
+
+
+def energy_claim(cells: Sequence[Cell]) -> Claim:
+    claim = "READ's GPU energy vs full fine-tuning"
+    found, missing = [], []
+    for (_, _), by in _pairs(cells).items():
+        read, dense = by.get("read"), by.get("dense")
+        if not (read and dense):
+            continue
+        (rv, rs), (dv, ds) = read.energy(), dense.energy()
+        if rv is None or dv is None or rs != ds or not dv:
+            why = _energy_missing((read if rv is None else dense).runs[0]) if rv is None or dv is None else \
+                f"n/a: READ's and dense's energy come from different estimators ({rs}, {ds})"
+            missing.append(f"{why} ({_where(read)})")
+            continue
+        found.append((rv / dv, rs, read))
+    if not found:
+        ours = "; ".join(missing) or "n/a: no model × task with both a READ and a dense run"
+        return Claim(PAPER, claim, "−84%", ours, NOT_MEASURABLE)
+    ours = "; ".join(f"{(r - 1) * 100:+.0f}% (training energy, {ESTIMATORS.get(src, src)}{'' if src != 'cpu_kwh' else ', CPU not GPU'}, {_where(read)})"
+                     for r, src, read in found)
+    ok = all(r <= RATIO_TARGET for r, _, _ in found)
+    return Claim(PAPER, claim, "−84%", ours, HOLDS if ok else DOES_NOT_HOLD)
+
+
+def accuracy_claim(cells: Sequence[Cell], scale: float) -> Claim:
+    claim = "READ's accuracy is comparable to LoRA / adapters / BitFit at far lower training memory"
+    paper_value = "GLUE avg within ~1 point of them, less memory than each (T5-base)"
+    parts, oks, skipped = [], [], []
+    for (_, _), by in _pairs(cells).items():
+        read = by.get("read")
+        others = [by[m] for m in BASELINES if m in by and by[m].score is not None]
+        if read is None or read.score is None or not others:
+            continue
+        if read.random_init or any(o.random_init for o in others):
+            skipped.append(_where(read))
+            continue
+        best = max(others, key=lambda o: o.score)
+        gap = (read.score - best.score) * scale
+        mem_lower = read.peak is not None and all(o.peak is not None and read.peak < o.peak for o in others)
+        mems = ", ".join(f"{LABELS[o.method]} {fmt_num(o.peak / GB, 2) if o.peak else 'n/a'}" for o in others)
+        parts.append(f"READ {fmt_num(read.score * scale, 1)} vs best {LABELS[best.method]} {fmt_num(best.score * scale, 1)} "
+                     f"({gap:+.1f} points); peak memory READ {fmt_num(read.peak / GB, 2) if read.peak else 'n/a'} GB vs {mems} GB ({_where(read)})")
+        oks.append(gap >= -COMPARABLE and mem_lower)
+    if not parts:
+        why = "n/a: READ and LoRA/adapter/BitFit ran only on random-init models (scores meaningless)" if skipped else \
+            "n/a: no pretrained model × task with READ and at least one of LoRA, adapter, BitFit scored"
+        return Claim(PAPER, claim, paper_value, why, NOT_MEASURABLE)
+    return Claim(PAPER, claim, paper_value, "; ".join(parts), HOLDS if all(oks) else DOES_NOT_HOLD)
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def _scatter(cells: Sequence[Cell], xfn: Callable[[Cell], float | None], xlabel: str, scale: float, path: Path) -> Path | None:
+    from ..plots import _new_figure
+
+    panels: dict[tuple, list] = {}
+    for c in cells:
+        x = xfn(c)
+        if x is not None and c.score is not None:
+            panels.setdefault((c.model, c.task), []).append((c.method, x, c.score * scale))
+    if not panels:
+        return None
+    keys = sorted(panels)[:6]
+    fig = _new_figure(4.6 * len(keys), 3.8)
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys):
+        for method, x, y in panels[key]:
+            ax.scatter([x], [y], color=_COLOURS[method], s=40, label=LABELS[method], zorder=3)
+            ax.annotate(LABELS[method], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"score{' (×100)' if scale == 100 else ''}")
+        ax.set_title(f"{key[0]} × {key[1]}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
+    cells = collect_cells(runs)
+    if not any(c.method in PETL for c in cells):
+        return None
+    scale = _scale(cells)
+    ratios_md, _ = ratio_table(cells)
+    claims = [memory_claim(cells), energy_claim(cells), accuracy_claim(cells, scale)]
+    files: list[Path] = []
+    notes = []
+    if plots:
+        out_dir = Path(out_dir)
+        energy_png = _scatter(cells, lambda c: c.energy()[0], "training energy (kWh)", scale, out_dir / FIGURE_ENERGY)
+        if energy_png is not None:
+            files.append(energy_png)
+            notes.append(f"![Figure 1: energy vs score]({FIGURE_ENERGY})")
+        else:
+            notes.append(f"_Figure 1 (energy vs score) not drawn: no run has an energy figure ({_energy_missing(cells[0].runs[0])[5:]})._")
+        mem_png = _scatter(cells, lambda c: c.peak / GB if c.peak is not None else None, "peak training memory (GB)", scale, out_dir / FIGURE_MEMORY)
+        if mem_png is not None:
+            files.append(mem_png)
+            notes.append(f"![peak training memory vs score]({FIGURE_MEMORY})")
+    multi = [c for c in cells if c.settings > 1]
+    body = [
+        "Table 1 / Table 3 columns, one row per model × task × method (the best setting on validation, mean ± std over its seeds). "
+        "Peak memory on CPU is the process's peak resident set (Python, libraries, data and weights included), so ratios to dense "
+        "are closer to 1 than the paper's GPU allocator peaks. Random-init rows have real-size shapes: their memory, time and "
+        "energy count, their scores do not.",
+        "",
+        table_1(cells, scale),
+        "",
+        "**Peak training memory vs dense fine-tuning** (same model × task):",
+        "",
+        ratios_md,
+        "",
+        *[n + "\n" for n in notes],
+    ]
+    if multi:
+        body.append("Rows picked among several settings: " + ", ".join(f"{LABELS[c.method]} on {c.model} × {c.task} ({c.settings})" for c in multi) + ".")
+    return Section(title="READ: recurrent adaptation vs PETL baselines (energy, memory, score)",
+                   markdown="\n".join(body).rstrip() + "\n", files=files, claims=claims)
