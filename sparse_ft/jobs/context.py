@@ -1,6 +1,19 @@
 """What every job shares: the run directory, the summary it always ends with, the loggers and the
 telemetry. `RunContext.execute(body)` runs one job body and turns whatever happens into a
 `summary.json` whose `status` says how the run ended; a run that has not finished has none.
+
+Under torchrun a worker that fails must not take its error with it. When one rank fails, torchrun
+stops the others with SIGTERM, which used to arrive while rank 0 was still handling the error it
+got from the broken collective, and killed it before summary.json was written. Now:
+- every rank that fails writes its error to `<run>/worker_errors/rank<r>.json` before it leaves
+  (the run directory is shared by the ranks, as it is for the checkpoints);
+- SIGTERM is guarded for the whole job (`SignalGuard`): inside the training loop the trainer's
+  pre-emption watcher owns it as before; outside it the signal stops the job with an exception
+  (so the summary is written), and once the job is ending (an error is being handled, the summary
+  written) it is only noted and cannot cut the write short;
+- rank 0 writes a failed summary at once, then, when its own error is a broken collective (or
+  the SIGTERM), waits a few seconds for the other ranks' error files and names the failing
+  worker's error in `error` (all of them in `worker_errors`).
 """
 
 from __future__ import annotations
@@ -10,7 +23,9 @@ import json
 import logging
 import platform
 import random
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +40,110 @@ from ..results import RunWriter
 from ..train import distributed as D
 
 log = logging.getLogger("sparse_ft.entry")
+
+
+WORKER_ERRORS = "worker_errors"  # <run>/worker_errors/rank<r>.json: a failed rank's error, for rank 0's summary
+WORKER_ERROR_SKEW_S = 10.0  # the ranks of one launch start within this (older files are an earlier attempt's)
+WORKER_ERROR_WAIT_S = 5.0  # how long rank 0 waits for them after a broken collective (torchrun's SIGKILL comes after 30 s)
+PEER_FAILURE_MARKERS = ("peer worker is gone", "Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                        "Timed out", "timed out", "Timeout", "NCCL", "gloo", "ProcessGroup")
+
+
+class Terminated(Exception):
+    """SIGTERM outside the training loop of a torchrun worker (torchrun stops the surviving ranks
+    this way when one fails)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"{signal.Signals(signum).name} received outside the training loop (torchrun stops the other workers this way when one fails)")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class SignalGuard:
+    """SIGTERM for the length of one torchrun job: raises `Terminated` while the job runs (inside
+    the training loop the pre-emption watcher owns the signal; a signal it hands on is only
+    noted), and is only noted once `closing()` was called (error handling, summary writing)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.closing_now = False
+        self.received: int | None = None
+        self._previous = None
+        self._fn = self._handle
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        if self.closing_now or signal.getsignal(signum) is not self._fn:
+            log.warning("%s received while the job ends: noted, the summary is written first", signal.Signals(signum).name)
+            return
+        raise Terminated(signum)
+
+    def install(self) -> None:
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGTERM, self._fn)
+
+    def closing(self) -> None:
+        self.closing_now = True
+
+    def restore(self) -> None:
+        if self.enabled and self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def is_peer_failure(err: BaseException | None) -> bool:
+    """Does this error look like another rank's failure seen from here (a broken or timed-out
+    collective, torchrun's SIGTERM) rather than this rank's own?"""
+    if err is None:
+        return False
+    if isinstance(err, Terminated):
+        return True
+    import torch.distributed as tdist
+
+    if isinstance(err, getattr(tdist, "DistError", ())):
+        return True
+    return any(m in str(err) for m in PEER_FAILURE_MARKERS)
+
+
+def describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def record_worker_error(run_dir: Path, rank: int, err: BaseException) -> None:
+    """A failing rank's error, for rank 0 (written atomically; never raises)."""
+    import traceback
+
+    from ..train.checkpoint import atomic_write_text
+
+    try:
+        tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        record = {"rank": rank, "error": describe(err), "peer_failure": is_peer_failure(err), "time": time.time(), "traceback": tb[-4000:]}
+        atomic_write_text(Path(run_dir) / WORKER_ERRORS / f"rank{rank}.json", json.dumps(record, indent=1))
+    except Exception as write_err:  # noqa: BLE001 - the job's own error matters more
+        log.warning("could not record rank %d's error in %s: %s", rank, run_dir / WORKER_ERRORS, write_err)
+
+
+def worker_errors(run_dir: Path, since: float, wait_s: float = 0.0) -> list[dict]:
+    """The other ranks' error records written since `since` (seconds since the epoch), waiting
+    up to `wait_s` for one that is a worker's own error (not just a broken collective), which
+    then comes first."""
+    folder = Path(run_dir) / WORKER_ERRORS
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        for path in sorted(folder.glob("rank*.json")) if folder.is_dir() else []:
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("time", 0) >= since:
+                found.append(record)
+        if any(not r.get("peer_failure") for r in found) or time.monotonic() >= deadline:
+            return sorted(found, key=lambda r: (bool(r.get("peer_failure")), r.get("time", 0)))
+        time.sleep(0.1)
 
 
 def seed_everything(seed: int) -> None:
@@ -115,6 +234,7 @@ class RunContext:
         self.writer: RunWriter | None = None
         self.summary: dict = {}
         self.telemetry: Telemetry | None = None
+        self.guard = SignalGuard(False)  # execute() installs the real one
         from ..loggers.base import NullLogger
 
         self.logger = NullLogger()
@@ -138,6 +258,9 @@ class RunContext:
         self.telemetry = Telemetry(resources, energy)
         try:
             yield self.telemetry
+        except BaseException:
+            self.guard.closing()  # an error leaves the job: a SIGTERM can no longer cut its ending short
+            raise
         finally:
             self.summary["energy"] = energy.stop() if energy is not None else {"available": False, "reason": "not started"}
             self.summary.setdefault("memory", resources.memory_block())
@@ -172,6 +295,13 @@ class RunContext:
             "run_dir": str(run_dir),
         }
         summary = self.summary
+        distributed = self.dist_info.world_size > 1
+        self.guard = SignalGuard(distributed)
+        started_at = time.time()
+        error: BaseException | None = None
+        if distributed and self.is_main:
+            self._clear_worker_errors(started_at)
+        self.guard.install()
         try:
             validate(cfg)  # before any data or weights are touched
             summary.update(task=cfg.task.name, model=cfg.model.name, seed=cfg.seed)  # a source run may have set them
@@ -190,39 +320,88 @@ class RunContext:
             summary["status"] = "completed"
             return result
         except Preempted as err:
+            self.guard.closing()
+            error = err
             summary["status"] = "interrupted"
             summary["error"] = str(err)
             log.warning("%s", err)
             raise SystemExit(err.exit_code) from err
+        except Terminated as err:
+            self.guard.closing()
+            error = err
+            summary["status"] = "interrupted"
+            cause = err.__context__  # the signal came while an error was on its way out: that error first
+            summary["error"] = f"{describe(cause)}; then {err}" if cause is not None else str(err)
+            log.warning("%s", summary["error"])
+            raise SystemExit(err.exit_code) from err
         except user_errors as err:
+            self.guard.closing()
+            error = err
             summary["error"] = f"{type(err).__name__}: {err}"
             log.error("%s", err)
             if is_multirun():
                 return None
             raise SystemExit(2) from err
         except KeyboardInterrupt:
+            self.guard.closing()
             summary["status"] = "interrupted"
             summary["error"] = "KeyboardInterrupt"
             raise
         except Exception as err:
+            self.guard.closing()
+            error = err
             summary["error"] = f"{type(err).__name__}: {err}"
             log.exception("run failed: %s", err)
             if is_multirun():
                 return None
             raise
         finally:
+            self.guard.closing()  # from here on a SIGTERM (torchrun stopping the job) is only noted
             summary.setdefault("time", {}).setdefault("wall_s", {})["total"] = time.perf_counter() - started
-            summary["versions"] = versions()
-            summary["git_commit"] = git_commit()
             if self.is_main:
                 if not (run_dir / "config.yaml").exists():  # failed validation: still say what was asked
                     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=False)
+                if summary["status"] != "completed":
+                    self.writer.write_summary(summary)  # at once: the summary exists whatever comes next
+                    if distributed:
+                        self._merge_worker_errors(error, started_at)
+            elif distributed and error is not None and not isinstance(error, Preempted):
+                record_worker_error(run_dir, self.dist_info.rank, error)  # rank 0 names it in its summary
+            summary["versions"] = versions()
+            summary["git_commit"] = git_commit()
+            if self.is_main:
                 summary.update(self.logger.status)
                 self.writer.write_summary(summary)
                 log.info("%s: %s", summary["status"], run_dir / "summary.json")
                 self._mirror_to_logger()
             self.writer.close()
             D.teardown()
+            self.guard.restore()
+
+    def _clear_worker_errors(self, now: float) -> None:
+        folder = self.run_dir / WORKER_ERRORS
+        for path in folder.glob("rank*.json") if folder.is_dir() else []:
+            try:
+                if path.stat().st_mtime < now - WORKER_ERROR_SKEW_S:  # an earlier attempt's
+                    path.unlink()
+            except OSError:
+                pass
+
+    def _merge_worker_errors(self, error: BaseException | None, started_at: float) -> None:
+        """Rank 0 after a failure: the other ranks' errors into the summary. When its own error
+        is a broken collective or torchrun's SIGTERM, the failing worker's error is the cause."""
+        peer = is_peer_failure(error)
+        found = worker_errors(self.run_dir, started_at - WORKER_ERROR_SKEW_S, WORKER_ERROR_WAIT_S if peer else 0.0)
+        if not found:
+            return
+        summary = self.summary
+        summary["worker_errors"] = [{k: r.get(k) for k in ("rank", "error", "peer_failure")} for r in found]
+        cause = found[0]  # a worker's own error sorts first; one that only saw a broken collective blames nobody
+        if peer and not cause.get("peer_failure"):
+            summary["status"] = "failed"
+            summary["error"] = f"worker rank {cause['rank']} failed: {cause['error']} (rank 0 saw: {summary.get('error')})"
+            log.error("%s", summary["error"])
+        self.writer.write_summary(summary)
 
     def _mirror_to_logger(self) -> None:
         """The summary and the energy samples go to the tracker too; then the tracker's run ends
