@@ -15,6 +15,11 @@ Layout under `<run>/checkpoints/sparse/`:
 (default `<run>/checkpoints/sparse/rebuilt_<N>.safetensors`, keys as in `model.state_dict()`) and
 prints what is there; `--list` only prints.
 An entry costs 8 bytes (index + value) instead of 4, so a delta pays below 50% changed entries.
+
+Resume: checkpoints/last records how many sparse checkpoints were written (`state_dict`); a
+resumed run keeps base.safetensors, rebuilds its reference state by replaying base + those deltas
+(bit-exact by construction), drops any later files (written after that checkpoint; they are
+written again, identically, as the run replays those epochs) and goes on numbering from there.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 from safetensors import safe_open
 
 from .train.callbacks import TrainerCallback
-from .train.checkpoint import save_tensors
+from .train.checkpoint import CheckpointError, save_tensors
 
 FORMAT = "sparse-ft-sparse-checkpoint/1"
 SUBDIR = Path("checkpoints") / "sparse"
@@ -47,7 +52,10 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 class SparseCheckpointer(TrainerCallback):
     """Writes base + deltas for one module; `save()` at every checkpoint (e.g. each epoch end)."""
 
-    def __init__(self, run_dir: Path, module: torch.nn.Module, dense_copies: bool = False):
+    state_key = "sparse_checkpoints"
+
+    def __init__(self, run_dir: Path, module: torch.nn.Module, dense_copies: bool = False, write: bool = True):
+        self.write = write  # under torchrun every rank has one (epoch ends stay collective), rank 0 writes
         self.dir = Path(run_dir) / SUBDIR
         self.module = module
         self.dense_copies = dense_copies
@@ -57,11 +65,15 @@ class SparseCheckpointer(TrainerCallback):
         self.entries: list[int] = []
 
     def write_base(self) -> None:
+        if not self.write:
+            return
         self.last = _state(self.module)
         self.files["base.safetensors"] = save_tensors(self.last, self.dir / "base.safetensors", {"format": FORMAT, "checkpoint": "0"})
 
     def save(self, epoch: int, step: int) -> int:
         """Checkpoint n+1: only the entries whose bits changed since checkpoint n. Returns bytes."""
+        if not self.write:
+            return 0
         now = _state(self.module)
         tensors, changed = {}, 0
         for name, t in now.items():
@@ -83,6 +95,31 @@ class SparseCheckpointer(TrainerCallback):
 
     def on_epoch_end(self, trainer, epoch: int, step: int) -> None:  # a trainer callback
         self.save(epoch, step)
+
+    def state_dict(self) -> dict:
+        """What checkpoints/last keeps (the tensors themselves are the files on disk)."""
+        return {"count": self.count, "entries": list(self.entries), "dense_copies": self.dense_copies}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: checkpoints 1..count of this run are on disk; later ones are dropped."""
+        if not self.write:
+            self.count = int(state["count"])
+            return
+        count = int(state["count"])
+        if not (self.dir / "base.safetensors").is_file():
+            raise CheckpointError(f"{self.dir}: base.safetensors is missing; a sparse-checkpoint run cannot resume without it")
+        for path in sorted(self.dir.glob("*_*.safetensors")):
+            kind, _, number = path.stem.rpartition("_")
+            if kind in ("delta", "dense", "rebuilt") and number.isdigit() and int(number) > count:
+                path.unlink()  # written after the checkpoint we resume from
+        missing = [f"delta_{n:04d}.safetensors" for n in range(1, count + 1) if not (self.dir / f"delta_{n:04d}.safetensors").is_file()]
+        if missing:
+            raise CheckpointError(f"{self.dir}: the checkpoint counts {count} sparse checkpoints, but {', '.join(missing)} is missing")
+        self.last = replay(self.dir, count)
+        self.count = count
+        self.entries = list(state.get("entries", []))
+        self.files = {p.name: p.stat().st_size for p in sorted(self.dir.glob("*.safetensors"))
+                      if p.name == "base.safetensors" or p.name.startswith(("delta_", "dense_"))}
 
     def summary(self) -> dict:
         """Bytes of base + deltas against dense checkpoints of the same run (one full file per

@@ -34,6 +34,21 @@ def find_resume(cfg, run_dir: Path) -> Path | None:
     return found
 
 
+def check_resume_fits(resume: dict, local_sgd: bool, sparse_ckpt: bool, world_size: int) -> None:
+    """A local-SGD or sparse-checkpoint run resumes only from a checkpoint of the same kind:
+    its callbacks' state (round counters, sparse checkpoint count) must be in it."""
+    trainer_state = resume["objects"]["trainer_state.pt"]
+    saved = trainer_state.get("callbacks") or {}
+    path = resume["path"]
+    if sparse_ckpt and "sparse_checkpoints" not in saved:
+        raise ConfigError("trainer.sparse_checkpoints", f"{path} was written by a run without sparse checkpoints: its deltas would not start from this run's base (resume with trainer.sparse_checkpoints=false, or start over with trainer.resume=never)")
+    if local_sgd and "LocalSGDCallback" not in saved:
+        raise ConfigError("distributed.mode", f"{path} was not written by a distributed=local_sgd run (resume it as it was launched, or start over with trainer.resume=never)")
+    workers = trainer_state.get("workers")
+    if workers is not None and len(workers) != world_size:
+        raise ConfigError("trainer.resume", f"{path} holds the state of {len(workers)} local-SGD workers; resume it with torchrun --nproc_per_node={len(workers)}, not {world_size}")
+
+
 def stage_trainer_cfg(trainer_cfg, overrides: dict):
     """The trainer config of one stage: the run's, with the stage's own keys on top."""
     if not overrides:
@@ -49,12 +64,11 @@ def train_job(rc: RunContext) -> float | None:
     local_sgd = dist_cfg is not None and dist_cfg.get("mode", "none") == "local_sgd"
     sparse_ckpt = bool(cfg.trainer.get("sparse_checkpoints", False))
     resume_from = find_resume(cfg, run_dir)
-    if resume_from is not None and (local_sgd or sparse_ckpt):
-        raise ConfigError("trainer.resume", f"{resume_from}: resuming a distributed=local_sgd or trainer.sparse_checkpoints run is not supported yet (use trainer.resume=never)")
     resume = None
     if resume_from is not None:
         tensors, objects, info = read_checkpoint_dir(resume_from)  # verified before anything trains
         resume = {"tensors": tensors, "objects": objects, "info": info, "path": str(resume_from)}
+        check_resume_fits(resume, local_sgd, sparse_ckpt, dist_info.world_size)
         summary["resumed_from"] = {"path": str(resume_from), "step": info.get("step"), "stage": info.get("stage", 0)}
         writer.truncate_after(int(info.get("step", 0)), int(info.get("stage", 0)))
     with rc.monitored(device) as telemetry:
@@ -104,11 +118,13 @@ def train_job(rc: RunContext) -> float | None:
 
             local = LocalSGDCallback(dist_cfg, dist_info, bundle.module)
             callbacks.append(local)
-        if sparse_ckpt and dist_info.is_main:
+        if sparse_ckpt:  # on every rank (epoch ends stay collective); rank 0 writes
             from ..sparse_checkpoints import SparseCheckpointer
 
-            checkpointer = SparseCheckpointer(run_dir, bundle.module, dense_copies=bool(cfg.trainer.get("sparse_checkpoints_dense", False)))
-            checkpointer.write_base()
+            checkpointer = SparseCheckpointer(run_dir, bundle.module, dense_copies=bool(cfg.trainer.get("sparse_checkpoints_dense", False)),
+                                              write=dist_info.is_main)
+            if resume is None:  # a resumed run keeps its base; the trainer restores the count
+                checkpointer.write_base()
             callbacks.append(checkpointer)
         callbacks.extend(build_user_callbacks(cfg.trainer.get("callbacks")))
 

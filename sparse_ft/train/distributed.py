@@ -110,6 +110,16 @@ def gather_objects(obj):
     return out
 
 
+def gather_to_main(obj) -> list | None:
+    """Every rank's `obj` on rank 0, in rank order (None on the other ranks); [obj] without a
+    process group. A local-SGD checkpoint collects each worker's optimizer state this way."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -10,9 +10,19 @@ with one all-reduce of a flat k-vector and set θ = θ_last_sync + reduce(Δ) (`
 server sum, or `mean`). With a shared mask the positions are known to every rank, so only the k
 fp32 values travel; entries outside the mask are never written and stay bit-identical on every
 rank. Evaluations in between (`eval_at: server`) see the server's model, the weights of the last
-sync (swapped in and out, no extra round); checkpoints, mask refreshes and the end of training
-finish the current round first. Floating-point buffers (BatchNorm running statistics) are averaged at each sync when
-`distributed.sync_buffers` is set; their bytes are counted separately.
+sync (swapped in and out, no extra round); mask refreshes and the end of training finish the
+current round first. Floating-point buffers (BatchNorm running statistics) are averaged at each
+sync when `distributed.sync_buffers` is set; their bytes are counted separately.
+
+Resume: a checkpoint (periodic or on pre-emption) never forces an extra round, so the trajectory
+does not depend on when checkpoints are written. After the warm-up it holds the run as it was at
+the last sync round, the last point where every rank held the same weights: the synced model,
+the round counters, and each worker's own optimizer state, RNG and loop position (one entry per
+rank). A resumed run goes on from that round and redoes the local steps taken since (at most
+`local_steps` - 1), so it ends bit-identical to an uninterrupted run on CPU. The price: at every
+round each worker keeps a CPU copy of the model and of its optimizer and method state (the
+optimizer's covers the k trained entries of a masked method).
+Float buffers that are not synced (`sync_buffers: false`) come back as rank 0's.
 
 Accounting (per worker, cumulative): `bytes` = fp32 values each worker contributes to the
 all-reduce (the payload; a ring all-reduce moves about 2(M−1)/M of it per worker on the wire),
@@ -286,6 +296,8 @@ class LocalSGDCallback(TrainerCallback):
 
     def __init__(self, cfg, dist_info, module: torch.nn.Module):
         self.local = LocalSGD(cfg, dist_info.world_size, sum(p.numel() for p in module.parameters()), list(module.buffers()), dist_info.rank)
+        self.point: dict | None = None  # the trainer's position at the last sync round (what a checkpoint holds)
+        self.resumed_active = False
 
     def _warmup_over(self, trainer) -> bool:
         return not self.local.active and trainer.state.epoch >= self.local.warmup_epochs
@@ -298,8 +310,41 @@ class LocalSGDCallback(TrainerCallback):
         trainer.refresh_mask()
 
     def on_fit_start(self, trainer) -> None:
-        if self._warmup_over(trainer):
+        self.point = None
+        if self.resumed_active:  # resumed at a sync round after the warm-up: the mask came with the checkpoint
+            self.resumed_active = False
+            trainer.train_module = trainer.bundle.module
+            self.local.start(trainer._opt_params())
+            log.info("local SGD: resumed at sync round %d (step %d)", self.local.rounds, trainer.state.step)
+            self.point = trainer.position(copy=True)
+        elif self._warmup_over(trainer):
             self._begin(trainer)
+
+    def on_step_recorded(self, trainer) -> None:
+        """After the warm-up, a step that ended with a sync is where a resume can start."""
+        if self.local.active and self.local.since_sync == 0:
+            self.point = trainer.position(copy=True)
+
+    def resume_point(self, trainer) -> dict | None:
+        """What a checkpoint holds after the warm-up: the last sync round, not the current
+        (unsynced) weights; None during the warm-up (DDP keeps the ranks identical)."""
+        if not self.local.active or self.point is None:
+            return None
+        step = self.point["trainer_state"]["state"]["step"]
+        if step != trainer.state.step:
+            log.info("local SGD: the checkpoint holds the last sync round (step %d); a resume redoes steps %d-%d", step, step + 1, trainer.state.step)
+        return self.point
+
+    COUNTERS = ("rounds", "bytes", "bytes_with_positions", "fme", "buffer_bytes", "mask_broadcast_bytes", "mask_broadcasts",
+                "warmup_steps", "warmup_gradient_bytes")
+
+    def state_dict(self) -> dict:
+        return {"active": self.local.active, **{k: getattr(self.local, k) for k in self.COUNTERS}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self.COUNTERS:
+            setattr(self.local, k, state[k])
+        self.resumed_active = bool(state["active"])
 
     def on_step_end(self, trainer) -> None:
         if not self.local.active:
@@ -334,6 +379,7 @@ class LocalSGDCallback(TrainerCallback):
 
     def on_fit_end(self, trainer) -> None:
         self.sync(trainer)  # the last (partial) round
+        self.point = None
 
     def summary(self) -> dict:
         return self.local.summary()

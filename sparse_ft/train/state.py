@@ -4,6 +4,7 @@ resumed CPU run continues bit-identically."""
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import re
@@ -67,6 +68,30 @@ class TrainState:
     last_eval_step: int = -1
     loss_sum: float = 0.0  # training loss since the last log line (kept so a resumed log is identical)
     loss_count: int = 0
+
+
+# what differs between the ranks of a local-SGD run between two syncs: a checkpoint written at a
+# sync round keeps one copy per rank (trainer_state["workers"][rank])
+WORKER_KEYS = ("state", "optimizer", "rng")
+
+
+def callback_key(callback) -> str:
+    """The name a trainer callback's state has in a checkpoint (`state_key`, else its class)."""
+    return getattr(callback, "state_key", None) or type(callback).__name__
+
+
+def clone_tree(obj):
+    """A copy of nested dicts/lists/tuples in which every tensor is a detached clone (optimizer
+    and method state dicts hold the live tensors)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: clone_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [clone_tree(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(clone_tree(v) for v in obj)
+    return copy.deepcopy(obj)
 
 
 def steps_per_epoch(cfg, train_size: int, world_size: int = 1) -> int:

@@ -44,7 +44,7 @@ from .checkpoint import write_checkpoint_dir
 from .evaluator import Evaluator
 from .optim import build_optimizer, build_scheduler
 from .preemption import Preempted, PreemptionWatcher
-from .state import TrainState, epoch_order, parse_every, rng_state, set_rng_state, steps_per_epoch, total_steps  # noqa: F401  (re-exported)
+from .state import WORKER_KEYS, TrainState, callback_key, clone_tree, epoch_order, parse_every, rng_state, set_rng_state, steps_per_epoch, total_steps  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -147,44 +147,73 @@ class Trainer:
         return self.evaluator.autocast()
 
     # --- checkpoints ----------------------------------------------------------------------
+    def position(self, copy: bool = False) -> dict:
+        """Where this rank's run is now, as checkpoints/last holds it: weights, loop state,
+        optimizer, schedule, method and callback state, every RNG. `copy`: detached copies, so a
+        callback can keep it in memory (local SGD keeps the one of its last sync round)."""
+        trainer_state = {
+            "state": dataclasses.asdict(self.state),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "method": self.method.state_dict(),
+            "rng": rng_state(),
+            "job": self.job_state(),
+            "early_stopping": {"evals_without_improvement": self.evals_without_improvement, "stopped_early_at_step": self.stopped_early_at_step},
+            "callbacks": {callback_key(cb): cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
+        }
+        weights = self.bundle.module.state_dict()
+        if copy:
+            trainer_state, weights = clone_tree(trainer_state), {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+        return {"weights": weights, "best": self._best_weights, "trainer_state": trainer_state}
+
     def save_last(self) -> None:
-        """checkpoints/last/, written atomically by rank 0 (ranks hold identical weights)."""
+        """checkpoints/last/, written atomically by rank 0. Usually the ranks hold identical
+        weights now; a callback may instead offer an earlier `resume_point` where they did (local
+        SGD: its last sync round), and then every rank's own optimizer, RNG and loop state go into
+        the checkpoint too (`workers`, one entry per rank)."""
         if self.checkpoint_dir is None:
             return
-        self._sync()
+        point = None
+        for cb in self.callbacks:
+            if hasattr(cb, "resume_point"):
+                point = cb.resume_point(self) or point
+        if point is None:
+            self._sync()
+            point = self.position() if self.dist.is_main else None
+        else:
+            mine = point["trainer_state"]
+            workers = D.gather_to_main({k: mine[k] for k in WORKER_KEYS})
+            if self.dist.is_main:
+                point = {**point, "trainer_state": {**mine, "workers": workers}}
         if self.dist.is_main:
-            tensors = {"model.safetensors": self.bundle.module.state_dict()}
-            if self._best_weights is not None:
-                tensors["best.safetensors"] = self._best_weights
-            objects = {
-                "trainer_state.pt": {
-                    "state": dataclasses.asdict(self.state),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "scaler": self.scaler.state_dict(),
-                    "method": self.method.state_dict(),
-                    "rng": rng_state(),
-                    "job": self.job_state(),
-                    "early_stopping": {"evals_without_improvement": self.evals_without_improvement, "stopped_early_at_step": self.stopped_early_at_step},
-                }
-            }
-            info = {"step": self.state.step, "epoch": self.state.epoch, "stage": self.state.stage}
-            write_checkpoint_dir(self.checkpoint_dir / "last", tensors, objects, info)
-            log.info("checkpoint: %s (step %d)", self.checkpoint_dir / "last", self.state.step)
+            tensors = {"model.safetensors": point["weights"]}
+            if point["best"] is not None:
+                tensors["best.safetensors"] = point["best"]
+            st = point["trainer_state"]["state"]
+            info = {"step": st["step"], "epoch": st["epoch"], "stage": st["stage"]}
+            write_checkpoint_dir(self.checkpoint_dir / "last", {**tensors}, {"trainer_state.pt": point["trainer_state"]}, info)
+            log.info("checkpoint: %s (step %d)", self.checkpoint_dir / "last", info["step"])
         D.barrier()
         self._last_checkpoint_time = time.monotonic()
 
     def _restore(self, resume: dict) -> None:
         trainer_state = resume["objects"]["trainer_state.pt"]
-        self.state = TrainState(**trainer_state["state"])
-        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        workers = trainer_state.get("workers")  # written at a local-SGD round: this rank's own part
+        own = {**trainer_state, **workers[self.dist.rank]} if workers else trainer_state
+        self.state = TrainState(**own["state"])
+        self.optimizer.load_state_dict(own["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.scaler.load_state_dict(trainer_state["scaler"])
         self._best_weights = resume["tensors"].get("best.safetensors")
         early = trainer_state.get("early_stopping") or {}
         self.evals_without_improvement = int(early.get("evals_without_improvement", 0))
         self.stopped_early_at_step = early.get("stopped_early_at_step")
-        set_rng_state(trainer_state["rng"])
+        saved = trainer_state.get("callbacks") or {}
+        for cb in self.callbacks:
+            if hasattr(cb, "load_state_dict") and callback_key(cb) in saved:
+                cb.load_state_dict(saved[callback_key(cb)])
+        set_rng_state(own["rng"])
         log.info("resumed at optimizer step %d (epoch %d, %d batches into it)", self.state.step, self.state.epoch, self.state.epoch_batches)
 
     # --- training -------------------------------------------------------------------------
@@ -347,6 +376,9 @@ class Trainer:
                         epoch_done = i + 1 == n_micro
                         if epoch_done:
                             self._end_epoch()
+                        for cb in self.callbacks:  # the step is fully recorded: a resumable point
+                            if hasattr(cb, "on_step_recorded"):
+                                cb.on_step_recorded(self)
                         if stop:
                             self.save_last()
                             if watcher.received is not None:

@@ -54,3 +54,34 @@ class ExitAt(TrainerCallback):
         if trainer.dist.rank == self.rank and self.done == self.step:
             log.error("rank %d exits now (test probe after %d steps)", self.rank, self.done)
             os._exit(1)
+
+
+class RaiseAt(TrainerCallback):
+    """Rank `rank` raises a RuntimeError after `step` optimizer steps (a worker that fails with an
+    error, as opposed to ExitAt's hard exit): rank 0's summary must carry that error."""
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = int(rank), int(step)
+
+    def on_step_end(self, trainer) -> None:
+        if trainer.dist.rank == self.rank and trainer.state.step + 1 == self.step:
+            raise RuntimeError(f"probe: rank {self.rank} fails at optimizer step {self.step}")
+
+
+class SignalAt(TrainerCallback):
+    """Every rank sends itself `signal` after optimizer step `step` (what SLURM does to every task
+    of a pre-empted job step); `once`: a file that, once written, disarms the probe (a resumed run
+    passes the same step again)."""
+
+    def __init__(self, step: int, once: str, signal: str = "SIGTERM"):
+        self.step, self.once, self.signal = int(step), Path(once), signal
+
+    def on_step_end(self, trainer) -> None:
+        import signal as _signal
+
+        if trainer.state.step + 1 == self.step and not self.once.exists():
+            if trainer.dist.is_main:
+                self.once.parent.mkdir(parents=True, exist_ok=True)
+                self.once.write_text(str(self.step))
+            log.warning("rank %d sends itself %s after step %d (test probe)", trainer.dist.rank, self.signal, self.step)
+            os.kill(os.getpid(), getattr(_signal, self.signal))
