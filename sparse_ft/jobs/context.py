@@ -392,9 +392,12 @@ class RunContext:
         is a broken collective or torchrun's SIGTERM, the failing worker's error is the cause."""
         peer = is_peer_failure(error)
         found = worker_errors(self.run_dir, started_at - WORKER_ERROR_SKEW_S, WORKER_ERROR_WAIT_S if peer else 0.0)
-        if not found:
-            return
         summary = self.summary
+        if not found:
+            if peer:
+                summary["error"] = f"{summary.get('error')} (no other rank recorded an error of its own: a worker was killed or exited hard; see torchrun's output)"
+                self.writer.write_summary(summary)
+            return
         summary["worker_errors"] = [{k: r.get(k) for k in ("rank", "error", "peer_failure")} for r in found]
         cause = found[0]  # a worker's own error sorts first; one that only saw a broken collective blames nobody
         if peer and not cause.get("peer_failure"):
