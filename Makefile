@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench clean env-file
+.PHONY: install run test bench reproduce report-reproduce clean env-file
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,14 @@ test: install
 
 bench: install
 	$(PYTHON) -m sparse_ft.bench --out bench.json $(ARGS)
+
+# The CPU reproduction of the five papers (~1.5-2 h on 2 cores; an interrupted one continues),
+# then docs/reproduction/README.md. `make report-reproduce` only regenerates the report.
+reproduce: install
+	PYTHON=$(PYTHON) bash sweeps/reproduce_cpu.sh outputs/reproduce
+
+report-reproduce: install
+	$(PYTHON) -m sparse_ft.report outputs/reproduce --reproduce --out docs/reproduction
 
 # environment.yml mirrors pyproject.toml's pins (tests/test_packaging.py checks it)
 env-file: install

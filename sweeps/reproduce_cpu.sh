@@ -12,12 +12,18 @@ GLUE=${GLUE_DIR:-../shared/data/glue}
 PY=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=${WANDB_MODE:-disabled}
 
+# ONLY="fish pst ..." runs just those sweeps (two shells with disjoint lists share a machine);
+# EXTRA="trainer.num_threads=1" is appended to every command.
+ONLY=${ONLY:-}
+EXTRA=${EXTRA:-}
+
 sweep() {  # sweep <dir name> <overrides...>
-  local dir="$OUT/$1"; shift
+  local name="$1" dir="$OUT/$1"; shift
+  if [[ -n "$ONLY" && " $ONLY " != *" $name "* ]]; then return; fi
   if [[ -f "$dir/report.md" ]]; then echo "== $dir: done, skipped"; return; fi
   echo "== $dir: $*"
   # a sweep with a failed job exits 1 after writing its report; the others still run
-  "$PY" run.py -m "$@" hydra.sweep.dir="$dir" || echo "!! $dir: a job did not complete (see $dir/report.md)"
+  "$PY" run.py -m "$@" $EXTRA hydra.sweep.dir="$dir" || echo "!! $dir: a job did not complete (see $dir/report.md)"
 }
 
 sweep essential   +sweep=reproduce_cpu_essential task.data_dir="$GLUE"
@@ -34,4 +40,4 @@ sweep memory      +sweep=reproduce_cpu_memory task.data_dir="$GLUE"
 sweep imp         +sweep=reproduce_cpu_imp task.data_dir="$GLUE"
 sweep fish_warmup +sweep=reproduce_cpu_fish_warmup task.data_dir="$GLUE"
 
-"$PY" -m sparse_ft.report "$OUT" --reproduce --out docs/reproduction
+if [[ -z "$ONLY" ]]; then "$PY" -m sparse_ft.report "$OUT" --reproduce --out docs/reproduction; fi

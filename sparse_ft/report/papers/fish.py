@@ -1,0 +1,193 @@
+"""FISH Mask (papers/fish_mask.txt, METHODS.md §1): FISH against a random mask and dense
+fine-tuning per density, the Fisher-samples ablation, and where the mask lands.
+
+* density table: per model × task, FISH and random-mask scores (mean ± std over seeds) at each
+  `method.density`, beside dense fine-tuning of the same model × task;
+* claims: "0.5% ≈ dense" (within 1 point), "FISH > random mask at every density" (the mean over
+  seeds higher, at every density both were run with ≥ 2 seeds), "32 samples already give the best
+  mask" (the score at N = 32 within 1 point of the best N, and above N = 0, the random mask);
+* where the mask lands: the share of the mask in the largest module types
+  (`method_report.mask_by_type`), per run setting — e.g. with and without `method.head_warmup_steps`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..aggregate import is_dense_method
+from ..collect import Run
+from ..render import fmt_cell, md_table
+from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
+
+PAPER = "FISH"
+EPSILON = 1.0  # points
+
+
+def _opt(run: Run, key: str) -> Any:
+    return run.flat_config.get(f"method.{key}")
+
+
+def _scale(runs: Sequence[Run]) -> float:
+    scores = [r.main for r in runs if r.main is not None]
+    return 100.0 if scores and all(abs(s) <= 1 for s in scores) else 1.0
+
+
+def _mean(runs: Sequence[Run], scale: float) -> float | None:
+    vals = [r.main * scale for r in runs if r.main is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def _where(key: tuple) -> str:
+    return f"{key[0]} on {key[1]}"
+
+
+def _default_samples(run: Run) -> bool:
+    return _opt(run, "head_warmup_steps") in (None, 0)
+
+
+def collect(runs: Sequence[Run]):
+    """(model, task) → {"dense": [runs], ("fish"|"random_mask", density): [runs]} and the
+    samples ablation (model, task, density) → {N: [runs]}. The density grid takes the FISH runs
+    at the most frequent N of that model × task (the others belong to the ablation only)."""
+    grid: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
+    samples: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
+    fish_by_key: dict[tuple, list[Run]] = defaultdict(list)
+    for r in runs:
+        if not r.completed or r.main is None:
+            continue
+        key = (r.model, r.task)
+        if is_dense_method(r.method):
+            grid[key]["dense"].append(r)
+        elif r.method == "random_mask" and _default_samples(r):
+            grid[key][("random_mask", float(_opt(r, "density")))].append(r)
+        elif r.method == "fish" and _default_samples(r):
+            fish_by_key[key].append(r)
+    for key, rs in fish_by_key.items():
+        counts: dict[int, int] = defaultdict(int)
+        for r in rs:
+            counts[int(_opt(r, "num_samples") or 0)] += 1
+        usual = max(counts, key=lambda n: (counts[n], n))
+        for r in rs:
+            n, density = int(_opt(r, "num_samples") or 0), float(_opt(r, "density"))
+            samples[key + (density,)][n].append(r)
+            if n == usual:
+                grid[key][("fish", density)].append(r)
+    samples = {k: v for k, v in samples.items() if len(v) >= 3}
+    return grid, samples
+
+
+def density_table(grid: dict, scale: float) -> str:
+    rows = []
+    for key, cells in grid.items():
+        densities = sorted({d for k in cells if k != "dense" for d in [k[1]]})
+        dense = fmt_cell((r.main for r in cells.get("dense", [])), scale, 2) if cells.get("dense") else "n/a: no dense run"
+        for d in densities:
+            fish = cells.get(("fish", d), [])
+            rand = cells.get(("random_mask", d), [])
+            rows.append([key[0], key[1], f"{100 * d:g}", fmt_cell((r.main for r in fish), scale, 2) if fish else "n/a: not run",
+                         fmt_cell((r.main for r in rand), scale, 2) if rand else "n/a: not run", dense])
+    return md_table(["model", "task", "density %", "FISH score", "random mask score", "dense score"], rows, "lllrrr")
+
+
+def samples_table(samples: dict, scale: float) -> str:
+    rows = []
+    for key, by_n in samples.items():
+        for n in sorted(by_n):
+            rows.append([key[0], key[1], f"{100 * key[2]:g}", n if n else "0 (random mask)",
+                         fmt_cell((r.main for r in by_n[n]), scale, 2)])
+    return md_table(["model", "task", "density %", "Fisher samples N", "score"], rows, "lllrr")
+
+
+def mask_table(runs: Sequence[Run], top: int = 3) -> str:
+    """Share of each masked run's mask in its largest module types, by setting."""
+    rows = []
+    for r in runs:
+        if not r.completed or r.method not in ("fish", "random_mask"):
+            continue
+        by_type = {k[len("method_report.mask_by_type."):]: v for k, v in r.flat_summary.items()
+                   if k.startswith("method_report.mask_by_type.") and isinstance(v, (int, float))}
+        total = sum(by_type.values())
+        if not total:
+            continue
+        biggest = sorted(by_type.items(), key=lambda kv: -kv[1])[:top]
+        rows.append([r.method, r.model, r.task, f"{100 * float(_opt(r, 'density')):g}", _opt(r, "num_samples"),
+                     _opt(r, "head_warmup_steps") or 0, fmt_cell([r.main], _scale([r]), 2),
+                     "; ".join(f"{name}: {100 * v / total:.1f}%" for name, v in biggest)])
+    if not rows:
+        return ""
+    return md_table(["method", "model", "task", "density %", "N", "head warm-up steps", "score",
+                     f"largest {top} module types (share of the mask)"], rows, "llllrrrl")
+
+
+def _on(grid_keys: Sequence[tuple]) -> str:
+    return ", ".join(_where(k) for k in grid_keys)
+
+
+def dense_claim(grid: dict, scale: float) -> Claim:
+    claim, paper = "FISH at 0.5% density matches dense fine-tuning (GLUE val avg, BERT-large)", "82.5 vs 82.5"
+    found = []
+    for key, cells in grid.items():
+        fish, dense = cells.get(("fish", 0.005), []), cells.get("dense", [])
+        if fish and dense:
+            found.append((key, _mean(fish, scale), _mean(dense, scale), len(fish)))
+    if not found:
+        return Claim(PAPER, claim, paper, "n/a: no FISH 0.5% run beside a dense run of the same model × task", NOT_MEASURABLE)
+    ours = "; ".join(f"{f:.2f} vs dense {d:.2f} ({_where(k)}, {n} seed(s))" for k, f, d, n in found)
+    ok = all(d - f <= EPSILON for _, f, d, _ in found)
+    return Claim(PAPER, claim, paper, ours, HOLDS if ok else DOES_NOT_HOLD)
+
+
+def random_claim(grid: dict, scale: float) -> Claim:
+    claim, paper = "FISH beats a random mask of the same density at every density (0.1%, 0.5%, 2%)", "every density"
+    pairs = []
+    for key, cells in grid.items():
+        for k, fish in cells.items():
+            if k == "dense" or k[0] != "fish":
+                continue
+            d = k[1]
+            rand = cells.get(("random_mask", d))
+            if rand:
+                pairs.append((key, d, _mean(fish, scale), _mean(rand, scale), min(len(fish), len(rand))))
+    if not pairs:
+        return Claim(PAPER, claim, paper, "n/a: no FISH and random-mask runs at a common density", NOT_MEASURABLE)
+    ours = "; ".join(f"{100 * d:g}%: {f:.2f} vs {r:.2f} (n={n})" for _, d, f, r, n in sorted(pairs, key=lambda p: p[1]))
+    ours += f" — {_on(sorted({p[0] for p in pairs}, key=str))}"
+    wins = [f > r for _, _, f, r, _ in pairs]
+    return Claim(PAPER, claim, paper, ours, HOLDS if all(wins) else DOES_NOT_HOLD)
+
+
+def samples_claim(samples: dict, scale: float) -> Claim:
+    claim, paper = "32 Fisher samples already give the best mask (0 samples = random mask)", "N = 32"
+    for key, by_n in samples.items():
+        if 32 in by_n and len(by_n) >= 3:
+            means = {n: _mean(rs, scale) for n, rs in by_n.items()}
+            best = max(v for v in means.values() if v is not None)
+            ours = ", ".join(f"N={n}: {means[n]:.2f}" for n in sorted(means)) + f" ({_where(key[:2])}, {100 * key[2]:g}%)"
+            ok = best - means[32] <= EPSILON and (0 not in means or means[32] > means[0])
+            return Claim(PAPER, claim, paper, ours, HOLDS if ok else DOES_NOT_HOLD)
+    return Claim(PAPER, claim, paper, "n/a: no samples ablation with N = 32 and two other N", NOT_MEASURABLE)
+
+
+def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
+    grid, samples = collect(runs)
+    grid = {k: v for k, v in grid.items() if any(m != "dense" for m in v)}
+    masked = [r for r in runs if r.completed and r.method in ("fish", "random_mask")]
+    if not grid and not samples and not masked:
+        return None
+    scale = _scale([r for r in runs if r.completed])
+    parts = []
+    if grid:
+        parts += ["Scores ×100, mean ± sample std (n seeds).", "", density_table(grid, scale), ""]
+    if samples:
+        parts += ["### Fisher samples ablation", "", samples_table(samples, scale), ""]
+    masks = mask_table(runs)
+    if masks:
+        parts += ["### Where the mask lands", "",
+                  "From `method_report.mask_by_type`: through a randomly initialised head most of the mask can fall "
+                  "in the pooler; `method.head_warmup_steps` trains the head alone first.", "", masks, ""]
+    claims = [dense_claim(grid, scale), random_claim(grid, scale), samples_claim(samples, scale)]
+    return Section(title="FISH Mask — FISH vs random mask vs dense, Fisher samples, where the mask lands",
+                   markdown="\n".join(parts).rstrip(), files=[], claims=claims)

@@ -1,0 +1,134 @@
+"""The cost table (report/costs.py), the FISH section (report/papers/fish.py) and the reproduction
+report (report/reproduce.py, `python -m sparse_ft.report ... --reproduce|--costs|--essential`) on
+fixture run directories laid out like real ones (config.yaml + summary.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("matplotlib")
+
+from sparse_ft.report import main as report_main  # noqa: E402
+from sparse_ft.report.collect import load_runs  # noqa: E402
+from sparse_ft.report.costs import HEADER, cost_rows, cost_table  # noqa: E402
+from sparse_ft.report.papers import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, fish  # noqa: E402
+from sparse_ft.report.reproduce import write_reproduction  # noqa: E402
+
+MiB = 1 << 20
+
+
+def _run(root: Path, name: str, method: str, main: float, seed: int = 1, method_cfg: dict | None = None,
+         task: str = "synthetic_nli", model: str = "minilm", extra: dict | None = None) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    config = {"job": "train", "seed": seed, "model": {"name": model}, "task": {"name": task},
+              "method": {"name": method, **(method_cfg or {})}, "trainer": {"lr": 1e-3, "epochs": 1}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    summary = {"status": "completed", "job": "train", "task": task, "method": method, "model": model, "seed": seed,
+               "git_commit": "abc1234def", "num_threads": 2, "versions": {"torch": "2.14.1"},
+               "metrics": {"validation": {"accuracy": main, "main": main}, "main": main},
+               "params": {"total": 1000, "trainable": 10, "updated": 9, "added": 0,
+                          "updated_fraction": 0.009, "trainable_fraction": 0.01},
+               "optimizer": {"kind": "AdamW", "param_elements": 10, "state_elements": 20, "state_bytes": 2 * MiB},
+               "time": {"wall_s": {"train": 12.0, "total": 20.0}, "train_samples_per_s": 100.0},
+               "memory": {"device": "cpu", "peak_bytes": {"train": 300 * MiB}},
+               "energy": {"available": False, "reason": "no GPU (NVML: library not found)"},
+               "storage": {"dense_fp32_bytes": 4000, "artifacts": {
+                   "checkpoints/final/model.safetensors": {"bytes": 4000, "ratio_to_dense_fp32": 1.0},
+                   "delta.safetensors": {"bytes": 40, "ratio_to_dense_fp32": 0.01}}}}
+    for k, v in (extra or {}).items():
+        summary[k] = v
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    return run
+
+
+def _fish_grid(root: Path, fish_wins: bool = True) -> None:
+    for seed in (1, 2, 3):
+        _run(root, f"dense{seed}", "dense", 0.90, seed)
+        for d in (0.001, 0.005, 0.02):
+            hi, lo = 0.895, 0.80
+            _run(root, f"fish{d}_{seed}", "fish", hi if fish_wins else lo, seed, {"density": d, "num_samples": 256})
+            _run(root, f"rand{d}_{seed}", "random_mask", lo if fish_wins else hi, seed, {"density": d})
+    for n, score in ((0, 0.80), (8, 0.85), (32, 0.895), (128, 0.897), (1024, 0.898)):
+        _run(root, f"samples{n}", "fish", score, 1, {"density": 0.005, "num_samples": n},
+             extra={"method_report": {"mask_by_type": {"bert.pooler.dense.weight": 80, "classifier.weight": 20}}})
+
+
+def test_cost_table_has_every_figure_with_units_and_says_why_one_is_missing(tmp_path):
+    _run(tmp_path, "a", "fish", 0.9, 1, {"density": 0.005}, extra={"inference": {"latency_ms_median": 3.5}})
+    _run(tmp_path, "b", "fish", 0.8, 2, {"density": 0.005})
+    table = cost_table(load_runs([tmp_path]))
+    assert all(h in table for h in HEADER) and "MiB" in HEADER[10] and "kWh" in HEADER[14]
+    row = [line for line in table.splitlines() if line.startswith("| fish")]
+    assert len(row) == 1  # two seeds pooled into one row
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert cells[4] == "2" and cells[5].startswith("85.00 ±")  # seeds, mean ± std ×100
+    assert cells[10] == "2.00"  # optimizer state MiB, measured
+    assert cells[14] == "n/a: no GPU"  # energy: the run's own reason, never 0
+    assert cells[15] == "3.5"  # latency: the mean of the one run that measured it
+    assert "delta.safetensors" in cells[16] and "1% of dense" in cells[16]  # the smallest artifact
+    assert cells[17] == "n/a: one process"
+
+
+def test_cost_rows_split_settings_of_one_method(tmp_path):
+    _run(tmp_path, "a", "fish", 0.9, 1, {"density": 0.005})
+    _run(tmp_path, "b", "fish", 0.8, 1, {"density": 0.02})
+    rows = cost_rows(load_runs([tmp_path]))
+    assert sorted(r.setting for r in rows) == ["method.density=0.005", "method.density=0.02"]
+
+
+def test_compress_runs_say_they_did_not_train(tmp_path):
+    run = _run(tmp_path, "c", "ere", 0.9)
+    s = json.loads((run / "summary.json").read_text())
+    s["job"] = "compress"
+    for k in ("optimizer", "time", "memory"):
+        s.pop(k)
+    (run / "summary.json").write_text(json.dumps(s))
+    assert "n/a: compress job, no training" in cost_table(load_runs([tmp_path]))
+
+
+@pytest.mark.parametrize("fish_wins", [True, False])
+def test_fish_claims_follow_the_scores(tmp_path, fish_wins):
+    _fish_grid(tmp_path, fish_wins)
+    sec = fish.section(load_runs([tmp_path]), tmp_path, plots=False)
+    verdicts = {c.claim.split(" ")[1]: c.verdict for c in sec.claims}  # "at", "beats", "Fisher"
+    expected = HOLDS if fish_wins else DOES_NOT_HOLD
+    assert verdicts["at"] == expected and verdicts["beats"] == expected
+    assert verdicts["Fisher"] == HOLDS  # N = 32 within 1 point of the best N and above N = 0
+    assert "0 (random mask)" in sec.markdown and "bert.pooler.dense.weight: 80.0%" in sec.markdown
+
+
+def test_fish_section_absent_or_not_measurable(tmp_path):
+    _run(tmp_path, "d", "dense", 0.9)
+    assert fish.section(load_runs([tmp_path]), tmp_path) is None
+    _run(tmp_path, "f", "fish", 0.9, 1, {"density": 0.02, "num_samples": 256})
+    sec = fish.section(load_runs([tmp_path]), tmp_path, plots=False)
+    assert [c.verdict for c in sec.claims] == [NOT_MEASURABLE] * 3
+
+
+def test_reproduction_report_from_run_dirs_and_the_cli(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _fish_grid(runs)
+    for s, main in ((0.0, 0.90), (0.5, 0.895), (0.9, 0.70)):
+        _run(runs, f"omp{s}", "omp", main, 1, {"sparsity": s, "scope": "global", "pattern": "unstructured", "score": "magnitude"},
+             extra={"sparsity": {"overall": s}})
+    out = tmp_path / "docs"
+    rep = write_reproduction([runs], out)
+    text = rep.path.read_text()
+    assert rep.path == out / "README.md" and (out / "essential_drop_vs_sparsity.png").is_file()
+    assert "## Verdicts" in text and "## Costs of every method" in text and "abc1234def" in text
+    assert {c.paper for c in rep.claims} == {"FISH", "ESS"}
+    assert "| ESS | OMP sparsity" in text and "**holds**" in text  # ES 50% ≥ 30%
+    # the CLI modes
+    assert report_main([str(runs), "--costs", "--out", str(tmp_path / "c"), "-q"]) == 0
+    assert (tmp_path / "c" / "costs.md").read_text().startswith("# Costs of every method")
+    assert report_main([str(runs), "--essential", "--out", str(tmp_path / "e"), "-q"]) == 0
+    assert "essential sparsity" in (tmp_path / "e" / "essential.md").read_text()
+    assert report_main([str(runs), "--reproduce", "--out", str(tmp_path / "r"), "-q"]) == 0
+    assert (tmp_path / "r" / "README.md").read_text() == text.replace(str(out), str(tmp_path / "r"))
+    assert report_main([str(tmp_path / "nothing"), "--reproduce", "-q"]) == 2
+    capsys.readouterr()
