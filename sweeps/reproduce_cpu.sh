@@ -37,7 +37,7 @@ sweep pst         +sweep=reproduce_cpu_pst
 sweep costs       +sweep=reproduce_cpu_costs
 sweep read        +sweep=reproduce_cpu_read task.data_dir="$GLUE"
 sweep memory      +sweep=reproduce_cpu_memory task.data_dir="$GLUE"
-sweep imp         +sweep=reproduce_cpu_imp task.data_dir="$GLUE"
-sweep fish_warmup +sweep=reproduce_cpu_fish_warmup task.data_dir="$GLUE"
+sweep imp         +sweep=reproduce_cpu_imp
+sweep fish_warmup +sweep=reproduce_cpu_fish_warmup
 
 if [[ -z "$ONLY" ]]; then "$PY" -m sparse_ft.report "$OUT" --reproduce --out docs/reproduction; fi
