@@ -1,7 +1,7 @@
 """LoRA on top of a pruned model keeps the sparsity when merged (methods/pruning/compose.py):
 
     python run.py method=omp model=tiny_bert task=synthetic_nli method.sparsity=0.5 hydra.run.dir=<pruned>
-    python run.py method=lora model=tiny_bert task=synthetic_nli +method.init_from=<pruned>
+    python run.py method=lora model=tiny_bert task=synthetic_nli method.init_from=<pruned>
 
 The LoRA run starts from the pruned run's final weights; its merged checkpoint has its zeros
 exactly where the pruned run's mask says (+0.0), the adapted weights did change on the kept
@@ -34,7 +34,7 @@ def test_lora_on_a_pruned_model_keeps_the_zeros_where_the_mask_says(tmp_path):
     pruned = tmp_path / "omp"
     s_omp = run_inprocess(pruned, [*TINY, "method=omp", "method.sparsity=0.5"])
     lora = tmp_path / "lora"
-    s = run_inprocess(lora, [*TINY, "method=lora", f"+method.init_from={pruned}", "trainer.lr=5e-2", "method.dropout=0.1"])
+    s = run_inprocess(lora, [*TINY, "method=lora", f"method.init_from={pruned}", "trainer.lr=5e-2", "method.dropout=0.1"])
     assert s["status"] == "completed"
 
     keep = load_masks(pruned / MASK_FILE)
@@ -68,7 +68,7 @@ def test_the_trained_model_is_the_merged_one(tmp_path):
 
     pruned = tmp_path / "omp"
     run_inprocess(pruned, [*TINY, "trainer.max_steps=1", "method=omp", "method.sparsity=0.7", "method.scope=layer"])
-    cfg = compose([*TINY, "method=lora", f"+method.init_from={pruned}", "method.r=4"])
+    cfg = compose([*TINY, "method=lora", f"method.init_from={pruned}", "method.r=4"])
     task = load_task(cfg.task, cfg.seed)
     torch.manual_seed(0)
     bundle = build_model(cfg.model, task, max_length=32)
@@ -101,14 +101,14 @@ def test_init_from_bad_input_names_the_key(tmp_path):
     from sparse_ft.config import validate
 
     with pytest.raises(ConfigError, match="method.init_from.*no such run directory"):  # before any model loads
-        validate(compose([*TINY, "method=lora", f"+method.init_from={tmp_path / 'missing'}"]))
+        validate(compose([*TINY, "method=lora", f"method.init_from={tmp_path / 'missing'}"]))
     (tmp_path / "unfinished").mkdir()
     with pytest.raises(ConfigError, match="method.init_from.*no final weights"):
-        validate(compose([*TINY, "method=lora", f"+method.init_from={tmp_path / 'unfinished'}"]))
+        validate(compose([*TINY, "method=lora", f"method.init_from={tmp_path / 'unfinished'}"]))
     pruned = tmp_path / "opt"
     run_inprocess(pruned, ["model=tiny_opt", "task=synthetic_nli", "task.max_train_samples=32", "task.max_eval_samples=32",
                            "trainer.max_steps=1", "method=omp"])
     with pytest.raises(SystemExit):
-        run_inprocess(tmp_path / "y", [*TINY, "method=lora", f"+method.init_from={pruned}"])
+        run_inprocess(tmp_path / "y", [*TINY, "method=lora", f"method.init_from={pruned}"])
     error = json.loads((tmp_path / "y" / "summary.json").read_text())["error"]
     assert "method.init_from" in error and "'tiny_opt'" in error and "'tiny_bert'" in error

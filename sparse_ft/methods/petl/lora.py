@@ -7,7 +7,7 @@ listed there. `export` merges B·A into the base weights and returns the base mo
 the final checkpoint loads into the plain model and `params.updated` counts entries as for any
 other method; the A/B matrices are reported as `params.added`.
 
-LoRA on a pruned model: `python run.py method=lora +method.init_from=<pruned run dir>` (e.g. a
+LoRA on a pruned model: `python run.py method=lora method.init_from=<pruned run dir>` (e.g. a
 `method=omp` run) starts from that run's final weights and keeps its pruning mask M through the
 merge: the adapted layers compute with W + M ⊙ (α/r)·B·A (the update's dense product, masked, so
 training sees exactly the model that is exported) and the final checkpoint holds

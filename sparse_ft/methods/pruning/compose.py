@@ -1,6 +1,6 @@
 """A PETL method on top of a pruned model, without the merge making it dense again.
 
-`method.init_from=<run dir>` (LoRA: `python run.py method=lora +method.init_from=<pruned run>`)
+`method.init_from=<run dir>` (LoRA: `python run.py method=lora method.init_from=<pruned run>`)
 starts the run from that run's final weights (`checkpoints/final/model.safetensors`) instead of
 the pretrained ones; when the run pruned (it left `prune_mask.safetensors`), its keep-masks go
 with it: the method applies the mask to its update, in training (the layer computes with
