@@ -71,6 +71,10 @@ def render(runs: Sequence[Run], sections: Sequence[Section], paths: Sequence[Pat
         "NLI task; random-init real-size shapes for memory), so a verdict says whether the claim holds **on this "
         "proxy**, not whether the paper is right. Where a claim cannot be measured here (GPU energy, paper-size "
         "models), the table says so.", "",
+        "How much a proxy can show: on MRPC's 408 validation pairs (279 paraphrases) predicting \"paraphrase\" "
+        "for every pair scores accuracy 68.38, F1 81.22, main 74.80 — one epoch of MiniLM fine-tuning lands a "
+        "couple of points above that, so a \"within 1 point\" verdict there is a weak test; the sections give "
+        "the scores so this can be read off.", "",
         *_provenance(runs, paths, out_dir), "",
         f"## Verdicts ({_verdict_counts(claims)})", "",
         headline_table(claims) if claims else "_No claim could be evaluated from these runs._", "",
