@@ -237,6 +237,8 @@ def validate(cfg) -> None:
         key, _, message = str(err).partition("=")
         raise ConfigError(key, message) from err
     check_fits(cfg.model, task_modality(cfg.task))
+    if cfg.model.get("drop_last_layers") is not None:
+        _number(cfg.model, "drop_last_layers", "model", low=0, integer=True)
     from .train.local_sgd import validate_distributed
 
     validate_distributed(cfg.get("distributed"))

@@ -289,6 +289,11 @@ def make_seq2seq_predict(tokenizer, task: TaskData):
 def build_text_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle:
     tokenizer = load_tokenizer(model_cfg)
     module, source = load_module(model_cfg, task, tokenizer)
+    drop = model_cfg.get("drop_last_layers") or 0
+    if drop:
+        from .truncate import drop_last_layers
+
+        drop_last_layers(module, int(drop))
     arch = model_cfg.arch
     seq2seq = arch == "seq2seq"
     return ModelBundle(
