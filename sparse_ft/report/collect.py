@@ -201,6 +201,11 @@ class Run:
         return self.figure("memory.peak_bytes.train")
 
     @property
+    def peak_train_bytes_above_start(self) -> float | None:
+        """CPU: peak training RSS minus the RSS at job start (the runtime's own share left out)."""
+        return self.figure("memory.peak_bytes_above_start.train")
+
+    @property
     def samples_per_s(self) -> float | None:
         return self.figure("time.train_samples_per_s")
 

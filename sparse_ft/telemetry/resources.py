@@ -5,6 +5,10 @@ CPU peak memory is the process's peak resident set size, reset at each phase sta
 /proc/self/clear_refs where the kernel allows it (else the peak since process start, flagged).
 GPU peak memory is `torch.cuda.max_memory_allocated`, reset at each phase start — which also
 keeps multirun jobs, which share one process, from seeing each other's peaks.
+On CPU, `peak_bytes_above_start` is each phase's peak RSS minus the RSS when the job started (the
+interpreter and libraries, nothing built yet): what the job itself added, the figure closest to a
+GPU allocator's peak. In a multirun process, memory an earlier job freed but the allocator kept
+is part of the start.
 """
 
 from __future__ import annotations
@@ -28,6 +32,17 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _rss_bytes() -> int | None:
+    """The resident set size now (VmRSS), None where /proc is not readable."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _peak_rss_bytes() -> int:
     try:
         for line in _STATUS.read_text().splitlines():
@@ -45,6 +60,9 @@ class ResourceMonitor:
         self.peak_bytes: dict[str, int] = {}
         self.peak_rss_bytes: dict[str, int] = {}
         self.rss_reset_works = True
+        # what the process holds before the job builds anything (Python, torch, libraries): on
+        # CPU a peak RSS includes it, a GPU allocator's peak does not
+        self.rss_at_start = _rss_bytes()
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -74,6 +92,9 @@ class ResourceMonitor:
             "peak_bytes": dict(self.peak_bytes),
             "peak_rss_bytes": dict(self.peak_rss_bytes),
         }
+        if self.device.type != "cuda" and self.rss_at_start is not None:
+            block["rss_at_start_bytes"] = self.rss_at_start
+            block["peak_bytes_above_start"] = {k: max(0, v - self.rss_at_start) for k, v in self.peak_rss_bytes.items()}
         if not self.rss_reset_works:
             block["note"] = "peak RSS could not be reset per phase: figures are peaks since process start"
         return block

@@ -128,6 +128,12 @@ class Cell:
         return _mean(r.peak_train_bytes for r in self.runs)
 
     @property
+    def peak_above_start(self) -> float | None:
+        """CPU runs: peak training RSS above the RSS at job start (None if any run lacks it)."""
+        vals = [r.peak_train_bytes_above_start for r in self.runs]
+        return None if not vals or any(v is None for v in vals) else _mean(vals)
+
+    @property
     def random_init(self) -> bool:
         return any(_random_init(r) for r in self.runs)
 
@@ -232,12 +238,21 @@ def ratio_table(cells: Sequence[Cell]) -> tuple[str, dict[tuple, dict[str, float
                 continue
             r = c.peak / dense.peak
             ratios.setdefault((model, task), {})[method] = r
+            job = _job_ratio(c, dense)
             rows.append([model, task, LABELS[method], fmt_num(c.peak / GB, 2), fmt_num(dense.peak / GB, 2), f"{r:.2f}", f"{(r - 1) * 100:+.0f}%",
-                         c.device()])
+                         f"{job:.2f}" if job is not None else "n/a: GPU or not recorded", c.device()])
     if not rows:
         return "_No model × task has a dense run beside a PETL run with peak training memory: no ratio._", ratios
-    header = ["model", "task", "method", "peak train memory (GB)", "dense's (GB)", "ratio to dense", "vs dense", "measured on"]
-    return md_table(header, rows, "lllrrrrl"), ratios
+    header = ["model", "task", "method", "peak train memory (GB)", "dense's (GB)", "ratio to dense", "vs dense",
+              "ratio above the runtime's RSS (CPU)", "measured on"]
+    return md_table(header, rows, "lllrrrrrl"), ratios
+
+
+def _job_ratio(c: Cell, dense: Cell) -> float | None:
+    """CPU: the ratio of what each job added to the process (peak RSS minus RSS at job start), which
+    leaves out the interpreter and libraries that a GPU allocator's peak never counts."""
+    a, b = c.peak_above_start, dense.peak_above_start
+    return a / b if a is not None and b else None
 
 
 # --- claims -------------------------------------------------------------------------------------
@@ -257,9 +272,16 @@ def memory_claim(cells: Sequence[Cell]) -> Claim:
     claim = "READ's peak training memory vs full fine-tuning (T5-base, GPU)"
     if not found:
         return Claim(PAPER, claim, "−56%", "n/a: no model × task with both a READ and a dense run that recorded peak training memory", NOT_MEASURABLE)
-    ours = "; ".join(f"{(r - 1) * 100:+.0f}% (ratio {r:.2f}; peak {'RSS' if read.device() == 'cpu' else 'memory'} on {read.device()}, {_where(read)})"
-                     for r, read, _ in found)
-    ok = all(r <= RATIO_TARGET for r, _, _ in found)
+    parts, judged = [], []
+    for r, read, dense in found:
+        job = _job_ratio(read, dense)
+        text = f"{(r - 1) * 100:+.0f}% (ratio {r:.2f}; peak {'RSS' if read.device() == 'cpu' else 'memory'} on {read.device()}, {_where(read)})"
+        if job is not None:  # the verdict uses the figure comparable to a GPU's
+            text += f"; above the runtime's RSS at job start: {(job - 1) * 100:+.0f}% (ratio {job:.2f})"
+        parts.append(text)
+        judged.append(job if job is not None else r)
+    ours = "; ".join(parts)
+    ok = all(r <= RATIO_TARGET for r in judged)
     return Claim(PAPER, claim, "−56%", ours, HOLDS if ok else DOES_NOT_HOLD)
 
 
