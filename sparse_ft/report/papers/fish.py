@@ -102,24 +102,33 @@ def samples_table(samples: dict, scale: float) -> str:
 
 
 def mask_table(runs: Sequence[Run], top: int = 3) -> str:
-    """Share of each masked run's mask in its largest module types, by setting."""
-    rows = []
+    """Share of the mask in the largest module types, per setting (seeds averaged)."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
     for r in runs:
-        if not r.completed or r.method not in ("fish", "random_mask"):
+        if r.completed and r.method in ("fish", "random_mask") and r.main is not None:
+            key = (r.method, r.model, r.task, float(_opt(r, "density")), _opt(r, "num_samples"), _opt(r, "head_warmup_steps") or 0)
+            groups[key].append(r)
+    rows = []
+    for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        shares: dict[str, list[float]] = defaultdict(list)
+        for r in rs:
+            by_type = {k[len("method_report.mask_by_type."):]: v for k, v in r.flat_summary.items()
+                       if k.startswith("method_report.mask_by_type.") and isinstance(v, (int, float))}
+            total = sum(by_type.values())
+            for name, v in by_type.items():
+                shares[name].append(v / total if total else 0.0)
+        if not shares:
             continue
-        by_type = {k[len("method_report.mask_by_type."):]: v for k, v in r.flat_summary.items()
-                   if k.startswith("method_report.mask_by_type.") and isinstance(v, (int, float))}
-        total = sum(by_type.values())
-        if not total:
-            continue
-        biggest = sorted(by_type.items(), key=lambda kv: -kv[1])[:top]
-        rows.append([r.method, r.model, r.task, f"{100 * float(_opt(r, 'density')):g}", _opt(r, "num_samples"),
-                     _opt(r, "head_warmup_steps") or 0, fmt_cell([r.main], _scale([r]), 2),
-                     "; ".join(f"{name}: {100 * v / total:.1f}%" for name, v in biggest)])
+        mean = {name: sum(v) / len(rs) for name, v in shares.items()}
+        biggest = sorted(mean.items(), key=lambda kv: -kv[1])[:top]
+        method, model, task, density, n, warm = key
+        rows.append([method, model, task, f"{100 * density:g}", "—" if n is None else n, warm, len(rs),
+                     fmt_cell((r.main for r in rs), _scale(rs), 2),
+                     "; ".join(f"{name}: {100 * v:.1f}%" for name, v in biggest)])
     if not rows:
         return ""
-    return md_table(["method", "model", "task", "density %", "N", "head warm-up steps", "score",
-                     f"largest {top} module types (share of the mask)"], rows, "llllrrrl")
+    return md_table(["method", "model", "task", "density %", "N", "head warm-up steps", "seeds", "score",
+                     f"largest {top} module types (mean share of the mask)"], rows, "llllrrrrl")
 
 
 def _on(grid_keys: Sequence[tuple]) -> str:
