@@ -36,7 +36,11 @@ sweep fish_samples +sweep=reproduce_cpu_fish_samples
 sweep pst         +sweep=reproduce_cpu_pst
 sweep costs       +sweep=reproduce_cpu_costs
 sweep read        +sweep=reproduce_cpu_read task.data_dir="$GLUE"
-sweep memory      +sweep=reproduce_cpu_memory task.data_dir="$GLUE"
+# one process per method: a multirun process keeps earlier jobs' memory resident, so CPU peaks
+# compare only between fresh processes
+for m in dense read lora adapter lst; do
+  sweep "memory_$m" +sweep=reproduce_cpu_memory task.data_dir="$GLUE" method=$m
+done
 sweep imp         +sweep=reproduce_cpu_imp
 sweep fish_warmup +sweep=reproduce_cpu_fish_warmup
 
