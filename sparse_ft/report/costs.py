@@ -176,7 +176,8 @@ NOTES = [
     "optimizer state MiB: the optimizer's state tensors at the end of training (AdamW: two fp32 moments per "
     "trained entry; FISH keeps them for the masked entries only), counted the same way for every method.",
     "peak train mem MiB: `memory.peak_bytes.train` (CPU: the process's peak RSS, which includes the Python "
-    "runtime and libraries; CUDA: the allocator's peak).",
+    "runtime and libraries; CUDA: the allocator's peak). On CPU, jobs of one multirun share a process that keeps "
+    "earlier jobs' memory resident: compare CPU memory only between runs started in their own process.",
     "energy kWh: the first available of " + " > ".join(f"`{s}`" for s in ENERGY_SOURCES)
     + "; on a machine without NVML the run says why it has none.",
     "latency b=1 ms: median over `trainer.inference_examples` examples of the validation split, one at a time.",
