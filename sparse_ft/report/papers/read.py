@@ -332,7 +332,7 @@ def accuracy_claim(cells: Sequence[Cell], scale: float) -> Claim:
         gap = (read.score - best.score) * scale
         mem_by = t5[0] if t5 else by
         mread, mothers = mem_by.get("read"), [mem_by[o.method] for o in others if o.method in mem_by]
-        mem_lower = (mread is not None and mem_of(mread) is not None and len(mothers) == len(others)
+        mem_lower = (mread is not None and mem_of(mread) is not None and len(mothers) >= 1  # BitFit has no T5 run (no biases)
                      and all(mem_of(o) is not None and mem_of(mread) < mem_of(o) for o in mothers))
         mems = ", ".join(f"{LABELS[o.method]} {fmt_num(mem_of(o) / GB, 2) if mem_of(o) else 'n/a'}" for o in mothers) or "n/a"
         where_mem = f"memory on {_where(mread)}" if mread is not None and mem_by is not by else "same runs"
