@@ -28,6 +28,7 @@ from .collect import ENERGY_SOURCES, Run
 from .render import fmt_num, md_table
 
 MiB = float(1 << 20)
+_TRAINER_SETTING = ("trainer.lr", "trainer.epochs", "trainer.max_steps", "trainer.batch_size")
 
 
 @dataclass
@@ -82,11 +83,19 @@ def _energy_cell(runs: Sequence[Run]) -> str:
     return f"{m:.3g}" + (f" ± {sd:.2g}" if n > 1 and sd else "") + f" ({'/'.join(sources)})"
 
 
+def _holds_result(name: str) -> bool:
+    """Weights that restore the result with the pretrained model (full checkpoint, delta, side network,
+    compressed artifact); not masks, manifests or the resumable checkpoint."""
+    base = name.rsplit("/", 1)[-1]
+    return (name.endswith(".safetensors") and not name.startswith("checkpoints/last/")
+            and "mask" not in base)
+
+
 def _artifact(run: Run) -> tuple[str, float, float] | None:
-    """(file, bytes, ratio to dense fp32) of the smallest artifact the run wrote."""
+    """(file, bytes, ratio to dense fp32) of the smallest artifact that holds the run's result."""
     best = None
     for name, entry in run.block("storage").get("artifacts", {}).items() if run.block("storage") else []:
-        if not isinstance(entry, dict):
+        if not isinstance(entry, dict) or not _holds_result(name):
             continue
         size, ratio = entry.get("bytes"), entry.get("ratio_to_dense_fp32")
         if isinstance(size, (int, float)) and isinstance(ratio, (int, float)) and (best is None or size < best[1]):
@@ -128,6 +137,9 @@ def cost_rows(runs: Sequence[Run]) -> list[CostRow]:
     rows: list[CostRow] = []
     for (_, _, _), rs in buckets.items():
         keys, _ = setting_keys(rs, varying_config_keys(rs))
+        # what a row compares: the method's own options and the training length/step size, not the
+        # sweep's bookkeeping (names, lr tables, measurement switches)
+        keys = [k for k in keys if k.startswith("method.") or k in _TRAINER_SETTING]
         by_setting: dict[str, list[Run]] = {}
         for r in rs:
             setting = tuple((k, canon(r.flat_config[k])) for k in keys if k in r.flat_config)
@@ -181,8 +193,9 @@ NOTES = [
     "energy kWh: the first available of " + " > ".join(f"`{s}`" for s in ENERGY_SOURCES)
     + "; on a machine without NVML the run says why it has none.",
     "latency b=1 ms: median over `trainer.inference_examples` examples of the validation split, one at a time.",
-    "artifact: the smallest file the run wrote that holds its result (full checkpoint, sparse delta, "
-    "compressed artifact), with its bytes over the dense fp32 checkpoint's.",
+    "artifact: the smallest file the run wrote that restores its result with the pretrained model (full "
+    "checkpoint, sparse delta, pruned weights, side network or adapters, compressed artifact; masks alone do not), "
+    "with its bytes over the dense fp32 checkpoint's.",
 ]
 
 

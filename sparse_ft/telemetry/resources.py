@@ -32,25 +32,24 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _rss_bytes() -> int | None:
-    """The resident set size now (VmRSS), None where /proc is not readable."""
+def _status_bytes(field: str) -> int | None:
+    """A memory line of /proc/self/status (VmRSS: now, VmHWM: peak), None where it is not readable."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
 
 
+def _rss_bytes() -> int | None:
+    return _status_bytes("VmRSS")
+
+
 def _peak_rss_bytes() -> int:
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = _status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 class ResourceMonitor:
