@@ -150,14 +150,17 @@ def test_figures_written_only_when_there_is_something_to_plot(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     make_run(runs, "dense", "dense", peak=6e9)
     make_run(runs, "read", "read", peak=3e9)
+    assert section(runs, plots=True, out=tmp_path / "rnd").files == []  # random-init scores are never plotted
+    make_run(runs, "dense_p", "dense", peak=2.8e9, model="minilm", random_init=False)
+    make_run(runs, "read_p", "read", peak=2.6e9, model="minilm", random_init=False)
     sec = section(runs, plots=True, out=out)
     assert [p.name for p in sec.files] == [R.FIGURE_MEMORY]  # no energy figure anywhere: Figure 1 says why
     assert "Figure 1 (energy vs score) not drawn: no run has an energy figure (no GPU" in sec.markdown
     assert (out / R.FIGURE_MEMORY).read_bytes()[:4] == b"\x89PNG"
 
     runs2, out2 = tmp_path / "runs2", tmp_path / "out2"
-    make_run(runs2, "dense", "dense", energy={"kwh_counter": 0.01})
-    make_run(runs2, "read", "read", energy={"kwh_counter": 0.002})
+    make_run(runs2, "dense", "dense", energy={"kwh_counter": 0.01}, model="minilm", random_init=False)
+    make_run(runs2, "read", "read", energy={"kwh_counter": 0.002}, model="minilm", random_init=False)
     sec = section(runs2, plots=True, out=out2)
     assert {p.name for p in sec.files} == {R.FIGURE_ENERGY, R.FIGURE_MEMORY}
     assert all(p.is_file() and p.parent == out2 for p in sec.files)

@@ -356,7 +356,7 @@ def _scatter(cells: Sequence[Cell], xfn: Callable[[Cell], float | None], xlabel:
     panels: dict[tuple, list] = {}
     for c in cells:
         x = xfn(c)
-        if x is not None and c.score is not None:
+        if x is not None and c.score is not None and not c.random_init:  # random weights: no score to plot
             panels.setdefault((c.model, c.task), []).append((c.method, x, c.score * scale))
     if not panels:
         return None
