@@ -12,19 +12,7 @@ GLUE=${GLUE_DIR:-../shared/data/glue}
 PY=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=${WANDB_MODE:-disabled}
 
-# ONLY="fish pst ..." runs just those sweeps (two shells with disjoint lists share a machine);
-# EXTRA="trainer.num_threads=1" is appended to every command.
-ONLY=${ONLY:-}
-EXTRA=${EXTRA:-}
-
-sweep() {  # sweep <dir name> <overrides...>
-  local name="$1" dir="$OUT/$1"; shift
-  if [[ -n "$ONLY" && " $ONLY " != *" $name "* ]]; then return; fi
-  if [[ -f "$dir/report.md" ]]; then echo "== $dir: done, skipped"; return; fi
-  echo "== $dir: $*"
-  # a sweep with a failed job exits 1 after writing its report; the others still run
-  "$PY" run.py -m "$@" $EXTRA hydra.sweep.dir="$dir" || echo "!! $dir: a job did not complete (see $dir/report.md)"
-}
+source "$(dirname "$0")/sweep_lib.sh"
 
 sweep essential   +sweep=reproduce_cpu_essential task.data_dir="$GLUE"
 sweep ere         +sweep=reproduce_cpu_ere source="$OUT/essential/0" method.rank_prior=4,8,16,64 method.bits=2,4,8  # job 0: s = 0, dense

@@ -17,17 +17,8 @@ set -euo pipefail
 OUT=${1:-outputs/reproduce_gpu}
 PY=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
 GLUE=${GLUE_DIR:-}              # empty: GLUE from the hub (datasets)
-ONLY=${ONLY:-}
-EXTRA=${EXTRA:-}
 data=(); [[ -n "$GLUE" ]] && data=(task.data_dir="$GLUE")
-
-sweep() {  # sweep <dir name> <overrides...>
-  local name="$1" dir="$OUT/$1"; shift
-  if [[ -n "$ONLY" && " $ONLY " != *" $name "* ]]; then return; fi
-  if [[ -f "$dir/report.md" ]]; then echo "== $dir: done, skipped"; return; fi
-  echo "== $dir: $*"
-  "$PY" run.py -m "$@" $EXTRA hydra.sweep.dir="$dir" || echo "!! $dir: a job did not complete (see $dir/report.md)"
-}
+source "$(dirname "$0")/sweep_lib.sh"
 
 sweep fish        +sweep=fish_glue_table1 seed=1 "${data[@]}"
 sweep fish_cifar  +sweep=fish_checkpointing_table2
