@@ -14,4 +14,12 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    import sys
+
+    from sparse_ft.config import command_line_key_error
+
+    misspelled = command_line_key_error(sys.argv[1:])  # before Hydra, whose advice (add +) cannot work
+    if misspelled is not None:
+        print(f"Error: {misspelled}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -7,6 +7,7 @@ from .core.errors import ConfigError  # noqa: F401  (re-exported: the public nam
 
 import difflib
 import functools
+import re
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -122,6 +123,17 @@ def closest_key(key: str, allowed, aliases: dict[str, str] | None = None) -> str
     return aliases.get(match[0], match[0])
 
 
+def unknown_key_error(group: str, key: str, allowed, value: str | None = None) -> ConfigError:
+    """The error for a key no YAML of `group` has: the closest valid key first."""
+    hint = closest_key(key, allowed, ALIASES.get(group))
+    did_you_mean = f"did you mean {group}.{hint}{'' if value is None else '=' + value} ({hint!r})? " if hint else ""
+    return ConfigError(
+        f"{group}.{key}",
+        f"unknown key. {did_you_mean}No conf/{group}/*.yaml has {key!r}, so nothing would read it "
+        f"(adding + would not help). Valid keys: {', '.join(sorted(allowed))}",
+    )
+
+
 def check_unknown_keys(cfg, groups=CHECKED_GROUPS, conf_dir: str | None = None) -> None:
     """A key that no YAML of its group knows (`+trainer.lerning_rate=1e-3`) would be silently
     ignored: fail naming it and the closest valid key."""
@@ -132,15 +144,30 @@ def check_unknown_keys(cfg, groups=CHECKED_GROUPS, conf_dir: str | None = None) 
         allowed = group_keys(group, conf_dir)
         for key in node.keys():
             key = str(key)
-            if key in allowed:
-                continue
-            hint = closest_key(key, allowed, ALIASES.get(group))
-            did_you_mean = f"did you mean {group}.{hint} ({hint!r})? " if hint else ""
-            raise ConfigError(
-                f"{group}.{key}",
-                f"unknown key: no conf/{group}/*.yaml has it, so nothing would read it. {did_you_mean}"
-                f"Valid keys: {', '.join(sorted(allowed))}",
-            )
+            if key not in allowed:
+                raise unknown_key_error(group, key, allowed)
+
+
+_OVERRIDE = re.compile(r"^\+{0,2}([A-Za-z_]\w*)\.([A-Za-z_]\w*)(?:\.[^=]*)?=(.*)$", re.S)
+_OWN_CONFIG_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+
+
+def command_line_key_error(args: list[str], conf_dir: str | None = None) -> ConfigError | None:
+    """A command-line override (`trainer.lerning_rate=1e-3`, with or without `+`) of a key that
+    no YAML of its checked group has. Hydra would answer "To append to your config use +…",
+    which then fails in validation; this names the closest valid key first, before Hydra composes
+    anything. None when every such key exists (or the command brings its own config)."""
+    if any(a.split("=", 1)[0] in _OWN_CONFIG_FLAGS for a in args):
+        return None
+    for arg in args:
+        found = None if arg.startswith("-") else _OVERRIDE.match(arg)
+        if found is None or found.group(1) not in CHECKED_GROUPS:
+            continue
+        group, key, value = found.groups()
+        allowed = group_keys(group, conf_dir)
+        if key not in allowed:
+            return unknown_key_error(group, key, allowed, value)
+    return None
 
 
 def validate_num_threads(value) -> None:

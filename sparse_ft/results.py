@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from .train.checkpoint import atomic_write_text
+from .train.checkpoint import atomic_write_text, writing
 
 
 def _jsonable(value):
@@ -42,8 +42,9 @@ class RunWriter:
     def log_metrics(self, record: dict) -> None:
         if not self.enabled:
             return
-        self._metrics.write(json.dumps(_jsonable(record)) + "\n")
-        self._metrics.flush()
+        with writing(self.metrics_path):  # a full disk names the file
+            self._metrics.write(json.dumps(_jsonable(record)) + "\n")
+            self._metrics.flush()
         for listener in self.listeners:
             listener(record)
 
@@ -68,4 +69,7 @@ class RunWriter:
 
     def close(self) -> None:
         if self._metrics is not None and not self._metrics.closed:
-            self._metrics.close()
+            try:
+                self._metrics.close()
+            except OSError:  # a record that a full disk refused (the error named metrics.jsonl)
+                pass

@@ -9,3 +9,11 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str):
         self.key = key
         super().__init__(f"{key}: {message}")
+
+
+class StorageError(OSError):
+    """A file could not be written because its disk (or quota) is full; the message names the file."""
+
+    def __init__(self, path: str, message: str):
+        self.path = str(path)
+        super().__init__(f"{path}: {message}")

@@ -35,7 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .. import __version__
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, StorageError
 from ..results import RunWriter
 from ..train import distributed as D
 
@@ -273,7 +273,7 @@ class RunContext:
         from ..train.checkpoint import CheckpointError
         from ..train.preemption import Preempted
 
-        user_errors = (ConfigError, DataError, ModelLoadError, CheckpointError)
+        user_errors = (ConfigError, DataError, ModelLoadError, CheckpointError, StorageError)
         cfg, run_dir = self.cfg, self.run_dir
         started = time.perf_counter()
         if not self.is_main:  # one voice in the console and run.log: rank 0's
@@ -311,7 +311,10 @@ class RunContext:
             log.info("CPU threads: %d (trainer.num_threads=%s)", summary["num_threads"], cfg.trainer.get("num_threads", "auto"))
             if self.is_main:
                 # the effective config: what runs, after the job resolved its source and batch sizes
-                OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+                from ..train.checkpoint import writing
+
+                with writing(run_dir / "config.yaml"):
+                    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
                 from ..loggers import build_logger
 
                 self.logger = build_logger(cfg, run_dir)
@@ -360,9 +363,12 @@ class RunContext:
             summary.setdefault("time", {}).setdefault("wall_s", {})["total"] = time.perf_counter() - started
             if self.is_main:
                 if not (run_dir / "config.yaml").exists():  # failed validation: still say what was asked
-                    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=False)
+                    try:
+                        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=False)
+                    except OSError as err:  # a full disk: the job's own error matters more
+                        log.error("%s: %s", run_dir / "config.yaml", err)
                 if summary["status"] != "completed":
-                    self.writer.write_summary(summary)  # at once: the summary exists whatever comes next
+                    self._write_summary()  # at once: the summary exists whatever comes next
                     if distributed:
                         self._merge_worker_errors(error, started_at)
             elif distributed and error is not None and not isinstance(error, Preempted):
@@ -371,12 +377,20 @@ class RunContext:
             summary["git_commit"] = git_commit()
             if self.is_main:
                 summary.update(self.logger.status)
-                self.writer.write_summary(summary)
+                self._write_summary()
                 log.info("%s: %s", summary["status"], run_dir / "summary.json")
                 self._mirror_to_logger()
             self.writer.close()
             D.teardown()
             self.guard.restore()
+
+    def _write_summary(self) -> None:
+        """summary.json at the end of the job; a full disk is logged (naming the file), not raised
+        over the job's own outcome."""
+        try:
+            self.writer.write_summary(self.summary)
+        except StorageError as err:
+            log.error("%s", err)
 
     def _clear_worker_errors(self, now: float) -> None:
         folder = self.run_dir / WORKER_ERRORS

@@ -21,10 +21,16 @@ log = logging.getLogger("sparse_ft.entry")
 
 
 def load_weights_into(module: torch.nn.Module, path: Path) -> None:
-    """Load a safetensors file whose keys must be exactly the model's (an error names the file)."""
+    """Load a safetensors file whose keys must be exactly the model's (an error names the file,
+    also for a truncated or corrupted one)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    weights = load_file(str(path))
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ConfigError("source", f"{path}: not a readable safetensors file ({err}): it is truncated or corrupted "
+                                    "(an interrupted copy?); copy it again or point source= at the run directory") from None
     expected = set(module.state_dict())
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:

@@ -30,7 +30,7 @@ def source_run_dir(cfg: DictConfig) -> Path | None:
         return path
     if path.is_file() and path.suffix == ".safetensors" and cfg.job == "evaluate":
         return None
-    kind = "a run directory" if cfg.job == "compress" else "a run directory or a .safetensors file"
+    kind = "run directory" if cfg.job == "compress" else "run directory or .safetensors file"
     raise ConfigError("source", f"{path}: no such {kind}")
 
 
@@ -38,8 +38,34 @@ def weights_of(cfg: DictConfig) -> Path:
     run = source_run_dir(cfg)
     path = Path(str(cfg.source)) if run is None else run / WEIGHTS
     if not path.is_file():
+        if run is not None:
+            check_source_finished(run, str(cfg.job))  # a run that failed or never finished says so first
         raise ConfigError("source", f"{path}: no final weights (was the run saved with trainer.save_final=true?)")
     return path
+
+
+def check_source_finished(run: Path, job: str, missing_ok: bool = False) -> None:
+    """The source run must have completed: one that failed or was interrupted is named as such,
+    in one line, with the error from its summary.json (never its config replayed as if the user
+    had typed it). `missing_ok`: a run directory without summary.json passes (its weights decide)."""
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise ConfigError("source", f"{run}: the source run has not finished (no summary.json: still running, or killed): nothing to {job}") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError("source", f"{run}: the source run's summary.json is unreadable ({err})") from None
+    if not isinstance(summary, dict):
+        raise ConfigError("source", f"{run}: the source run's summary.json is not a JSON object")
+    status = summary.get("status")
+    if status == "completed":
+        return
+    how = {"failed": "failed", "interrupted": "was interrupted (not completed: resume it first)"}.get(status, f"ended with status {status!r}")
+    error = " ".join(str(summary.get("error") or "no error recorded").split())  # one line
+    if len(error) > 300:
+        error = error[:300] + "…"
+    raise ConfigError("source", f"{run}: the source run {how}, so there is nothing to {job}; its error: {error}")
 
 
 def source_summary(run: Path) -> dict:
@@ -65,12 +91,9 @@ def command_line_groups() -> set[str]:
 def adopt_source(cfg: DictConfig) -> None:
     """Take the source run's task/model/trainer/seed into `cfg` (before config.yaml is written)."""
     run = source_run_dir(cfg)
-    if cfg.job == "compress":
-        status = source_summary(run).get("status")
-        if status != "completed":
-            raise ConfigError("source", f"{run}: the run is {status!r}, not completed: nothing final to compress")
     if run is None:
         return
+    check_source_finished(run, str(cfg.job), missing_ok=cfg.job != "compress")  # before its config is adopted: a failed run's bad setting is not the user's
     src = OmegaConf.load(run / "config.yaml")
     user = command_line_groups()
     if "model" in user and src.model.get("name") != cfg.model.get("name"):

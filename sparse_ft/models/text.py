@@ -48,10 +48,11 @@ def resolve_source(spec: str | None, key: str) -> str | None:
 
 def _hub_error(key: str, spec: str, err: Exception) -> ModelLoadError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    where = "the Hugging Face hub is disabled (HF_HUB_OFFLINE=1)" if offline else "the Hugging Face hub"
+    fetch = ("the Hugging Face hub is disabled (HF_HUB_OFFLINE=1), so it was not fetched" if offline
+             else "it could not be fetched from the Hugging Face hub")
     return ModelLoadError(
-        f"{key}={spec}: not a local directory, not in the Hugging Face cache, and could not be "
-        f"fetched from {where}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        f"{key}={spec}: not a local directory, not in the Hugging Face cache, and {fetch}: "
+        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         " — pass a local path, run once online to cache it, or use model=minilm / model=tiny_bert offline"
     )
 

@@ -31,6 +31,7 @@ __all__ = [
     "SPLIT_SCHEMES",
     "load_task",
     "validate_task_cfg",
+    "check_splits",
 ]
 
 
@@ -136,3 +137,36 @@ def load_task(task_cfg, seed: int) -> TaskData:
         task.info.get("source"),
     )
     return task
+
+
+def split_origin(task: TaskData, split: str) -> str:
+    """Where a split's examples come from, for an error message: the file (GLUE TSV), the dataset
+    (Hugging Face) or the task; a split the READ scheme carves out names the files it comes from."""
+    info = task.info
+    files = info.get("files") or {}
+    if info.get("source") == "tsv":
+        if split in files and not info.get("read_rule"):
+            return files[split]
+        return f"{', '.join(files.values())} (split {split!r} by the READ rule: {info.get('read_rule')})"
+    if info.get("source") == "huggingface":
+        return f"Hugging Face dataset {info.get('hf_dataset')!r}/{info.get('hf_config')!r}, split {split!r}"
+    return f"task {task.name!r} ({info.get('source')}), split {split!r}"
+
+
+def check_splits(task: TaskData, needed) -> None:
+    """Every split in `needed` that the task has must hold examples (after the split scheme and
+    task.max_*_samples): an empty one would train 0 steps and still say `completed`, or spin in
+    the step loop. Raises :class:`DataError` naming the file (or dataset). Runs before any model
+    is built."""
+    for split in needed:
+        if split not in task.splits or len(task.splits[split]):
+            continue
+        original = (task.info.get("original_sizes") or {}).get(split)
+        after = ""
+        if original:
+            key = "max_train_samples" if split == task.train_split else "max_eval_samples"
+            after = f" (it had {original} before task.{key}={task.info.get(key)} and the split scheme)"
+        elif task.info.get("read_rule"):
+            after = " (the READ scheme left it empty: too few rows to split)"
+        raise DataError(f"{split_origin(task, split)}: split {split!r} has no examples{after}; "
+                        "this job needs it (a header-only file?): add data, or point task.data_dir at the full files")

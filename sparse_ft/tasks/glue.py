@@ -9,8 +9,10 @@ Loading order (never substitutes data):
    local cache). If that fails, a :class:`DataError` says how to get the data.
 
 The official files carry a UTF-8 BOM and unquoted text with stray ``"`` characters, so they are read
-with ``encoding="utf-8-sig"`` and split on tabs only (no CSV quoting). Every row must have exactly the
-header's number of columns and a parseable label, otherwise :class:`DataError` names file and line.
+as UTF-8 with an optional BOM and split on tabs only (no CSV quoting). Every row must have exactly the
+header's number of columns and a parseable label, and every byte must be UTF-8, otherwise
+:class:`DataError` names file and line. A split a job needs that ends up empty (a header-only file)
+is a :class:`DataError` naming the file before the model loads (``tasks.check_splits``).
 
 Split schemes (``task.split_scheme``):
 
@@ -32,6 +34,7 @@ metrics, submission names); the readers and writers are short and use only that 
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 from dataclasses import dataclass
@@ -274,13 +277,29 @@ def _parse_label(spec: GlueSpec, raw: str, where: str):
     return value
 
 
+def _read_utf8(path: Path) -> str:
+    """The file's text (UTF-8, an optional BOM dropped, line ends kept); a byte that is no UTF-8
+    is a :class:`DataError` naming the file, line and column."""
+    raw = path.read_bytes()
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line}: byte 0x{raw[err.start]:02x} at column {column} is not UTF-8 ({err.reason}); "
+            "GLUE files are UTF-8: re-encode the file (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
+
+
 def read_glue_tsv(path: str | os.PathLike, spec: GlueSpec, split: str, labeled: bool) -> list[TextExample]:
     """Read one official GLUE TSV file (BOM-tolerant, no quoting) into TextExamples."""
     path = Path(path)
     layout = spec.labeled if labeled else spec.test
     examples: list[TextExample] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        lines = f.read().split("\n")
+    lines = _read_utf8(path).split("\n")
     start, ncols = 0, layout.num_columns
     positions = [layout.text_a, layout.text_b, layout.label, layout.index]
     if layout.header:

@@ -1,13 +1,48 @@
-"""Checkpoint files: safetensors for tensors, written atomically (temp file + rename)."""
+"""Checkpoint files: safetensors for tensors, written atomically (temp file + rename).
+
+A write that fails because the disk (or quota) is full raises `StorageError` naming the file being
+written (`writing(path)`); a checkpoint that cannot be trusted raises `CheckpointError` naming its
+file: missing, truncated, a manifest without its file list, a file name that leaves the checkpoint
+folder, or a pickle that `torch.load(weights_only=True)` refuses."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..core.errors import StorageError
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# safetensors (Rust) reports the OS error only in its message
+DISK_FULL_MARKERS = ("No space left on device", "Disk quota exceeded", "StorageFull", "os error 28", "os error 122")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+        return True
+    return any(m in str(err) for m in DISK_FULL_MARKERS)
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """Around a write of `path`: a full disk (ENOSPC, EDQUOT) becomes a `StorageError` naming the
+    file (the OS error alone names none)."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        raise StorageError(path, f"no space left on the device while writing it ({type(err).__name__}: {err}); "
+                                 "free space there (or write the runs elsewhere: output_root=<dir>) and run again") from err
 
 
 def current_umask() -> int:
@@ -50,7 +85,7 @@ def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
     path = Path(path)
     tmp = atomic_path(path)
     try:
-        with open(tmp, "w", encoding=encoding, newline="") as f:
+        with writing(path), open(tmp, "w", encoding=encoding, newline="") as f:
             f.write(text)
         os.replace(tmp, path)
     finally:
@@ -64,7 +99,8 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     tmp = atomic_path(path)
     try:
-        save_file(plain, str(tmp), metadata=metadata)
+        with writing(path):
+            save_file(plain, str(tmp), metadata=metadata)
         os.chmod(tmp, default_mode())  # safetensors writes its files 0o600
         os.replace(tmp, path)
     finally:
@@ -84,6 +120,7 @@ import json
 import shutil
 
 MANIFEST = "manifest.json"
+LAST_FILES = ("model.safetensors", "trainer_state.pt")  # what every checkpoints/last holds (Trainer.save_last)
 
 
 class CheckpointError(RuntimeError):
@@ -110,13 +147,16 @@ def write_checkpoint_dir(target: Path, tensors: dict[str, dict[str, torch.Tensor
         files = {}
         for name, tdict in tensors.items():
             plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tdict.items()}
-            save_file(plain, str(tmp / name))
+            with writing(target / name):
+                save_file(plain, str(tmp / name))
             os.chmod(tmp / name, default_mode())  # safetensors writes its files 0o600
             files[name] = _sha256(tmp / name)
         for name, obj in objects.items():
-            torch.save(obj, tmp / name)
+            with writing(target / name), open(tmp / name, "wb") as f:  # a file object: a full disk raises ENOSPC, not a bare iostream error
+                torch.save(obj, f)
             files[name] = _sha256(tmp / name)
-        (tmp / MANIFEST).write_text(json.dumps({"files": files, **info}, indent=2))
+        with writing(target / MANIFEST):
+            (tmp / MANIFEST).write_text(json.dumps({"files": files, **info}, indent=2))
         prev = target.with_name(target.name + ".prev")
         if prev.exists():
             shutil.rmtree(prev)
@@ -139,6 +179,37 @@ def find_checkpoint(path: Path) -> Path | None:
     return None
 
 
+def checkpoint_file(folder: Path, name) -> Path:
+    """`folder/name` for a file name read from a manifest, which must stay inside `folder`: a plain
+    file name (no absolute path, no `..`, no sub-folder), not a symlink that leaves the folder."""
+    where = Path(folder) / MANIFEST
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise CheckpointError(f"{where}: file name {name!r} is not a plain file name inside {folder} "
+                              "(absolute paths, '..' and sub-folders are refused: a checkpoint reads only its own files)")
+    f = Path(folder) / name
+    try:
+        inside = f.resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        raise CheckpointError(f"{where}: {name!r} is a link that leaves {folder} (to {os.path.realpath(f)}); refusing to read it")
+    return f
+
+
+def load_object(f: Path):
+    """A pickled checkpoint object, loaded with `weights_only=True`; anything else is refused."""
+    import pickle
+
+    try:
+        return torch.load(f, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{f}: refused on purpose: it holds a pickled object{what} other than tensors and plain "
+                              "containers, and unpickling it could run code. sparse-ft never writes such an object into a "
+                              "checkpoint: this file was altered or comes from elsewhere; start over with trainer.resume=never") from None
+
+
 def read_checkpoint_dir(path: Path) -> tuple[dict, dict, dict]:
     """Verify every file against the manifest, then load: (tensors by file, objects by file, info)."""
     path = Path(path)
@@ -146,9 +217,17 @@ def read_checkpoint_dir(path: Path) -> tuple[dict, dict, dict]:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path / MANIFEST}: unreadable checkpoint manifest ({err})") from err
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files or not all(isinstance(d, str) for d in files.values()):
+        raise CheckpointError(f"{path / MANIFEST}: not a checkpoint manifest (it needs \"files\": {{name: sha256}}, "
+                              f"got {json.dumps(manifest)[:200]}); the checkpoint is damaged: start over with trainer.resume=never")
+    lacking = [name for name in LAST_FILES if name not in files]
+    if lacking:
+        raise CheckpointError(f"{path / MANIFEST}: lists no {', '.join(lacking)} (it lists {sorted(files)}); "
+                              "the checkpoint is damaged: start over with trainer.resume=never")
     tensors, objects = {}, {}
-    for name, digest in manifest["files"].items():
-        f = path / name
+    for name, digest in files.items():
+        f = checkpoint_file(path, name)
         if not f.is_file():
             raise CheckpointError(f"{f}: missing from the checkpoint")
         if _sha256(f) != digest:
@@ -156,6 +235,6 @@ def read_checkpoint_dir(path: Path) -> tuple[dict, dict, dict]:
         if name.endswith(".safetensors"):
             tensors[name] = load_file(str(f))
         else:
-            objects[name] = torch.load(f, weights_only=True)
+            objects[name] = load_object(f)
     info = {k: v for k, v in manifest.items() if k != "files"}
     return tensors, objects, info

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..core.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -36,8 +38,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name}: no CUDA device is available (use trainer.device=auto or cpu)")
-    return torch.device(name)
+        raise ConfigError("trainer.device", f"{name!r}, but no CUDA device is available here (use trainer.device=auto or cpu)")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError("trainer.device", f"{name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0..)")
+    return device
 
 
 def launched_by_torchrun() -> bool:

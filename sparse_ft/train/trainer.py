@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ..core.errors import ConfigError
 from ..methods.base import Method
 from ..models.bundle import ModelBundle, to_device
-from ..tasks.base import TaskData
+from ..tasks.base import DataError, TaskData
 from . import distributed as D
 from .callbacks import TrainerCallback
 from .checkpoint import write_checkpoint_dir
@@ -324,6 +324,10 @@ class Trainer:
                     module.train()
                     loader = self.train_loader(st.epoch, st.epoch_batches)
                     n_micro = len(loader) + st.epoch_batches
+                    if len(loader) == 0:  # never spin here: an empty loader would make no step, forever
+                        raise DataError(f"the {self.task.train_split!r} split gives no training batches in epoch {st.epoch} "
+                                        f"(from batch {st.epoch_batches} on; {self.train_size} examples, batch size {cfg.batch_size}, "
+                                        f"{self.dist.world_size} rank(s)): nothing to train on")
                     for i, batch in enumerate(loader, start=st.epoch_batches):
                         batch = to_device(batch, self.device)
                         train_module = self.train_module
@@ -347,7 +351,7 @@ class Trainer:
                         # every rank reaches this point at the same steps: agree on stop / divergence
                         stop, bad_loss = D.any_flag([watcher.received is not None, bad_loss], self.device)
                         if bad_loss:
-                            raise TrainingDiverged(f"loss is not finite at optimizer step {st.step + 1} (epoch {st.epoch}); the last good checkpoint is kept")
+                            raise TrainingDiverged(f"loss is not finite at optimizer step {st.step + 1} (epoch {st.epoch}); {self._kept_checkpoint()}")
                         self.method.after_backward(st.step)
                         if cfg.max_grad_norm > 0:
                             self.scaler.unscale_(self.optimizer)
@@ -421,6 +425,19 @@ class Trainer:
         if self.method.refresh_due(finished):
             self.refresh_mask()
 
+    def _kept_checkpoint(self) -> str:
+        """What a failed run leaves to resume from, for its error message."""
+        last = self.checkpoint_dir / "last" if self.checkpoint_dir is not None else None
+        if last is not None and (last / "manifest.json").is_file():
+            import json
+
+            try:
+                step = json.loads((last / "manifest.json").read_text()).get("step")
+            except (OSError, ValueError, AttributeError):
+                step = None
+            return f"the last checkpoint{'' if step is None else f' (step {step})'} is kept in {last}"
+        return "no checkpoint was written before it (see trainer.checkpoint_every)"
+
     def _checkpoint_due(self) -> bool:
         if self.checkpoint_dir is None:
             return False
@@ -446,7 +463,7 @@ class Trainer:
         for split, metrics in results.items():
             comm = {k: v for cb in self.callbacks for k, v in cb.eval_record().items()}
             self.log_metrics({"type": "eval", "stage": st.stage, "step": st.step, "epoch": st.epoch, "split": split, **metrics, **comm})
-            log.info("eval step %d  %s  %s", st.step, split, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            log.info("eval step %d  %s  %s", st.step, split, "  ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in metrics.items()))
         selection = results.get(self.task.eval_splits[0])
         if selection is None:
             return
