@@ -99,6 +99,19 @@ def test_a_key_of_another_method_is_ignored_so_sweeps_can_mix_methods(caplog):
         registered()["fish"].validate(OmegaConf.create({"name": "fish", "num_sample": 64}))
 
 
+def test_a_key_of_another_method_is_noted_once_per_job(tmp_path, caplog):
+    """The note that a key belongs to another method is logged once per job, not once by the
+    validation and again when the method is built (issue 19, item 14)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="sparse_ft")
+    s = run_inprocess(tmp_path, ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=16", "task.max_eval_samples=8",
+                                 "trainer.batch_size=8", "trainer.max_steps=1", "method=dense", "+method.num_samples=64"])
+    assert s["status"] == "completed", s.get("error")
+    notes = [r.getMessage() for r in caplog.records if "ignored in this job" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].startswith("method.num_samples belongs to fish"), notes
+
+
 def _base_module(run: Path) -> torch.nn.Module:
     """The model the run started from, rebuilt as the run built it."""
     from sparse_ft.entry import seed_everything

@@ -79,10 +79,11 @@ class Method:
         self.module: nn.Module | None = None
 
     @classmethod
-    def parse_options(cls, cfg) -> MethodOptions:
+    def parse_options(cls, cfg, note: bool = True) -> MethodOptions:
         """`cfg` (the `method:` group) as this method's typed options. A key that belongs to another
-        registered method is dropped with a note, so one sweep can mix methods; any other unknown
-        key is an error naming it and the closest valid one."""
+        registered method is dropped with a note (logged when `note`: once per job, when the
+        method is built, not again by `validate`), so one sweep can mix methods; any other
+        unknown key is an error naming it and the closest valid one."""
         from .registry import registered
 
         own = set(cls.Options.__dataclass_fields__)
@@ -98,14 +99,16 @@ class Method:
                 raise ConfigError(f"method.{key}", f"is not an option of method {raw.get('name')!r}{closest(key, own)}; its options: {', '.join(sorted(own))}")
             foreign[key] = owners
         for key, owners in foreign.items():
-            log.info("method.%s belongs to %s, not to %s: ignored in this job", key, "/".join(owners), raw.get("name"))
+            if note:
+                log.info("method.%s belongs to %s, not to %s: ignored in this job", key, "/".join(owners), raw.get("name"))
             raw.pop(key)
         return cls.Options.parse(raw)
 
     @classmethod
     def validate(cls, cfg) -> None:
-        """Cheap checks of `method.*` before anything loads; raise ConfigError naming the key."""
-        cls.parse_options(cfg)
+        """Cheap checks of `method.*` before anything loads; raise ConfigError naming the key.
+        (Quiet about keys of other methods: the job notes them once, when it builds the method.)"""
+        cls.parse_options(cfg, note=False)
 
     # --- the model and the stages ------------------------------------------------------------
     def wrap(self, bundle, ctx: MethodContext):
