@@ -302,6 +302,18 @@ def test_pst_trains_only_its_small_matrices_and_the_head(scheduled_runs):
     assert any(not torch.equal(final[n], base[n]) for n in head)
 
 
+def test_movement_counts_its_scores_as_added_as_well_as_trainable(scheduled_runs):
+    """MvP trains one score per prunable weight: parameters the pretrained model lacks, so
+    `params.added` counts them, as it counts PST's small matrices (issue 19, item 14)."""
+    run, s = scheduled_runs("movement")
+    assert s["status"] == "completed", s.get("error")
+    scores = sum(m.numel() for m in load_masks(run / "prune_mask.safetensors").values())  # one per prunable weight
+    p = s["params"]
+    assert scores > 0
+    assert p["added"] == scores
+    assert p["trainable"] == p["total"] + scores  # every weight trains, and so do the scores
+
+
 def test_pst_gradients_are_the_straight_through_ones():
     from sparse_ft.methods.pruning.pst import PSTLinear
 

@@ -5,7 +5,8 @@ decision of METHODS.md §2, as the PST paper does to avoid a collapse). The laye
 W ⊙ M, M = top-v of S; S learns through the straight-through estimator: ∂L/∂S = ∂L/∂(W⊙M) ⊙ W,
 so S accumulates −∂L/∂W ⊙ W (weights moving away from zero gain score). The scores are trained
 by the run's optimizer in their own group (`score_lr`, no weight decay, the same lr schedule);
-the weights train as usual, a pruned weight gets no gradient.
+the weights train as usual, a pruned weight gets no gradient. The scores are parameters the
+pretrained model does not have: `params.trainable` and `params.added` both count them.
 
 In place: a pruned weight is held at exactly zero in the model (base.py) and its value is kept
 aside (`hidden`), so when its score climbs back into the top-v it returns with the value it had.
@@ -73,6 +74,11 @@ class MovementPruning(ScheduledPruning):
     def trainable_count(self) -> int:
         """Every parameter plus the scores (the PST paper counts MvP at 2× the weights it prunes)."""
         return Method.trainable_count(self) + sum(s.numel() for s in self.score_params.values())
+
+    def added_count(self) -> int:
+        """The scores: one per prunable weight, trained but absent from the pretrained model (as
+        PST counts its small matrices); `trainable` includes them, so `added` must too."""
+        return sum(s.numel() for s in self.score_params.values())
 
     @torch.no_grad()
     def after_backward(self, step: int) -> None:
