@@ -18,18 +18,18 @@ pytest.importorskip("matplotlib")
 from sparse_ft.report.collect import load_runs  # noqa: E402
 from sparse_ft.report.papers import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, builder, essential, pst  # noqa: E402
 
-MODEL, TASK = "tiny_bert", "synthetic_nli"
+MODEL, TASK = "bert_base", "synthetic_nli"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _write(root: Path, name: str, method: str, main: float, seed: int = 1, model: str = MODEL, task: str = TASK,
            sparsity: float | None = None, method_cfg: dict | None = None, trainable_fraction: float = 0.99,
-           rounds: list[dict] | None = None, status: str = "completed") -> Path:
+           rounds: list[dict] | None = None, status: str = "completed", random_init: bool = False) -> Path:
     """A run directory with the keys a real run writes (trimmed to what the report reads)."""
     run = root / name
     run.mkdir(parents=True)
     config = {"job": "train", "source": None, "seed": seed, "name": None,
-              "model": {"name": model, "arch": "encoder", "random_init": True},
+              "model": {"name": model, "arch": "encoder", "random_init": random_init},
               "task": {"name": task, "kind": task},
               "method": {"name": method, **(method_cfg or {})},
               "trainer": {"optimizer": "adamw", "lr": 5e-5, "epochs": 3, "batch_size": 32},
@@ -95,14 +95,14 @@ def test_essential_section_reads_measured_sparsity_and_writes_es_and_knee(tmp_pa
     assert [round(p.sparsity, 4) for p in curve.points] == [0.1, 0.2987, 0.499, 0.701]  # measured, not configured
     assert [round(curve.drop(p), 6) for p in curve.points] == [0.0, 0.5, 1.5, 20.0]
     assert essential.essential_and_knee(curve.all_points()) == (pytest.approx(0.2987), pytest.approx(0.499))
-    row = next(line for line in sec.markdown.splitlines() if line.startswith("| tiny_bert | synthetic_nli | magnitude | 80.00"))
+    row = next(line for line in sec.markdown.splitlines() if line.startswith("| bert_base | synthetic_nli | magnitude | 80.00"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[5] == "29.9%" and cells[6] == "49.9%" and cells[7] == "1.50"  # ES, knee, drop at the knee
     assert "essential sparsity (%, measured)" in sec.markdown and "knee (%, first drop > ε)" in sec.markdown
     assert "| 49.90 | 80 |" in sec.markdown  # the curve table: measured 49.90% beside the configured 80%
     (claim, cos_claim) = sec.claims
     assert claim.paper == "ESS" and claim.paper_value == "30–50%"
-    assert claim.verdict == DOES_NOT_HOLD and "ES 29.9%, knee 49.9%" in claim.ours and "tiny_bert/synthetic_nli" in claim.ours
+    assert claim.verdict == DOES_NOT_HOLD and "ES 29.9%, knee 49.9%" in claim.ours and "bert_base/synthetic_nli" in claim.ours
     assert cos_claim.verdict == NOT_MEASURABLE and cos_claim.ours.startswith("n/a")
     assert out / essential.CURVE_PLOT in sec.files and (out / essential.CURVE_PLOT).read_bytes()[:8] == PNG
 
@@ -130,6 +130,31 @@ def test_essential_claim_holds_above_30_and_is_not_measurable_on_a_short_grid(tm
     assert sec.claims[0].verdict == NOT_MEASURABLE and "n/a: no dense or 0% run" in sec.markdown
 
 
+def test_random_init_runs_are_tabled_but_never_judged(tmp_path):
+    """A random-init model scores at chance at every sparsity, so its flat "curve" would read as
+    ES ≥ 60%: it must not make the claim hold (issue 19, item 14)."""
+    rand = tmp_path / "random"
+    _write(rand, "dense", "dense", 0.50, model="tiny_bert", random_init=True)
+    for i, s in enumerate((0.3, 0.5, 0.7)):  # chance everywhere: drop 0 up to 70%
+        _write(rand, f"omp{i}", "omp", 0.50, model="tiny_bert", random_init=True, sparsity=s,
+               method_cfg={"sparsity": s, "score": "magnitude"})
+    rounds = [{"round": 0, "sparsity": 0.2, "omp_mask_cosine": 1.0}, {"round": 1, "sparsity": 0.36, "omp_mask_cosine": 0.99}]
+    _write(rand, "imp", "imp", 0.50, model="tiny_bert", random_init=True, sparsity=0.36, method_cfg={"rounds": 2}, rounds=rounds)
+    out = tmp_path / "out"
+    out.mkdir()
+    sec = essential.section(load_runs([rand]), out)
+    claim, cos_claim = sec.claims
+    assert claim.verdict == NOT_MEASURABLE and "random-init" in claim.ours, claim
+    assert cos_claim.verdict == NOT_MEASURABLE and "random-init" in cos_claim.ours, cos_claim
+    assert "| tiny_bert (random init: no verdict) | synthetic_nli | magnitude |" in sec.markdown
+    assert essential.CURVE_PLOT not in {f.name for f in sec.files}  # nothing pretrained to draw
+
+    # beside a pretrained curve that falls off at 29.9%, the flat random-init curve changes nothing
+    _known_curve(rand)
+    sec = essential.section(load_runs([rand]), out, plots=False)
+    assert sec.claims[0].verdict == DOES_NOT_HOLD and "tiny_bert" not in sec.claims[0].ours, sec.claims[0]
+
+
 def test_magnitude_and_fisher_curves_side_by_side(tmp_path):
     root = tmp_path / "runs"
     _known_curve(root)
@@ -144,7 +169,7 @@ def test_magnitude_and_fisher_curves_side_by_side(tmp_path):
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
     assert len(panels) == 2 and {ax.get_title().split("— ")[-1] for ax in panels} == {"magnitude", "fisher"}
     sec = essential.section(runs, tmp_path)
-    assert "| tiny_bert | synthetic_nli | fisher |" in sec.markdown
+    assert "| bert_base | synthetic_nli | fisher |" in sec.markdown
     assert "magnitude" in sec.claims[0].ours and "fisher" not in sec.claims[0].ours  # the claim is the paper's criterion
 
 
@@ -159,7 +184,7 @@ def test_imp_omp_mask_cosine_figure(tmp_path):
     sec = essential.section(load_runs([root]), out)
     fig = out / essential.COSINE_PLOT
     assert fig in sec.files and fig.read_bytes()[:8] == PNG
-    assert "| tiny_bert | synthetic_nli | 36.0 | 98.50 | 1 |" in sec.markdown
+    assert "| bert_base | synthetic_nli | 36.0 | 98.50 | 1 |" in sec.markdown
     cos = sec.claims[1]
     # round 0 is the OMP mask itself (cosine 1 by construction) and is left out; ES is 29.87%, so
     # no other round lies inside the essential range and every round counts
@@ -187,7 +212,7 @@ def test_pst_table_plot_and_claims(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     sec = pst.section(load_runs([root]), out)
-    assert "| tiny_bert | synthetic_nli | PST | 90 | 90.00 | 83.00 ± 0.07 (2) | 1.600 |" in sec.markdown
+    assert "| bert_base | synthetic_nli | PST | 90 | 90.00 | 83.00 ± 0.07 (2) | 1.600 |" in sec.markdown
     assert (out / pst.PLOT) in sec.files and (out / pst.PLOT).read_bytes()[:8] == PNG
     order, trainable, low = sec.claims
     assert order.verdict == HOLDS and "PST − best +1.00 points" in order.ours

@@ -18,7 +18,10 @@ drop(s) = dense score − score(s), in points (×100 where the metric is a fract
 The ESS claim's verdict uses the magnitude-criterion unstructured curves: it holds when every such
 curve's ES is ≥ 30% (the paper's lower end), does not hold when one is below 30% with its knee
 measured, and is not measurable when there is no curve with at least one pruned point, or when a
-curve ends below 30% still within ε (a lower bound only).
+curve ends below 30% still within ε (a lower bound only). Runs of a random-init model
+(`model.random_init=true`, e.g. tiny_bert) are tabled, marked "random init", but neither drawn nor
+judged: a model that never learnt anything scores at chance, so its "drop" says nothing about
+pretrained weights (both claims are "not measurable" when only such runs exist).
 
 Mask similarity (the paper's Figure 10): IMP runs keep, per round, the cosine similarity of the
 round's mask to the OMP mask of the pretrained weights at the same sparsity (`masks/rounds.json`,
@@ -77,6 +80,7 @@ class Curve:
     criterion: str                  # magnitude | fisher
     structured: bool                # N:M pattern
     scope: str
+    random_init: bool               # the model's weights were random: scores at chance, no verdict
     scale: float
     dense: list[float]              # dense (s = 0) scores
     points: list[Point] = field(default_factory=list)  # pruned points (s > 0), sorted by s
@@ -98,6 +102,11 @@ class Curve:
     @property
     def measurable(self) -> bool:
         return bool(self.dense) and bool(self.points)
+
+    @property
+    def judged(self) -> bool:
+        """Measurable and of a pretrained model: what the figure draws and the claims judge."""
+        return self.measurable and not self.random_init
 
 
 def essential_and_knee(points: Sequence[tuple[float, float]], epsilon: float = EPSILON) -> tuple[float | None, float | None]:
@@ -135,6 +144,12 @@ def _series_of(run: Run) -> tuple[str, bool, str]:
     return ", ".join(parts), structured, scope
 
 
+def random_init(run: Run) -> bool:
+    """A run of a randomly initialised model (`model.random_init`): its scores mean nothing."""
+    model = run.config.get("model")
+    return bool(model.get("random_init")) if isinstance(model, dict) else False
+
+
 def _is_omp(run: Run) -> bool:
     return str(run.method).lower() == "omp"
 
@@ -148,26 +163,26 @@ def build_curves(runs: Sequence[Run]) -> list[Curve]:
     done = [r for r in runs if r.completed and r.main is not None]
     omp = [r for r in done if _is_omp(r) and r.sparsity is not None]
     scale = _score_scale([r for r in done if _is_omp(r) or is_dense_method(r.method)])
-    dense: dict[tuple, list[Run]] = {}
+    dense: dict[tuple, list[Run]] = {}  # (model, task, random init) → runs at s = 0
     for r in done:
         if is_dense_method(r.method):
-            dense.setdefault((str(r.model), str(r.task)), []).append(r)
+            dense.setdefault((str(r.model), str(r.task), random_init(r)), []).append(r)
     for r in omp:  # OMP at measured sparsity 0 is the dense model fine-tuned
         if r.sparsity < SPARSITY_BIN / 2:
-            dense.setdefault((str(r.model), str(r.task)), []).append(r)
+            dense.setdefault((str(r.model), str(r.task), random_init(r)), []).append(r)
     grouped: dict[tuple, list[Run]] = {}
     for r in omp:
         if r.sparsity >= SPARSITY_BIN / 2:
             series, structured, scope = _series_of(r)
-            grouped.setdefault((str(r.model), str(r.task), series, structured, scope), []).append(r)
+            grouped.setdefault((str(r.model), str(r.task), random_init(r), series, structured, scope), []).append(r)
     # a model × task whose OMP runs are all at s = 0 still gets a (non-measurable) curve
-    for mt in {(str(r.model), str(r.task)) for r in omp}:
-        if not any(k[:2] == mt for k in grouped):
+    for mt in {(str(r.model), str(r.task), random_init(r)) for r in omp}:
+        if not any(k[:3] == mt for k in grouped):
             grouped[(*mt, "magnitude", False, "global")] = []
     curves = []
-    for (model, task, series, structured, scope), rs in sorted(grouped.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        base = dense.get((model, task), [])
-        c = Curve(model, task, series, series.split(",")[0], structured, scope, scale, [b.main for b in base],
+    for (model, task, rand, series, structured, scope), rs in sorted(grouped.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        base = dense.get((model, task, rand), [])
+        c = Curve(model, task, series, series.split(",")[0], structured, scope, rand, scale, [b.main for b in base],
                   seeds={r.seed for r in [*rs, *base]})
         bins: list[list[Run]] = []
         for r in sorted(rs, key=lambda r: r.sparsity):
@@ -195,6 +210,7 @@ class CosinePoint:
     cosine: float
     path: Path
     trivial: bool = False  # round 0 without dense_first *is* the OMP mask: cosine 1 by construction
+    random_init: bool = False  # of a random-init model: no verdict from it
 
 
 def imp_cosines(runs: Sequence[Run]) -> list[CosinePoint]:
@@ -220,7 +236,8 @@ def imp_cosines(runs: Sequence[Run]) -> list[CosinePoint]:
             s, c = item.get("sparsity"), item.get("omp_mask_cosine")
             if isinstance(s, (int, float)) and isinstance(c, (int, float)) and math.isfinite(c):
                 index = int(item.get("round", len(out)))
-                out.append(CosinePoint(r.model, r.task, r.seed, index, float(s), float(c), Path(r.path), index == 0 and not dense_first))
+                out.append(CosinePoint(r.model, r.task, r.seed, index, float(s), float(c), Path(r.path), index == 0 and not dense_first,
+                                       random_init(r)))
     return out
 
 
@@ -237,8 +254,8 @@ def _cosine_rows(points: Sequence[CosinePoint]) -> list[tuple[str, str, float, f
 def _curve_figure(curves: Sequence[Curve]):
     from ..plots import _new_figure, _wrap
 
-    panels = sorted({(str(c.model), str(c.task)) for c in curves if c.measurable})
-    criteria = sorted({c.criterion for c in curves if c.measurable}, key=lambda x: (x != "magnitude", x))
+    panels = sorted({(str(c.model), str(c.task)) for c in curves if c.judged})
+    criteria = sorted({c.criterion for c in curves if c.judged}, key=lambda x: (x != "magnitude", x))
     if not panels:
         return None
     ncols, nrows = len(criteria), len(panels)
@@ -248,7 +265,7 @@ def _curve_figure(curves: Sequence[Curve]):
     for i, (model, task) in enumerate(panels):
         for j, crit in enumerate(criteria):
             ax = axes[i][j]
-            mine = [c for c in curves if c.measurable and (str(c.model), str(c.task)) == (model, task) and c.criterion == crit]
+            mine = [c for c in curves if c.judged and (str(c.model), str(c.task)) == (model, task) and c.criterion == crit]
             if not mine:
                 ax.set_axis_off()
                 ax.text(0.5, 0.5, f"no {crit} runs", ha="center", va="center", transform=ax.transAxes)
@@ -281,7 +298,7 @@ def _cosine_figure(points: Sequence[CosinePoint]):
     colours: dict[str, str] = {}
     for key, ps in sorted(lines.items()):
         ps = sorted(ps, key=lambda p: p.sparsity)
-        label = f"{key[0]} / {key[1]}"
+        label = f"{key[0]} / {key[1]}" + (" (random init)" if ps[0].random_init else "")
         first = label not in colours  # one legend entry per model × task (a line per run and seed)
         colour = colours.setdefault(label, _COLOURS[len(colours) % len(_COLOURS)])
         ax.plot([100 * p.sparsity for p in ps], [100 * p.cosine for p in ps], marker="o", color=colour,
@@ -312,12 +329,17 @@ def _pct(x: float | None) -> str:
 
 def _ess_claim(curves: Sequence[Curve]) -> Claim:
     claim = "OMP sparsity removable within 1 point of dense (bert-base), knee ≈ 60%"
-    primary = [c for c in curves if c.measurable and c.criterion == "magnitude" and not c.structured and c.scope == "global"]
+    primary = [c for c in curves if c.judged and c.criterion == "magnitude" and not c.structured and c.scope == "global"]
     if not primary:
-        primary = [c for c in curves if c.measurable and c.criterion == "magnitude" and not c.structured]
+        primary = [c for c in curves if c.judged and c.criterion == "magnitude" and not c.structured]
     if not primary:
-        why = ("n/a: no OMP curve with a dense (or 0%) run and a pruned run of the same model × task"
-               if curves else "n/a: no OMP runs")
+        if any(c.measurable and c.random_init for c in curves):
+            why = ("n/a: only random-init models (model.random_init=true) have an OMP curve; their scores are at "
+                   "chance and mean nothing, so no verdict (run a pretrained model)")
+        elif curves:
+            why = "n/a: no OMP curve with a dense (or 0%) run and a pruned run of the same model × task"
+        else:
+            why = "n/a: no OMP runs"
         return Claim(PAPER, claim, "30–50%", why, NOT_MEASURABLE)
     items, verdicts = [], []
     for c in primary:
@@ -346,10 +368,14 @@ def _cosine_claim(points: Sequence[CosinePoint], curves: Sequence[Curve]) -> Cla
         return Claim(PAPER, claim, "> 96–98%", "n/a: no IMP run with saved masks (masks/rounds.json)", NOT_MEASURABLE)
     es_of = {}
     for c in curves:
-        if c.measurable and c.criterion == "magnitude" and not c.structured:
+        if c.judged and c.criterion == "magnitude" and not c.structured:
             es, _ = essential_and_knee(c.all_points())
             if es is not None:
                 es_of[(str(c.model), str(c.task))] = max(es, es_of.get((str(c.model), str(c.task)), 0.0))
+    if all(p.random_init for p in points):
+        return Claim(PAPER, claim, "> 96–98%", "n/a: only IMP runs of random-init models (model.random_init=true): "
+                     "their masks say nothing about pretrained weights, so no verdict", NOT_MEASURABLE)
+    points = [p for p in points if not p.random_init]
     real = [p for p in points if not p.trivial]
     if not real:
         return Claim(PAPER, claim, "> 96–98%", "n/a: only IMP round 0, which is the OMP mask by construction (cosine 1); "
@@ -402,7 +428,8 @@ def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section |
             knee_cell = _pct(knee) if knee is not None else f"not reached (≤ {_pct(max(p.sparsity for p in c.points))})"
             kp = next((p for p in c.points if knee is not None and abs(p.sparsity - knee) < 1e-12), None)
             drop_knee = fmt_num(c.drop(kp), 2) if kp is not None else "—"
-        rows.append([c.model, c.task, c.series, fmt_cell(c.dense, c.scale, 2) if c.dense else "—",
+        rows.append([c.model + (" (random init: no verdict)" if c.random_init else ""), c.task, c.series,
+                     fmt_cell(c.dense, c.scale, 2) if c.dense else "—",
                      len(c.points), es_cell, knee_cell, drop_knee, len(c.seeds)])
     md.append(md_table(["model", "task", "criterion", f"dense score{unit}", "pruned points", "essential sparsity (%, measured)",
                         "knee (%, first drop > ε)", "drop at knee (points)", "seeds"], rows, "lllrrrrrr"))
@@ -420,7 +447,11 @@ def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section |
                             "drop (points)"], detail, "lllrrrr"))
         md.append("")
 
-    if plots and any(c.measurable for c in curves):
+    if any(c.measurable and c.random_init for c in curves):
+        md.append("Curves marked \"random init\" come from models with random weights (`model.random_init=true`): their "
+                  "scores are at chance, so they are neither drawn nor judged.")
+        md.append("")
+    if plots and any(c.judged for c in curves):
         fig = _curve_figure(curves)
         if fig is not None and _save(fig, out_dir / CURVE_PLOT):
             files.append(out_dir / CURVE_PLOT)
