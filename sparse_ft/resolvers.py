@@ -1,4 +1,5 @@
-"""OmegaConf resolvers the config tree uses; imported by run.py before Hydra composes."""
+"""OmegaConf resolvers the config tree uses (`${run_stamp:}`, `${run_name:...}` in run-directory
+names); imported by run.py before Hydra composes."""
 
 import datetime
 import os
@@ -28,4 +29,15 @@ def run_stamp() -> str:
     return f"{datetime.datetime.now():%Y-%m-%d/%H-%M-%S-%f}-{os.getpid()}"
 
 
+def run_name(job, source, task, method, model) -> str:
+    """`<task>_<method>_<model>` of the run directory; evaluate/compress jobs are named after
+    their source run (sparse_ft/jobs/source.py: run_label)."""
+    if job not in ("evaluate", "compress"):
+        return f"{task}_{method}_{model}"
+    from .jobs.source import run_label
+
+    return run_label(str(job), source, str(task), str(method), str(model))
+
+
 OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)

@@ -176,6 +176,45 @@ def test_evaluate_through_the_cli(finished, tmp_path):
     assert s["metrics"] == json.loads((finished / "summary.json").read_text())["metrics"]
 
 
+@pytest.fixture(scope="module")
+def finished_masked(tmp_path_factory) -> Path:
+    """A finished run of a method other than the defaults' (dense): what its evaluation must name."""
+    run = tmp_path_factory.mktemp("finished_masked")
+    s = run_inprocess(run, [*TINY, "method=random_mask", "method.density=0.05", "trainer.max_steps=4"])
+    assert s["status"] == "completed", s.get("error")
+    return run
+
+
+def test_evaluate_and_compress_runs_are_named_and_labelled_after_their_source(finished_masked, tmp_path):
+    """Issue 19, item 6: an evaluate run's directory and summary carry the source run's task,
+    method and model (not the defaults' rte/dense/bert_large); a compress run's method is its
+    compressor, with the source's method recorded beside it."""
+    from sparse_ft.resolvers import run_name
+
+    proc = run_cli(["job=evaluate", f"source={finished_masked}"], tmp_path)  # the run directory the defaults would name
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = [p.parent for p in (tmp_path / "runs").glob("*/*/summary.json")]
+    assert run.name.endswith("_synthetic_nli_random_mask_tiny_bert_evaluate"), run.name
+    s = json.loads((run / "summary.json").read_text())
+    assert (s["job"], s["task"], s["method"], s["model"]) == ("evaluate", "synthetic_nli", "random_mask", "tiny_bert")
+    assert s["source"]["method"] == "random_mask" and s["source"]["path"] == str(finished_masked)
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.load(run / "config.yaml").method.name == "random_mask"  # config.yaml agrees with the summary
+
+    c = run_inprocess(tmp_path / "c", ["job=compress", "method=dense", "method.name=toy_shrink", f"source={finished_masked}"])
+    assert c["status"] == "completed", c.get("error")
+    assert (c["job"], c["task"], c["method"], c["model"]) == ("compress", "synthetic_nli", "toy_shrink", "tiny_bert")
+    assert c["source"]["method"] == "random_mask"
+    # the name Hydra gives a compress run's directory (conf/config.yaml: ${run_name:...}), from the defaults' groups
+    assert run_name("compress", str(finished_masked), "rte", "toy_shrink", "bert_large") == "synthetic_nli_toy_shrink_tiny_bert_compress"
+    assert run_name("train", None, "rte", "fish", "bert_large") == "rte_fish_bert_large"
+    weights = finished_masked / "checkpoints/final/model.safetensors"
+    assert run_name("evaluate", str(weights), "mrpc", "dense", "minilm") == "mrpc_weights_minilm_evaluate"
+    f = run_inprocess(tmp_path / "f", [*TINY, "job=evaluate", f"source={weights}"])
+    assert f["status"] == "completed" and f["method"] is None  # a weights file does not say which method made it
+
+
 @pytest.mark.parametrize("model", ["tiny_t5", "tiny_opt", "tiny_bert"])
 def test_lora_merged_checkpoint_is_the_base_layout_and_scores_like_the_run(model, tmp_path):
     s = run_inprocess(tmp_path / "run", ["model=" + model, *TINY[1:], "method=lora", "trainer.max_steps=6"])

@@ -23,6 +23,7 @@ def compress_job(rc: RunContext) -> float | None:
     cfg, summary = rc.cfg, rc.summary
     path = weights_of(cfg)
     source = source_summary(Path(str(cfg.source)))
+    summary["source"] = {"path": str(cfg.source), "method": source.get("method")}  # the method is the compressor
     dist_info, device = D.setup(cfg.trainer.device, float(cfg.trainer.get("dist_timeout_s", 300)))
     with rc.monitored(device) as telemetry:
         seed_everything(cfg.seed)  # the source run's seed: the same base (and new-head init) as it had
@@ -51,8 +52,7 @@ def compress_job(rc: RunContext) -> float | None:
         rc.writer.log_metrics({"type": "final", "step": 0, **final})
         source_main = (source.get("metrics") or {}).get("main")
         summary["metrics"] = final
-        summary["source"] = {"path": str(cfg.source), "method": source.get("method"), "main": source_main,
-                             "score_drop": None if source_main is None else source_main - final["main"]}
+        summary["source"].update(main=source_main, score_drop=None if source_main is None else source_main - final["main"])
         summary["storage"] = storage_block(rc.run_dir, dense_bytes, result.artifacts)
         summary["method_report"] = result.report
         summary["params"] = {"total": sum(p.numel() for p in module.parameters()), "trainable": 0, "updated": None, "added": 0}

@@ -304,7 +304,7 @@ class RunContext:
         self.guard.install()
         try:
             validate(cfg)  # before any data or weights are touched
-            summary.update(task=cfg.task.name, model=cfg.model.name, seed=cfg.seed)  # a source run may have set them
+            summary.update(task=cfg.task.name, method=cfg.method.name, model=cfg.model.name, seed=cfg.seed)  # a source run may have set them
             from ..train.threads import configure_threads
 
             summary["num_threads"] = configure_threads(cfg)  # before any tensor work: one thread per job under parallel launchers

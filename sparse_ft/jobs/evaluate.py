@@ -1,6 +1,7 @@
 """`job=evaluate source=<run dir | model.safetensors>`: score saved weights on a task, no training.
-With a run directory the task, model and trainer settings are the run's (jobs/source.py), so the
-figures equal that run's final metrics."""
+With a run directory the task, model, method and trainer settings are the run's (jobs/source.py), so
+the figures equal that run's final metrics and summary.json names the source's method (a weights
+file: `method: null`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ..train import distributed as D
 from ..train.evaluator import Evaluator
 from .context import RunContext, seed_everything
 from .data import build_setup
-from .source import weights_of
+from .source import source_method, source_run_dir, weights_of
 
 log = logging.getLogger("sparse_ft.entry")
 
@@ -45,7 +46,11 @@ def load_weights_into(module: torch.nn.Module, path: Path) -> None:
 def evaluate_job(rc: RunContext) -> float | None:
     cfg, summary = rc.cfg, rc.summary
     path = weights_of(cfg)
-    summary["source"] = {"path": str(cfg.source), "weights": str(path)}
+    run = source_run_dir(cfg)
+    # the weights are the source run's method's (adopt_source took its method); a bare weights file's method is unknown
+    summary["source"] = {"path": str(cfg.source), "weights": str(path), "method": source_method(run)}
+    if run is None:
+        summary["method"] = None
     dist_info, device = D.setup(cfg.trainer.device, float(cfg.trainer.get("dist_timeout_s", 300)))
     with rc.monitored(device) as telemetry:
         seed_everything(cfg.seed)

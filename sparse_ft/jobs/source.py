@@ -2,7 +2,11 @@
 
 A run directory brings its own task, model, seed and trainer settings (so `job=evaluate
 source=<run>` scores exactly what that run scored); a group the user set on the command line
-wins, except the model, which must be the one the weights belong to.
+wins, except the model, which must be the one the weights belong to. `job=evaluate` also takes
+the source's `method` (the weights are that method's result, and its summary says so); a
+compress job's method is its compressor, and its summary names the source's method beside it.
+The run directory is named the same way (`run_label`, through `${run_name:...}` in
+conf/config.yaml): `<stamp>_<task>_<method>_<model>_evaluate|_compress`, from the source.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from ..core.errors import ConfigError
 
 WEIGHTS = Path("checkpoints") / "final" / "model.safetensors"
 TAKEN_FROM_SOURCE = ("task", "model", "trainer", "seed")
+WEIGHTS_FILE_METHOD = "weights"  # what a run directory is named after when the source is a weights file (method unknown)
 
 
 def source_run_dir(cfg: DictConfig) -> Path | None:
@@ -68,6 +73,41 @@ def check_source_finished(run: Path, job: str, missing_ok: bool = False) -> None
     raise ConfigError("source", f"{run}: the source run {how}, so there is nothing to {job}; its error: {error}")
 
 
+def source_method(run: Path | None) -> str | None:
+    """The method whose weights a source run holds (its config's `method.name`); None for a
+    weights file or an unreadable config."""
+    if run is None:
+        return None
+    try:
+        name = OmegaConf.select(OmegaConf.load(run / "config.yaml"), "method.name")
+    except Exception:  # noqa: BLE001 - a name is all that is asked; validation reports the rest
+        return None
+    return None if name is None else str(name)
+
+
+def run_label(job: str, source, task: str, method: str, model: str) -> str:
+    """`<task>_<method>_<model>` of a run directory's name. Train: the run's own groups.
+    Evaluate: the source run's task, method and model (`_evaluate` appended; a weights file
+    has no method: "weights"); compress: the source's task and model with the compressor as the
+    method (`_compress`). A group set on the command line wins, as in `adopt_source`. Never
+    raises: an unreadable source falls back to the given names (validation names the problem)."""
+    if job not in ("evaluate", "compress") or source is None:
+        return f"{task}_{method}_{model}"
+    path = Path(str(source))
+    run = path if (path / "config.yaml").is_file() else None
+    if run is not None:
+        try:
+            src = OmegaConf.load(run / "config.yaml")
+            user = command_line_groups()
+            task = task if "task" in user else OmegaConf.select(src, "task.name", default=task)
+            model = model if "model" in user else OmegaConf.select(src, "model.name", default=model)
+        except Exception:  # noqa: BLE001 - see above
+            pass
+    if job == "evaluate":
+        method = source_method(run) or (WEIGHTS_FILE_METHOD if path.is_file() else method)
+    return f"{task}_{method}_{model}_{job}"
+
+
 def source_summary(run: Path) -> dict:
     try:
         return json.loads((run / "summary.json").read_text())
@@ -89,7 +129,7 @@ def command_line_groups() -> set[str]:
 
 
 def adopt_source(cfg: DictConfig) -> None:
-    """Take the source run's task/model/trainer/seed into `cfg` (before config.yaml is written)."""
+    """Take the source run's task/model/trainer/seed (evaluate: its method too) into `cfg` (before config.yaml is written)."""
     run = source_run_dir(cfg)
     if run is None:
         return
@@ -98,8 +138,14 @@ def adopt_source(cfg: DictConfig) -> None:
     user = command_line_groups()
     if "model" in user and src.model.get("name") != cfg.model.get("name"):
         raise ConfigError("model", f"{cfg.model.get('name')!r} does not match the source run's model {src.model.get('name')!r} ({run})")
+    taken = TAKEN_FROM_SOURCE
+    if cfg.job == "evaluate" and "method" in src:  # the weights are that method's result
+        if "method" in user and src.method.get("name") != cfg.method.get("name"):
+            raise ConfigError("method", f"job=evaluate scores the source run's weights, which are {src.method.get('name')!r}'s, "
+                                        f"not {cfg.method.get('name')!r}'s ({run}): leave method= out")
+        taken = (*taken, "method")
     with open_dict(cfg):
-        for key in TAKEN_FROM_SOURCE:
-            if key not in user and key in src:
+        for key in taken:
+            if (key not in user or key == "method") and key in src:
                 cfg[key] = src[key]
         cfg.source = str(run)
