@@ -175,6 +175,49 @@ def test_report_main_writes_everything(sweep: Path, capsys) -> None:
     assert "82.00 ± 2.83 (2)" in out and "| method |" in out
 
 
+def test_evaluate_and_compress_runs_are_reported_apart_from_training(tmp_path: Path) -> None:
+    """Issue 19, item 5: a `job=evaluate` run (summaries before the fix said `method: dense`) is not
+    a dense training run, a compress run is not a training run of its compressor, and `job` /
+    `source` are never searched hyper-parameters. They get their own table, beside their
+    source run's score."""
+    root = tmp_path / "runs"
+    fish = []
+    for i, seed in enumerate((1, 2)):
+        d = root / f"fish{seed}"
+        _write_run(d, {**_config("fish", "mrpc", seed, d), "job": "train", "source": None},
+                   {**_summary("fish", "mrpc", seed, SCORES[("fish", "mrpc", seed)]), "job": "train"})
+        fish.append(d)
+    d = root / "eval"  # re-scores fish1's weights; recorded as today's main does (method: dense)
+    _write_run(d, {**_config("dense", "mrpc", 1, d), "job": "evaluate", "source": str(fish[0])},
+               {**_summary("dense", "mrpc", 1, 0.78), "job": "evaluate", "source": {"path": str(fish[0])}})
+    d = root / "comp"  # compresses fish2's weights
+    cfg = {**_config("fish", "mrpc", 2, d), "job": "compress", "source": str(fish[1])}
+    cfg["method"] = {"name": "ere", "rank": 8}
+    _write_run(d, cfg, {**_summary("ere", "mrpc", 2, 0.80), "job": "compress",
+                        "source": {"path": str(fish[1]), "method": "fish", "main": 0.81, "score_drop": 0.01},
+                        "storage": {"artifacts": {"ere.safetensors": {"bytes": 908_000, "ratio_to_dense_fp32": 0.01}}}})
+
+    an = rep.analyse(rep.load_runs([root]))
+    assert [(g.method, g.task, len(g.runs)) for g in an.groups] == [("fish", "mrpc", 2)]
+    assert "job" not in an.settings and "source" not in an.settings and an.tuned_keys == []
+    assert sorted(r.path.name for r in an.derived) == ["comp", "eval"]
+
+    assert main([str(root), "-q"]) == 0
+    md = (root / "report.md").read_text()
+    results = md.split("## Evaluate and compress runs")[0]
+    assert "| dense |" not in results and "| ere |" not in results  # no training row for either
+    assert "79.50 ± 2.12 (2)" in results  # fish: its two training runs only
+    assert "Searched hyper-parameters: none varies" in results and "`job`" not in results and "`source`" not in results
+    derived = md.split("## Evaluate and compress runs")[1].split("## Failed")[0]
+    assert f"| evaluate | fish | fish | mrpc | minilm | 1 | 78.00 | 78.00 | +0.00 | — | eval | {fish[0]} |" in derived
+    assert f"| compress | ere | fish | mrpc | minilm | 2 | 80.00 | 81.00 | -1.00 | 1% | comp | {fish[1]} |" in derived
+
+    from sparse_ft.report.costs import cost_rows
+
+    rows = {(c.method, len(c.runs)) for c in cost_rows(rep.load_runs([root]))}
+    assert ("fish", 2) in rows and ("ere (compress)", 1) in rows and ("dense (evaluate)", 1) in rows, rows
+
+
 def test_cli_subprocess_compare_paper_and_out(sweep: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "rep"
     proc = subprocess.run([sys.executable, "-m", "sparse_ft.report", str(sweep), "--out", str(out_dir),

@@ -7,6 +7,10 @@ per-run keys aside). Its keys split in two:
   hyper-parameters the papers search; the selection picks one value per task and method.
 - *variant* keys (``method.*``, ``model.*``, ``distributed.*``, …) define what is being
   compared (e.g. FISH at 0.5% vs 2% density), so each variant keeps its own row.
+
+Only training runs (``job=train``) are grouped, selected and averaged. ``job=evaluate`` and
+``job=compress`` runs re-score or compress a source run: they are kept apart (``Analysis.derived``,
+reported beside their source's score), and ``job``/``source`` are never a setting.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from .collect import Run, as_number, natural_key
+from .collect import Run, as_number, natural_key, training_runs
 
 # Config keys that never define a "setting" (they change per run or per seed by construction).
 _NON_SETTING_LAST = re.compile(r"(^|_)(seed|dir|path|root|file|run_name|id)$", re.I)
 _NON_SETTING_PREFIX = ("hydra.", "logger.", "task.", "paths.")
-_NON_SETTING_KEYS = {"seed", "method.name", "model.name_or_path"}
+_NON_SETTING_KEYS = {"seed", "method.name", "model.name_or_path", "job", "source"}  # job/source: what kind of run, not a knob
 _ALWAYS_LABEL = re.compile(r"(^|_)(density|sparsity)$")
 
 GLUE_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnlim", "mnlimm", "mnlimatched",
@@ -92,7 +96,7 @@ def setting_sort(setting: tuple) -> tuple:
 
 def is_tuned_key(key: str) -> bool:
     """Hyper-parameters the papers search per task (training knobs and top-level sweep helpers)."""
-    return key.startswith("trainer.") or ("." not in key and key not in ("name", "experiment"))
+    return key.startswith("trainer.") or ("." not in key and key not in ("name", "experiment", "job", "source"))
 
 
 # ----------------------------------------------------------------------------- settings
@@ -216,6 +220,7 @@ class Analysis:
     energy_sources: dict[str, int]
     shown: dict[Any, list[str]] = field(default_factory=dict)
     selected: dict[tuple, Selected] = field(default_factory=dict)  # (method, variant, task) → choice
+    derived: list[Run] = field(default_factory=list)  # evaluate/compress runs: never grouped with training runs
 
     def label(self, method: Any, setting: tuple) -> str:
         return setting_label(setting, self.shown.get(method))
@@ -228,6 +233,12 @@ class Analysis:
 
     @property
     def completed(self) -> list[Run]:
+        """Completed training runs: what the tables, plots and comparisons average."""
+        return [r for r in self.runs if r.completed and r.is_training]
+
+    @property
+    def completed_any(self) -> list[Run]:
+        """Every completed run, evaluate and compress jobs included."""
         return [r for r in self.runs if r.completed]
 
     @property
@@ -307,18 +318,21 @@ def _energy_sources(runs: Sequence[Run]) -> dict[str, int]:
 
 def analyse(runs: Sequence[Run]) -> Analysis:
     runs = list(runs)
-    completed = [r for r in runs if r.completed]
-    varying = varying_config_keys(runs)
-    settings, task_bound = setting_keys(runs, varying)
+    training = training_runs(runs)
+    derived = [r for r in runs if not r.is_training]
+    completed = [r for r in training if r.completed]
+    varying = varying_config_keys(runs)  # results.csv: every run's varying keys
+    settings, task_bound = setting_keys(training, varying_config_keys(training))
     buckets: dict[tuple, list[Run]] = {}
     for r in completed:
         buckets.setdefault((r.method, r.task, setting_of(r, settings)), []).append(r)
     groups = [Group(m, t, s, rs) for (m, t, s), rs in buckets.items()]
     groups.sort(key=lambda g: (method_sort(g.method), task_sort(g.task), setting_sort(g.setting)))
     tasks = sorted({g.task for g in groups}, key=task_sort)
+    scale = _score_scale([r for r in runs if r.completed])
     return Analysis(runs, varying, settings, task_bound, groups, tasks,
-                    [t for t in tasks if is_glue_task(t)], _score_scale(completed),
-                    _energy_sources(completed), label_keys(runs, settings), select_best(groups))
+                    [t for t in tasks if is_glue_task(t)], scale,
+                    _energy_sources(completed), label_keys(training, settings), select_best(groups), derived=derived)
 
 
 def main_metric_name(runs: Sequence[Run]) -> str | None:

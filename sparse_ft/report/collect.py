@@ -24,6 +24,7 @@ UNFINISHED = "unfinished"  # a run dir without (a readable) summary.json
 RUN_MARKERS = ("summary.json", "config.yaml")  # plus a `.hydra/` folder
 SKIP_DIRS = {"checkpoints", "wandb", "__pycache__", "energy", "logs"}
 IDENTITY = ("task", "method", "model", "seed")
+TRAIN_JOB = "train"  # `job=evaluate|compress` runs re-score or compress a source run: never training results
 
 # Which energy figure the report uses, best first.
 ENERGY_SOURCES = ("kwh_counter", "kwh_power_integral", "kwh_util_estimate", "cpu_kwh")
@@ -135,6 +136,24 @@ class Run:
             return s[key]
         c = self.config.get(key)
         return c.get("name") if isinstance(c, dict) else c
+
+    @property
+    def job(self) -> str:
+        """train | evaluate | compress (summary.json's `job`, else config.yaml's; train when neither says)."""
+        job = (self.summary or {}).get("job") or self.config.get("job")
+        return str(job) if job not in (None, "") else TRAIN_JOB
+
+    @property
+    def is_training(self) -> bool:
+        return self.job == TRAIN_JOB
+
+    @property
+    def source_path(self) -> str | None:
+        """An evaluate/compress run's source (`summary.source.path`, else config.yaml's `source`)."""
+        src = (self.summary or {}).get("source")
+        path = src.get("path") if isinstance(src, dict) else None
+        path = path or self.config.get("source")
+        return None if path in (None, "") else str(path)
 
     @property
     def task(self) -> Any:
@@ -300,6 +319,32 @@ def load_run(path: Path) -> Run:
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     return [load_run(p) for p in find_run_dirs(paths)]
+
+
+def training_runs(runs: Iterable[Run]) -> list[Run]:
+    """The runs that trained (`job=train`): what tables, plots and paper claims average."""
+    return [r for r in runs if r.is_training]
+
+
+def find_run(path: str | Path | None, runs: Iterable[Run]) -> Run | None:
+    """The run at `path`: among `runs` (by resolved path), else loaded from disk; None when the
+    folder holds no run."""
+    if path is None:
+        return None
+    p = Path(path)
+    try:
+        want = p.resolve()
+    except OSError:
+        want = p
+    for r in runs:
+        try:
+            if Path(r.path).resolve() == want:
+                return r
+        except OSError:
+            continue
+    if p.is_dir() and is_run_dir(p):
+        return load_run(p)
+    return None
 
 
 def failed_runs(sweep_dir: str | Path) -> list[Path]:

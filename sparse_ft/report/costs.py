@@ -129,13 +129,15 @@ def _peak_mib(run: Run) -> float | None:
 
 
 def cost_rows(runs: Sequence[Run]) -> list[CostRow]:
-    """Completed runs grouped by method × model × task × the method's own varying settings."""
+    """Completed runs grouped by job × method × model × task × the method's own varying settings
+    (an evaluate or compress run is never pooled with training runs; its method reads "fish
+    (evaluate)", "ere (compress)")."""
     buckets: dict[tuple, list[Run]] = {}
     for r in runs:
         if r.completed:
-            buckets.setdefault((canon(r.method), canon(r.model), canon(r.task)), []).append(r)
+            buckets.setdefault((r.job, canon(r.method), canon(r.model), canon(r.task)), []).append(r)
     rows: list[CostRow] = []
-    for (_, _, _), rs in buckets.items():
+    for (job, _, _, _), rs in buckets.items():
         keys, _ = setting_keys(rs, varying_config_keys(rs))
         # what a row compares: the method's own options and the training length/step size, not the
         # sweep's bookkeeping (names, lr tables, measurement switches)
@@ -145,7 +147,8 @@ def cost_rows(runs: Sequence[Run]) -> list[CostRow]:
             setting = tuple((k, canon(r.flat_config[k])) for k in keys if k in r.flat_config)
             by_setting.setdefault(setting_label(setting), []).append(r)
         for label, group in by_setting.items():
-            rows.append(CostRow(group[0].method, group[0].model, group[0].task, label, group))
+            method = group[0].method if job == "train" else f"{group[0].method} ({job})"
+            rows.append(CostRow(method, group[0].model, group[0].task, label, group))
     return sorted(rows, key=lambda c: (task_sort(c.task), str(c.model), method_sort(c.method), c.setting))
 
 

@@ -154,7 +154,7 @@ def _x_energy(r: Run) -> float | None:
 def build_figures(an: Analysis) -> dict[str, Any]:
     """name → Figure, or the reason the plot is skipped."""
     if not an.groups:
-        return {name: "no completed runs" for name in PLOTS}
+        return {name: "no completed training runs" for name in PLOTS}
     out: dict[str, Any] = {}
     specs = {
         "score_vs_updated.png": (_x_updated, "updated parameters, % of entries that differ from the "

@@ -7,7 +7,7 @@ import math
 from typing import Any, Callable, Iterable, Sequence
 
 from .aggregate import Analysis, Group, glue_average, main_metric_name, mean_std, setting_label
-from .collect import ENERGY_SOURCES, Run
+from .collect import ENERGY_SOURCES, Run, as_number, find_run
 
 MiB = float(1 << 20)
 
@@ -269,17 +269,59 @@ def problems_section(an: Analysis) -> str:
             + md_table(["run dir", "status", "method", "task", "seed", "error"], rows))
 
 
+# ----------------------------------------------------------------------------- evaluate / compress
+def _source_method(run: Run, source: Run | None) -> Any:
+    block = (run.summary or {}).get("source")
+    named = block.get("method") if isinstance(block, dict) else None
+    return named or (source.method if source is not None else None)
+
+
+def derived_table(an: Analysis) -> str:
+    """The completed evaluate and compress runs, one row each, beside their source run's score:
+    re-evaluations and compressions of a result, never averaged with training runs."""
+    unit = _unit(an)
+    done = sorted((r for r in an.derived if r.completed),
+                  key=lambda r: (r.job, str(r.task), str(r.model), str(r.method), str(r.path)))
+    if not done:
+        return ""
+    header = ["job", "method", "source's method", "task", "model", "seed", f"score{unit}", f"source's score{unit}",
+              "Δ vs source (points)", "artifact % of dense", "run dir", "source run"]
+    rows = []
+    for r in done:
+        src = find_run(r.source_path, an.runs)
+        src_method = _source_method(r, src)
+        # an evaluate run scores the source's weights: its method is the source's (older summaries said "dense")
+        method = (src_method or r.method) if r.job == "evaluate" else r.method
+        block = (r.summary or {}).get("source")
+        src_main = src.main if src is not None and src.completed else None
+        if src_main is None and isinstance(block, dict):
+            src_main = as_number(block.get("main"))
+        delta = None if r.main is None or src_main is None else (r.main - src_main) * an.score_scale
+        ratio = r.storage_ratio_min if r.job == "compress" else None
+        rows.append([r.job, method if method is not None else "— (weights file)", src_method or "—", r.task, r.model,
+                     r.seed if r.seed is not None else "—", fmt_num(None if r.main is None else r.main * an.score_scale, 2),
+                     fmt_num(None if src_main is None else src_main * an.score_scale, 2),
+                     "—" if delta is None else f"{delta:+.2f}", "—" if ratio is None else f"{100 * ratio:.3g}%",
+                     r.path.name, r.source_path or "—"])
+    notes = ["One row per completed `job=evaluate` (the source run's final weights scored again) or `job=compress` "
+             "(the source's weights compressed by the method, then scored) run. They are results of their source run, "
+             "not training runs: never averaged into the tables above, never a setting. Δ = score − source's score."]
+    return md_table(header, rows, "lllllrrrrrll") + "\n\n" + _bullets(notes)
+
+
 # ----------------------------------------------------------------------------- report.md
 def headline(an: Analysis) -> str:
     """The selected table (what the CLI prints), or why there is none."""
     if not an.groups:
-        return "_No completed runs: nothing to average._"
+        derived = derived_table(an)
+        return "_No completed training runs: nothing to average._" + (
+            "\n\nEvaluate and compress runs:\n\n" + derived if derived else "")
     return selected_table(an)
 
 
 def render_report(an: Analysis, paths: Sequence[Any], plot_status: dict[str, str | None],
                   plot_names: Sequence[str], paper_md: str | None = None) -> str:
-    n_ok = len(an.completed)
+    n_ok = len(an.completed_any)
     parts = [
         "# sparse-ft report", "",
         f"{len(an.runs)} run dir(s) under {', '.join(f'`{p}`' for p in paths)}: {n_ok} completed, "
@@ -291,8 +333,11 @@ def render_report(an: Analysis, paths: Sequence[Any], plot_status: dict[str, str
                   "### Selected setting per method × task", "", selection_table(an), "",
                   "## Detail: every setting (method × setting, columns: tasks)", "", settings_table(an), "",
                   "## Detail: per method × task × setting", "", detail_table(an)]
-    else:
-        parts.append(headline(an))
+    derived = derived_table(an)
+    if not an.groups:
+        parts.append("_No completed training runs: nothing to average._")
+    if derived:
+        parts += ["", "## Evaluate and compress runs (results of a source run, not training runs)", "", derived]
     parts += ["", "## Failed, interrupted and unfinished runs", "", problems_section(an), "", "## Plots", ""]
     for name in plot_names:
         why = plot_status.get(name)

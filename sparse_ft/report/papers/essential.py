@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..aggregate import is_dense_method
-from ..collect import Run
+from ..collect import Run, training_runs
 from ..render import fmt_cell, fmt_num, md_table
 from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
 
@@ -398,6 +398,7 @@ def _cosine_claim(points: Sequence[CosinePoint], curves: Sequence[Curve]) -> Cla
 
 # ----------------------------------------------------------------------------- section
 def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
+    runs = training_runs(runs)  # evaluate/compress runs re-score a source run: not results of their own
     if not any(_is_omp(r) for r in runs):
         return None
     out_dir = Path(out_dir)

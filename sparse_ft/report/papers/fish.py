@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..aggregate import is_dense_method
-from ..collect import Run
+from ..collect import Run, training_runs
 from ..render import fmt_cell, md_table
 from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
 
@@ -181,6 +181,7 @@ def samples_claim(samples: dict, scale: float) -> Claim:
 
 
 def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
+    runs = training_runs(runs)  # evaluate/compress runs re-score a source run: not results of their own
     grid, samples = collect(runs)
     grid = {k: v for k, v in grid.items() if any(m != "dense" for m in v)}
     masked = [r for r in runs if r.completed and r.method in ("fish", "random_mask")]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..collect import Run
+from ..collect import Run, training_runs
 from ..render import fmt_cell, fmt_num, md_table
 from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
 
@@ -202,6 +202,7 @@ def _figure(cells: Sequence[Cell], scale: float):
 
 
 def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
+    runs = training_runs(runs)  # evaluate/compress runs re-score a source run: not results of their own
     if not any(method_of(r) is not None for r in runs):
         return None
     out_dir = Path(out_dir)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..collect import ENERGY_SOURCES, Run
+from ..collect import ENERGY_SOURCES, Run, training_runs
 from ..render import fmt_num, md_table
 from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
 
@@ -377,6 +377,7 @@ def _scatter(cells: Sequence[Cell], xfn: Callable[[Cell], float | None], xlabel:
 
 
 def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
+    runs = training_runs(runs)  # evaluate/compress runs re-score a source run: not results of their own
     cells = collect_cells(runs)
     if not any(c.method in PETL for c in cells):
         return None
