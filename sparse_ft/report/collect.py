@@ -156,6 +156,20 @@ class Run:
         return None if path in (None, "") else str(path)
 
     @property
+    def shared_process(self) -> bool:
+        """Did this job share its process with other jobs (so its peak memory includes theirs)?
+        `measurement.process` ("own" | "shared") or `measurement.concurrent_jobs` where the run
+        recorded them; otherwise a job of a multirun sweep of more than one job whose launcher
+        runs the jobs in the sweep's own process (Hydra's basic launcher, the default)."""
+        m = self.block("measurement")
+        if m.get("process") in ("own", "shared"):
+            return m["process"] == "shared"
+        jobs = as_number(m.get("concurrent_jobs"))
+        if jobs is not None:
+            return jobs > 1
+        return _sweep_shares_a_process(Path(self.path).parent)
+
+    @property
     def task(self) -> Any:
         return self._ident("task")
 
@@ -238,6 +252,41 @@ class Run:
                   if k.startswith("storage.") and k.endswith("ratio_to_dense_fp32")]
         ratios = [r for r in ratios if r is not None]
         return min(ratios) if ratios else None
+
+
+_LAUNCHERS: dict[tuple, str] = {}  # (multirun.yaml, its mtime) → the launcher's _target_
+_JOBS: dict[tuple, int] = {}  # (sweep folder, its mtime) → how many run folders it holds
+OWN_PROCESS_LAUNCHERS = ("submitit",)  # launchers that start one process per job
+
+
+def _launcher_of(sweep: Path) -> str | None:
+    """The `hydra.launcher._target_` of a sweep directory's multirun.yaml ("" when it names none);
+    None when the folder is not a sweep."""
+    f = sweep / "multirun.yaml"
+    try:
+        key = (str(f.resolve()), f.stat().st_mtime_ns)
+    except OSError:
+        return None
+    if key not in _LAUNCHERS:
+        hydra = (_read_yaml(f) or {}).get("hydra")
+        launcher = hydra.get("launcher") if isinstance(hydra, dict) else None
+        _LAUNCHERS[key] = str(launcher.get("_target_") or "") if isinstance(launcher, dict) else ""
+    return _LAUNCHERS[key]
+
+
+def _sweep_shares_a_process(sweep: Path) -> bool:
+    """A multirun sweep directory (multirun.yaml) with more than one job, launched by a launcher
+    that runs its jobs inside one process (the basic launcher; an unnamed one is taken to be it)."""
+    target = _launcher_of(sweep)
+    if target is None or any(t in target.lower() for t in OWN_PROCESS_LAUNCHERS):
+        return False
+    try:
+        key = (str(sweep.resolve()), sweep.stat().st_mtime_ns)  # a new job folder changes the folder's mtime
+    except OSError:
+        return False
+    if key not in _JOBS:
+        _JOBS[key] = sum(1 for c in _subdirs(sweep) if is_run_dir(c))
+    return _JOBS[key] > 1
 
 
 def _read_yaml(path: Path) -> dict | None:

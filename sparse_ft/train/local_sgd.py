@@ -268,25 +268,25 @@ def plot_accuracy_vs_communication(run_dir, out_name: str = "accuracy_vs_communi
     if not points:
         return None
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    # constrained layout: the axis labels and the title are sized into the figure, never clipped
+    fig = Figure(figsize=(6.0, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.plot([x for x, _ in points], [y for _, y in points], marker="o", ms=3)
     warmup = max((r.get("comm_warmup_full_model_equivalents", 0.0) for r in evals), default=0.0)
     if warmup > 0:  # where the data-parallel warm-up's traffic ends and the sparse sync rounds begin
         ax.axvline(warmup, color="grey", linestyle="--", linewidth=1, label=f"end of DDP warm-up ({warmup:.1f})")
         ax.legend(fontsize=8, loc="lower right")
-    ax.set_xlabel("communication incl. warm-up (full-model equivalents per worker)")
+    ax.set_xlabel("communication incl. warm-up\n(full-model equivalents per worker, cumulative)")
     ax.set_ylabel("validation main metric")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.suptitle("Local SGD: validation score vs communication", fontsize=11)
     path = run_dir / out_name
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

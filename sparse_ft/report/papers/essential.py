@@ -56,9 +56,6 @@ SPARSITY_BIN = 1e-3    # measured sparsities closer than this are one grid point
 CURVE_PLOT = "essential_drop_vs_sparsity.png"
 COSINE_PLOT = "essential_imp_omp_mask_cosine.png"
 
-_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-_MARKERS = ["o", "s", "^", "D", "v", "P"]
-
 
 # ----------------------------------------------------------------------------- curves
 @dataclass
@@ -252,12 +249,13 @@ def _cosine_rows(points: Sequence[CosinePoint]) -> list[tuple[str, str, float, f
 
 # ----------------------------------------------------------------------------- figures
 def _curve_figure(curves: Sequence[Curve]):
-    from ..plots import _new_figure, _wrap
+    from ..plots import _new_figure, _wrap, series_styles
 
     panels = sorted({(str(c.model), str(c.task)) for c in curves if c.judged})
     criteria = sorted({c.criterion for c in curves if c.judged}, key=lambda x: (x != "magnitude", x))
     if not panels:
         return None
+    styles = series_styles(sorted({c.series for c in curves if c.judged}, key=lambda x: (x.split(",")[0] != "magnitude", x)))
     ncols, nrows = len(criteria), len(panels)
     width = 4.6 * ncols + 0.4
     fig = _new_figure(width, 3.6 * nrows + 0.6)
@@ -270,12 +268,13 @@ def _curve_figure(curves: Sequence[Curve]):
                 ax.set_axis_off()
                 ax.text(0.5, 0.5, f"no {crit} runs", ha="center", va="center", transform=ax.transAxes)
                 continue
-            for k, c in enumerate(mine):
+            for c in mine:
+                colour, marker = styles[c.series]
                 xs, ds = zip(*[(100 * s, d) for s, d in c.all_points()])
-                ax.plot(xs, ds, marker=_MARKERS[k % len(_MARKERS)], color=_COLOURS[k % len(_COLOURS)], label=c.series)
+                ax.plot(xs, ds, marker=marker, color=colour, label=c.series, alpha=0.9)
                 es, knee = essential_and_knee(c.all_points())
                 if es is not None and es > 0:
-                    ax.axvline(100 * es, color=_COLOURS[k % len(_COLOURS)], linestyle=":", linewidth=1)
+                    ax.axvline(100 * es, color=colour, linestyle=":", linewidth=1)
             ax.axhline(EPSILON, color="grey", linestyle="--", linewidth=1, label=f"ε = {EPSILON:g} point")
             ax.set_title(_wrap(f"{model} / {task} — {crit}", 4.6, 10), fontsize=10)
             ax.set_xlabel("sparsity, % of prunable weights that are zero (measured)")
@@ -288,20 +287,25 @@ def _curve_figure(curves: Sequence[Curve]):
 
 
 def _cosine_figure(points: Sequence[CosinePoint]):
-    from ..plots import _new_figure, _wrap
+    from ..plots import _new_figure, _wrap, series_styles
 
     fig = _new_figure(5.6, 4.0)
     ax = fig.subplots()
     lines: dict[tuple, list[CosinePoint]] = {}
     for p in points:
         lines.setdefault((str(p.model), str(p.task), str(p.seed), str(p.path)), []).append(p)
-    colours: dict[str, str] = {}
+    def label_of(ps: Sequence[CosinePoint]) -> str:
+        return f"{ps[0].model} / {ps[0].task}" + (" (random init)" if ps[0].random_init else "")
+
+    styles = series_styles(sorted({label_of(ps) for ps in lines.values()}))
+    seen: set[str] = set()
     for key, ps in sorted(lines.items()):
         ps = sorted(ps, key=lambda p: p.sparsity)
-        label = f"{key[0]} / {key[1]}" + (" (random init)" if ps[0].random_init else "")
-        first = label not in colours  # one legend entry per model × task (a line per run and seed)
-        colour = colours.setdefault(label, _COLOURS[len(colours) % len(_COLOURS)])
-        ax.plot([100 * p.sparsity for p in ps], [100 * p.cosine for p in ps], marker="o", color=colour,
+        label = label_of(ps)
+        first = label not in seen  # one legend entry per model × task (a line per run and seed)
+        seen.add(label)
+        colour, marker = styles[label]
+        ax.plot([100 * p.sparsity for p in ps], [100 * p.cosine for p in ps], marker=marker, color=colour,
                 label=label if first else None)
     ax.axhline(100 * COSINE_PAPER, color="grey", linestyle="--", linewidth=1, label="paper: > 96%")
     ax.set_xlabel("sparsity of the IMP round, %")

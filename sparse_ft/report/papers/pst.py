@@ -167,6 +167,8 @@ def low_sparsity_claim(cells: Sequence[Cell], scale: float) -> Claim:
 
 
 def _figure(cells: Sequence[Cell], scale: float):
+    from matplotlib.colors import to_rgba
+
     from ..plots import _new_figure, _wrap
 
     panels = sorted({(c.model, c.task) for c in cells if c.sparsity is not None})
@@ -189,7 +191,8 @@ def _figure(cells: Sequence[Cell], scale: float):
             ys = [c.score * scale for c in mine]
             errs = [statistics.stdev(c.scores) * scale if len(c.scores) > 1 else 0.0 for c in mine]
             handles[m] = ax.errorbar([100 * c.sparsity for c in mine], ys, yerr=errs if any(errs) else None,
-                                     color=_COLOURS[m], marker=_MARKERS[m], capsize=3, label=LABELS[m])
+                                     color=_COLOURS[m], marker=_MARKERS[m], markerfacecolor=to_rgba(_COLOURS[m], 0.35),
+                                     markersize=7, capsize=3, label=LABELS[m])  # see-through: a point under another shows
         ax.set_title(f"{model} / {task}", fontsize=10)
         ax.set_xlabel("sparsity, % of prunable weights that are zero (measured)")
         ax.set_ylabel("main score" + (" (×100)" if scale != 1 else ""))

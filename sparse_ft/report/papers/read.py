@@ -351,7 +351,9 @@ def accuracy_claim(cells: Sequence[Cell], scale: float) -> Claim:
 
 
 def _scatter(cells: Sequence[Cell], xfn: Callable[[Cell], float | None], xlabel: str, scale: float, path: Path) -> Path | None:
-    from ..plots import _new_figure
+    from matplotlib.colors import to_rgba
+
+    from ..plots import _MARKERS, _clusters, _dodge, _new_figure, _shift, _wrap
 
     panels: dict[tuple, list] = {}
     for c in cells:
@@ -361,16 +363,29 @@ def _scatter(cells: Sequence[Cell], xfn: Callable[[Cell], float | None], xlabel:
     if not panels:
         return None
     keys = sorted(panels)[:6]
-    fig = _new_figure(4.6 * len(keys), 3.8)
+    width = 4.6 * len(keys)
+    fig = _new_figure(width, 4.2)
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    dodged = False
     for ax, key in zip(axes, keys):
-        for method, x, y in panels[key]:
-            ax.scatter([x], [y], color=_COLOURS[method], s=40, label=LABELS[method], zorder=3)
-            ax.annotate(LABELS[method], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        pts = panels[key]
+        offsets = _dodge([(x, y) for _, x, y in pts], False)  # methods on top of one another: side by side
+        ranks = _clusters([(x, y) for _, x, y in pts], False)
+        dodged |= any(offsets)
+        span = (max(x for _, x, _ in pts) - min(x for _, x, _ in pts)) or 1.0
+        for (method, x, y), off, (rank, _) in zip(pts, offsets, ranks):
+            x = _shift(x, off, False, span)
+            colour = _COLOURS[method]  # a colour and a marker per method, the same in every READ figure
+            ax.plot([x], [y], linestyle="none", marker=_MARKERS[METHODS.index(method) % len(_MARKERS)], markersize=7,
+                    color=colour, markerfacecolor=to_rgba(colour, 0.35), markeredgewidth=1.2, label=LABELS[method], zorder=3)
+            ax.annotate(LABELS[method], (x, y), textcoords="offset points", xytext=(4, 4 + 10 * rank), fontsize=8)  # stacked
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"score{' (×100)' if scale == 100 else ''}")
         ax.set_title(f"{key[0]} × {key[1]}", fontsize=10)
         ax.grid(True, alpha=0.3)
+        ax.margins(x=0.15, y=0.12)  # room for the point labels inside the axes
+    fig.suptitle(_wrap(f"READ and baselines: score vs {xlabel}" + (" (coinciding points spread sideways slightly)" if dodged else ""),
+                       width))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
