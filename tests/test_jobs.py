@@ -189,8 +189,6 @@ def test_evaluate_and_compress_runs_are_named_and_labelled_after_their_source(fi
     """Issue 19, item 6: an evaluate run's directory and summary carry the source run's task,
     method and model (not the defaults' rte/dense/bert_large); a compress run's method is its
     compressor, with the source's method recorded beside it."""
-    from sparse_ft.resolvers import run_name
-
     proc = run_cli(["job=evaluate", f"source={finished_masked}"], tmp_path)  # the run directory the defaults would name
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = [p.parent for p in (tmp_path / "runs").glob("*/*/summary.json")]
@@ -207,6 +205,8 @@ def test_evaluate_and_compress_runs_are_named_and_labelled_after_their_source(fi
     assert (c["job"], c["task"], c["method"], c["model"]) == ("compress", "synthetic_nli", "toy_shrink", "tiny_bert")
     assert c["source"]["method"] == "random_mask"
     # the name Hydra gives a compress run's directory (conf/config.yaml: ${run_name:...}), from the defaults' groups
+    from sparse_ft.resolvers import run_name
+
     assert run_name("compress", str(finished_masked), "rte", "toy_shrink", "bert_large") == "synthetic_nli_toy_shrink_tiny_bert_compress"
     assert run_name("train", None, "rte", "fish", "bert_large") == "rte_fish_bert_large"
     weights = finished_masked / "checkpoints/final/model.safetensors"

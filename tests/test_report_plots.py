@@ -168,6 +168,10 @@ def _series(fig) -> dict[str, set]:
 
 
 def _check(name: str, fig) -> None:
+    if not hasattr(fig.canvas, "get_renderer"):  # a pyplot figure after plt.close(): draw it with Agg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
     assert _layout_problems(fig) == [], name
     fig.canvas.draw()
     tight = fig.get_tightbbox(fig.canvas.get_renderer())  # inches: everything drawn, labels and legends included
@@ -250,6 +254,13 @@ def test_every_plot_with_twenty_methods_fits_and_tells_every_series_apart(tmp_pa
             problems[name] = str(err)[:600]
     assert problems == {}
 
+    from matplotlib.colors import to_hex
+
+    for name in ("score_vs_updated.png", "score_vs_energy.png", "score_vs_sparsity.png"):
+        for ax in saved[name].axes:  # one point per method in each panel: 20 points, 20 different looks
+            if ax.get_visible():
+                looks = [(to_hex(c.lines[0].get_color()), c.lines[0].get_marker()) for c in ax.containers]
+                assert len(looks) == 20 and len(set(looks)) == 20, (name, looks)
     updated = saved["score_vs_updated.png"]
     assert len(_series(updated)) == 20
     for ax in updated.axes:  # the four methods on one point are drawn side by side, each visible
