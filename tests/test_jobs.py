@@ -145,11 +145,14 @@ def test_compress_evaluates_the_reconstruction_and_reports_storage(finished, tmp
     (["job=sing"], "job"),
     (["method.name=toy_shrink"], "method.name"),  # a compressor cannot train
     (["job=evaluate", "source={finished}", "model=tiny_t5"], "model"),  # weights of another model
+    (["job=evaluate", "source={finished}", "method=fish"], "method"),  # the weights are dense's, not fish's
 ])
 def test_bad_job_input_names_the_key(args, key, finished, tmp_path, monkeypatch):
     args = [a.format(finished=finished) for a in args]
     if "model=tiny_t5" in args:  # what a command line says: the model was asked for explicitly
         monkeypatch.setattr("sparse_ft.jobs.source.command_line_groups", lambda: {"model", "job", "source"})
+    if "method=fish" in args:
+        monkeypatch.setattr("sparse_ft.jobs.source.command_line_groups", lambda: {"method", "job", "source"})
     with pytest.raises(SystemExit) as err:
         run_inprocess(tmp_path, [*TINY, *args])
     assert err.value.code == 2

@@ -10,8 +10,9 @@ PATH):
 - ``results.csv``  one row per run dir found, failed and unfinished ones included;
 - ``report.md``    per task and method the setting with the best mean validation score (the
                    papers' protocol) and the GLUE average of those, then every setting as
-                   mean ± sample std (n) over seeds, only completed runs averaged, plus a list
-                   of the runs that did not complete;
+                   mean ± sample std (n) over seeds, only completed training runs averaged;
+                   evaluate/compress runs in a table of their own beside their source's score;
+                   then a list of the runs that did not complete;
 - ``score_vs_updated.png``, ``score_vs_energy.png``, ``score_vs_sparsity.png``,
   ``memory_per_method.png``  (only those with data; report.md says which were skipped).
 
