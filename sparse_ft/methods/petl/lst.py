@@ -48,6 +48,7 @@ dropped ones that never receive a gradient; here only the side layers have gates
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -501,9 +502,17 @@ class Lst(SideMethod):
             n = side.load_pruned(self.family, pruned, state)
         self.init_report["tensors_from_backbone"] = n
 
+    def state_dict(self) -> dict:
+        return {"init_report": dict(self.init_report)}
+
+    def load_state_dict(self, state: dict) -> None:
+        # a resumed run: its side weights come from the checkpoint, loaded before prepare
+        self.init_report = dict(state.get("init_report", self.init_report))
+        self._resumed = True
+
     def prepare(self, module, ctx):
         super().prepare(module, ctx)
-        if self.opts.init != "fisher":
+        if self.opts.init != "fisher" or getattr(self, "_resumed", False):
             return
         if ctx is None or getattr(ctx, "train_features", None) is None:
             raise ConfigError("method.init", "init=fisher needs the training data (use magnitude or random without it)")
@@ -524,9 +533,10 @@ class Lst(SideMethod):
         if missing:
             raise RuntimeError(f"lst: the pruning chain names tensors that are not parameters of the backbone: {missing[:4]}")
         started = time.perf_counter()
-        result = fisher_diagonal(backbone, examples, ctx.collate, lambda b: self._per_example(backbone, b),
-                                 kind="empirical", batch_size=16, seed=int(ctx.seed), device=ctx.device, names=names,
-                                 sample_ids=order)
+        with ctx.phase("mask") if getattr(ctx, "phase", None) is not None else contextlib.nullcontext():
+            result = fisher_diagonal(backbone, examples, ctx.collate, lambda b: self._per_example(backbone, b),
+                                     kind="empirical", batch_size=16, seed=int(ctx.seed), device=ctx.device, names=names,
+                                     sample_ids=order)
         importance = dict(result.scores)
         self._init_from_backbone(self.model.side, backbone, importance)
         self.init_report.update(fisher_samples=n, fisher_seconds=round(time.perf_counter() - started, 3), fisher_impl=result.impl)
