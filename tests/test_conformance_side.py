@@ -17,6 +17,7 @@ method's maths, and compares the method's output with it:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,6 +150,30 @@ def test_read_untrained_is_the_backbone(model):
         else:
             kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
             torch.testing.assert_close(w.module(**kw).logits, backbone(**kw).logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shapes,total", [("t5_base_shapes", 222_903_552), ("t5_large_shapes", 737_668_096)])
+def test_read_trainable_count_on_t5_shapes(shapes, total):
+    """READ's size with the RNN reading d_model-wide states (LSTM, hidden 128): two LSTMs
+    4(d·h + h·h + 2h), Ψ (h → d) and up (h → d, bias); T5-base 0.50% of the model (the paper:
+    ~0.5–0.9%), T5-large 0.20%. Built on the meta device from conf/model/<shapes>.yaml."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from sparse_ft.methods.petl.read import Read
+    from sparse_ft.methods.petl.side import model_dims
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / f"{shapes}.yaml").config
+    cfg = T5Config(**{k: v for k, v in OmegaConf.to_container(conf).items() if k != "model_type"})
+    with torch.device("meta"):
+        t5 = T5ForConditionalGeneration(cfg)
+        method = build_method(OmegaConf.create({"name": "read"}))
+        side = Read.build_side(method, t5, "seq2seq", model_dims(t5))
+    assert sum(p.numel() for p in t5.parameters()) == total
+    d, h = cfg.d_model, 128
+    expected = 2 * 4 * (d * h + h * h + 2 * h) + h * d + (h * d + d)
+    assert sum(p.numel() for p in side.parameters()) == expected
+    if shapes == "t5_base_shapes":
+        assert 0.5 <= 100 * expected / total <= 0.9
 
 
 @pytest.mark.parametrize("method", ["read", "lst"])
