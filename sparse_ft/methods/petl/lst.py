@@ -39,7 +39,9 @@ the fresh blocks as constructed. The first side block's relative position bias i
 (T5 keeps all heads). The projections, gates and `up` start random in every case.
 
 Not followed: the official code keeps one gate parameter per backbone layer, including the
-dropped ones that never receive a gradient; here only the side layers have gates.
+dropped ones that never receive a gradient; here only the side layers have gates. The Fisher's
+per-example loss is the bundle's (T5: summed over the target tokens; the official code averages
+them), which reweights examples of different target lengths but not the parameters of one.
 
 `export` returns the base model's layout (backbone unchanged + trained head); the side network is
 `lst_side.safetensors` and `params.added`. The final evaluation uses the side network;
