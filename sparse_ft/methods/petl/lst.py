@@ -1,20 +1,47 @@
-"""LST — Ladder Side-Tuning (Sung et al. 2022), a READ-paper baseline.
+"""LST — Ladder Side-Tuning (Sung et al. 2022), a READ-paper baseline, as in the authors' code
+(github.com/ylsung/Ladder-Side-Tuning, `seq2seq/third_party/models/t5/modeling_side_t5.py` and
+`scripts/ladder_side_tuning_base.sh`).
 
 A side network of reduced width d_s = d_model / r (`method.reduction`, default 8) runs beside the
-frozen backbone, which runs once per batch without autograd (see side.py). Every backbone layer
-i feeds the side network through its own learned down-projection and a learned gate:
+frozen backbone, which runs once per batch without autograd (see side.py). Its blocks are the
+backbone's own block type at side width: T5 blocks (d_model, d_ff and d_kv divided by r, the same
+number of heads, relative position bias in the first side block, shared by the others; the side
+decoder's blocks have causal self-attention and cross-attention to the side encoder's output),
+BERT / RoBERTa layers, OPT decoder layers (whose position information comes in through ϕ_0, the
+embeddings, as in the backbone). With ϕ_0 the stack's input embeddings and ϕ_{i+1} the output of
+backbone block i:
 
-  h^S_0 = down_0(ϕ_0)
-  x_i   = μ_i · down_i(ϕ_i) + (1 − μ_i) · h^S_{i−1},   μ_i = sigmoid(α_i / T)   (α_i = 0 at start, T = 0.1)
-  h^S_i = f_i(x_i)          f_i: a pre-norm transformer layer of width d_s (feed-forward d_ff / r)
+  h = down_0(ϕ_0)
+  for each side layer i (`method.side_layers`):
+      h = g_i · h + (1 − g_i) · down_{i+1}(ϕ_{i+1}),   g_i = sigmoid(α_i / T)  (α_i = 0 at start, T = 0.1)
+      h = f_i(h)                                        f_i: the side block of layer i
+  out = up(dropout(norm(h)))          (T5: T5 RMS norm; OPT with pre-LN: LayerNorm; BERT: none)
 
-For T5 the side encoder does this over the encoder's layers and a side decoder over the decoder's
-layers, its blocks with causal self-attention and cross-attention to the side encoder's output.
-The side network's last state, up-projected (zero-initialised), is added to the backbone's last
-hidden state before the head (the frozen LM head for T5, the new trainable classifier otherwise).
-Unlike READ there is one side block, one projection and one gate per backbone layer, so the
-trainable parameters grow with depth. Simplification: the side blocks start from a random
-initialisation, not from the pruned backbone weights the LST paper distils them from.
+and the head reads `out` alone (the frozen LM head for T5, the new classifier otherwise): the
+backbone's last state does not reach it. `up` is an ordinary learned map (not zero-initialised), so
+the untrained model is not the backbone.
+
+Side layers (`method.side_layers`): `published` keeps the official scripts' choice — T5-base
+(12-layer stacks) layers 1,2,3,5,6,7,9,10,11 of both stacks (every fourth dropped: 1.74% of the
+parameters trainable in the LST paper), T5-large (24) the odd layers — and every layer for other
+depths and architectures (the paper has no setting for them); `all`, or a list of indices.
+
+Initialisation (`method.init`), the LST paper's §2.2 and the official `load_side_pretrained_weights
+fisher-v2`: the side blocks (and the side's final norm) start as the backbone's blocks structurally
+pruned to width 1/r. Down the chain embeddings → block 0 → … → final norm, every linear map keeps
+the input dimensions the previous one kept and the output rows with the largest L1 norm of the
+elementwise product of its group's importances (q, k, v together; T5's gated wi_0, wi_1 together);
+norms keep the dimensions of the map before them (the residual stream is not kept consistent:
+the official `pruning_without_residual`). The importance is the empirical Fisher (squared
+per-example gradients of the task loss, `method.fisher_samples` training examples, official 1024)
+for `fisher`, the weights themselves for `magnitude` (official `t5-base-v2`); `random` leaves
+the fresh blocks as constructed. The first side block's relative position bias is the backbone's
+(T5 keeps all heads). The projections, gates and `up` start random in every case.
+
+Not followed: the official code keeps one gate parameter per backbone layer, including the
+dropped ones that never receive a gradient; here only the side layers have gates. The Fisher's
+per-example loss is the bundle's (T5: summed over the target tokens; the official code averages
+them), which reweights examples of different target lengths but not the parameters of one.
 
 `export` returns the base model's layout (backbone unchanged + trained head); the side network is
 `lst_side.safetensors` and `params.added`. The final evaluation uses the side network;
@@ -23,21 +50,41 @@ initialisation, not from the pruned backbone weights the LST paper distils them 
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
+import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
+from ...core.errors import ConfigError
 from ...core.options import MethodOptions, option
 from ..registry import register
 from .side import SideMethod
 
+log = logging.getLogger(__name__)
+
+# the official scripts' side layers for T5 (seq2seq/scripts/ladder_side_tuning_{base,large}.sh)
+PUBLISHED_T5_LAYERS = {12: [1, 2, 3, 5, 6, 7, 9, 10, 11], 24: list(range(1, 24, 2))}
+
 
 @dataclass
 class LstOptions(MethodOptions):
-    reduction: int = option(8, "reduction factor r: the side network's width is d_model / r (and its feed-forward d_ff / r)", low=1)
-    gate_temperature: float = option(0.1, "T in the gates μ_i = sigmoid(α_i / T)", low=0, low_open=True)
-    dropout: float = option(0.1, "dropout inside the side network's blocks", low=0, high=1, high_open=True)
+    reduction: int = option(8, "reduction factor r: side width d_model / r (feed-forward d_ff / r, T5's d_kv / r)", low=1)
+    side_layers: Literal["published", "all"] | list[int] = option(
+        "published", "backbone layers that get a side block: published (T5-base: 1,2,3,5,6,7,9,10,11; T5-large: "
+                     "odd layers; else all, as the official scripts), all, or a list of 0-based indices")
+    init: Literal["fisher", "magnitude", "random"] = option(
+        "fisher", "side blocks start as the backbone's blocks structurally pruned to width 1/r, rows kept by "
+                  "Fisher importance (LST paper, official fisher-v2) or |W| (official t5-base-v2); random: fresh blocks")
+    fisher_samples: int = option(1024, "init=fisher: training examples of the empirical Fisher (official 1024)", low=1)
+    gate_temperature: float = option(0.1, "T in the gates g_i = sigmoid(alpha_i / T) (official 0.1)", low=0, low_open=True)
+    gate_init: float = option(0.0, "alpha_i at start (official 0: g_i = 0.5)")
+    dropout: float = option(0.1, "dropout inside the side blocks and on the side's output (T5's own rate: 0.1)",
+                            low=0, high=1, high_open=True)
 
 
 def _heads(width: int, wanted: int) -> int:
@@ -48,91 +95,460 @@ def _heads(width: int, wanted: int) -> int:
     return 1
 
 
+def resolve_side_layers(opt, n_layers: int, arch: str) -> list[int]:
+    if opt == "all" or (opt == "published" and not (arch == "seq2seq" and n_layers in PUBLISHED_T5_LAYERS)):
+        return list(range(n_layers))
+    if opt == "published":
+        return list(PUBLISHED_T5_LAYERS[n_layers])
+    try:
+        layers = sorted({int(i) for i in opt})
+    except (TypeError, ValueError):
+        raise ConfigError("method.side_layers", f"expected published, all or a list of layer indices, got {opt!r}") from None
+    if not layers or layers[0] < 0 or layers[-1] >= n_layers:
+        raise ConfigError("method.side_layers", f"{list(opt)} must be non-empty indices in 0..{n_layers - 1}")
+    return layers
+
+
+# --- the backbone's block types at side width --------------------------------------------------
+
+
+class Family:
+    """What LST needs of one backbone architecture: its blocks, a config at side width, the side
+    block's call and the structural-pruning chain over the backbone's parameter names."""
+
+    final_norm_key: str | None = None
+
+    def __init__(self, module: nn.Module, r: int, dropout: float):
+        self.module, self.r, self.dropout = module, r, dropout
+        self.cfg = module.config
+
+    def eager(self, cfg):
+        cfg = copy.deepcopy(cfg)
+        cfg._attn_implementation = "eager"  # additive float masks, as built below
+        return cfg
+
+    @staticmethod
+    def pad_mask(mask: torch.Tensor, dtype) -> torch.Tensor:
+        """(B, T) 1 = token → additive (B, 1, 1, T)."""
+        return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+    @staticmethod
+    def causal(t: int, device, dtype) -> torch.Tensor:
+        return torch.triu(torch.full((t, t), torch.finfo(dtype).min, device=device, dtype=dtype), diagonal=1)[None, None]
+
+
+class T5Family(Family):
+    def __init__(self, module, r, dropout):
+        super().__init__(module, r, dropout)
+        c = self.cfg
+        if c.d_model // r < 1 or c.d_kv // r < 1 or c.d_ff // r < 1:
+            raise ConfigError("method.reduction", f"{r} leaves no width: d_model {c.d_model}, d_kv {c.d_kv}, d_ff {c.d_ff}")
+        side = self.eager(c)
+        side.d_model, side.d_ff, side.d_kv = c.d_model // r, c.d_ff // r, c.d_kv // r
+        side.dropout_rate = dropout
+        side.use_cache = False
+        self.side_cfg = side
+        self.width = side.d_model
+        self.dims = {"model": side.d_model, "inner": side.d_kv * side.num_heads, "ff": side.d_ff}
+        self.heads = side.num_heads
+
+    def make_block(self, stack: str, i: int, first: bool) -> nn.Module:
+        from transformers.models.t5.modeling_t5 import T5Block
+
+        cfg = copy.deepcopy(self.side_cfg)
+        cfg.is_decoder = stack == "decoder"
+        return T5Block(cfg, has_relative_attention_bias=first, layer_idx=i)
+
+    def make_norm(self, stack: str) -> nn.Module:
+        from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+        return T5LayerNorm(self.width, eps=self.cfg.layer_norm_epsilon)
+
+    def chain(self) -> list[tuple]:
+        c = self.cfg
+        gated = "gated" in str(getattr(c, "feed_forward_proj", "relu"))
+        wi = ["wi_0", "wi_1"] if gated else ["wi"]
+        steps = [("embed", "shared.weight")]
+        for stack, n in (("encoder", c.num_layers), ("decoder", c.num_decoder_layers)):
+            for i in range(n):
+                b = f"{stack}.block.{i}.layer"
+                steps += [("norm", [f"{b}.0.layer_norm.weight"]),
+                          ("linear", [f"{b}.0.SelfAttention.{x}.weight" for x in "qkv"], [], "inner"),
+                          ("linear", [f"{b}.0.SelfAttention.o.weight"], [], "model")]
+                ff = 1
+                if stack == "decoder":
+                    steps += [("norm", [f"{b}.1.layer_norm.weight"]),
+                              ("linear", [f"{b}.1.EncDecAttention.{x}.weight" for x in "qkv"], [], "inner"),
+                              ("linear", [f"{b}.1.EncDecAttention.o.weight"], [], "model")]
+                    ff = 2
+                steps += [("norm", [f"{b}.{ff}.layer_norm.weight"]),
+                          ("linear", [f"{b}.{ff}.DenseReluDense.{w}.weight" for w in wi], [], "ff"),
+                          ("linear", [f"{b}.{ff}.DenseReluDense.wo.weight"], [], "model")]
+            steps.append(("norm", [f"{stack}.final_layer_norm.weight"]))
+        return steps
+
+    def block_prefix(self, stack: str, i: int) -> str:
+        return f"{stack}.block.{i}."
+
+    def norm_keys(self, stack: str) -> dict:
+        return {"weight": f"{stack}.final_layer_norm.weight"}
+
+    def copied(self, stack: str, first: bool) -> dict:
+        """Side-block keys taken unpruned from the backbone: the relative position bias."""
+        if not first:
+            return {}
+        key = "layer.0.SelfAttention.relative_attention_bias.weight"
+        return {key: f"{stack}.block.0.{key}"}
+
+    def run_block(self, block, h, state, mask, memory=None, memory_mask=None):
+        """One side block; `state` carries T5's shared position biases between blocks."""
+        pb, cpb = state.get("pb"), state.get("cpb")
+        h, pb, cpb = block(h, attention_mask=mask, position_bias=pb, encoder_hidden_states=memory,
+                           encoder_attention_mask=memory_mask, encoder_decoder_position_bias=cpb)
+        state["pb"], state["cpb"] = pb, cpb
+        return h
+
+
+class BertFamily(Family):
+    """BERT / MiniLM / RoBERTa: post-LN layers, no final norm."""
+
+    def __init__(self, module, r, dropout):
+        super().__init__(module, r, dropout)
+        c = self.cfg
+        width, ff = c.hidden_size // r, c.intermediate_size // r
+        if width < 1 or ff < 1:
+            raise ConfigError("method.reduction", f"{r} leaves no width: hidden {c.hidden_size}, intermediate {c.intermediate_size}")
+        side = self.eager(c)
+        side.hidden_size, side.intermediate_size = width, ff
+        side.num_attention_heads = _heads(width, c.num_attention_heads)
+        side.hidden_dropout_prob = side.attention_probs_dropout_prob = dropout
+        self.side_cfg, self.width, self.heads = side, width, side.num_attention_heads
+        self.dims = {"model": width, "inner": width, "ff": ff}
+        self.prefix = module.base_model_prefix + "."
+        self.body = getattr(module, module.base_model_prefix)
+
+    def make_block(self, stack, i, first):
+        return type(self.body.encoder.layer[0])(copy.deepcopy(self.side_cfg), layer_idx=i)
+
+    def make_norm(self, stack):
+        return nn.Identity()
+
+    def chain(self):
+        p = self.prefix
+        steps = [("embed", f"{p}embeddings.word_embeddings.weight"),
+                 ("norm", [f"{p}embeddings.LayerNorm.weight", f"{p}embeddings.LayerNorm.bias"])]
+        for i in range(self.cfg.num_hidden_layers):
+            b = f"{p}encoder.layer.{i}"
+            steps += [("linear", [f"{b}.attention.self.{x}.weight" for x in ("query", "key", "value")],
+                       [f"{b}.attention.self.{x}.bias" for x in ("query", "key", "value")], "inner"),
+                      ("linear", [f"{b}.attention.output.dense.weight"], [f"{b}.attention.output.dense.bias"], "model"),
+                      ("norm", [f"{b}.attention.output.LayerNorm.weight", f"{b}.attention.output.LayerNorm.bias"]),
+                      ("linear", [f"{b}.intermediate.dense.weight"], [f"{b}.intermediate.dense.bias"], "ff"),
+                      ("linear", [f"{b}.output.dense.weight"], [f"{b}.output.dense.bias"], "model"),
+                      ("norm", [f"{b}.output.LayerNorm.weight", f"{b}.output.LayerNorm.bias"])]
+        return steps
+
+    def block_prefix(self, stack, i):
+        return f"{self.prefix}encoder.layer.{i}."
+
+    def norm_keys(self, stack):
+        return {}
+
+    def copied(self, stack, first):
+        return {}
+
+    def run_block(self, block, h, state, mask, memory=None, memory_mask=None):
+        out = block(h, attention_mask=mask)
+        return out[0] if isinstance(out, tuple) else out
+
+
+class OptFamily(Family):
+    """OPT: decoder layers (pre-LN, or post-LN for OPT-350m), causal self-attention."""
+
+    def __init__(self, module, r, dropout):
+        super().__init__(module, r, dropout)
+        c = self.cfg
+        width, ff = c.hidden_size // r, c.ffn_dim // r
+        if width < 1 or ff < 1:
+            raise ConfigError("method.reduction", f"{r} leaves no width: hidden {c.hidden_size}, ffn {c.ffn_dim}")
+        side = self.eager(c)
+        side.hidden_size, side.ffn_dim = width, ff
+        side.num_attention_heads = _heads(width, c.num_attention_heads)
+        side.dropout = side.attention_dropout = dropout
+        self.side_cfg, self.width, self.heads = side, width, side.num_attention_heads
+        self.dims = {"model": width, "inner": width, "ff": ff}
+        self.decoder = module.model.decoder
+        self.has_final = self.decoder.final_layer_norm is not None
+
+    def make_block(self, stack, i, first):
+        return type(self.decoder.layers[0])(copy.deepcopy(self.side_cfg), layer_idx=i)
+
+    def make_norm(self, stack):
+        return nn.LayerNorm(self.width) if self.has_final else nn.Identity()
+
+    def chain(self):
+        d = "model.decoder"
+        steps = [("embed", f"{d}.embed_tokens.weight")]
+        if self.decoder.project_in is not None:
+            steps.append(("linear", [f"{d}.project_in.weight"], [], "model"))
+        bias = bool(getattr(self.cfg, "enable_bias", True))
+        for i in range(self.cfg.num_hidden_layers):
+            b = f"{d}.layers.{i}"
+
+            def lin(names, kind):
+                return ("linear", [f"{b}.{n}.weight" for n in names], [f"{b}.{n}.bias" for n in names] if bias else [], kind)
+
+            steps += [("norm", [f"{b}.self_attn_layer_norm.weight", f"{b}.self_attn_layer_norm.bias"]),
+                      lin(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "inner"),
+                      lin(["self_attn.out_proj"], "model"),
+                      ("norm", [f"{b}.final_layer_norm.weight", f"{b}.final_layer_norm.bias"]),
+                      lin(["fc1"], "ff"), lin(["fc2"], "model")]
+        if self.has_final:
+            steps.append(("norm", [f"{d}.final_layer_norm.weight", f"{d}.final_layer_norm.bias"]))
+        return steps
+
+    def block_prefix(self, stack, i):
+        return f"model.decoder.layers.{i}."
+
+    def norm_keys(self, stack):
+        return {"weight": "model.decoder.final_layer_norm.weight", "bias": "model.decoder.final_layer_norm.bias"} if self.has_final else {}
+
+    def copied(self, stack, first):
+        return {}
+
+    def run_block(self, block, h, state, mask, memory=None, memory_mask=None):
+        out = block(h, attention_mask=mask)
+        return out[0] if isinstance(out, tuple) else out
+
+
+FAMILIES = {"t5": T5Family, "bert": BertFamily, "roberta": BertFamily, "xlm-roberta": BertFamily, "opt": OptFamily}
+
+
+def family_for(module: nn.Module, r: int, dropout: float) -> Family:
+    model_type = getattr(module.config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise ConfigError("model", f"method=lst builds side blocks of the backbone's own type for {', '.join(sorted(FAMILIES))} "
+                                   f"models; {type(module).__name__} (model_type {model_type!r}) is not supported")
+    return FAMILIES[model_type](module, r, dropout)
+
+
+# --- structural pruning (the side network's initial weights) -------------------------------------
+
+
+def _keep_rows(score: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices (ascending) of the `keep` rows with the largest L1 norm of `score`."""
+    l1 = score.reshape(score.shape[0], -1).abs().sum(1)
+    return torch.sort(torch.argsort(l1, descending=True, stable=True)[:keep]).values
+
+
+def prune_chain(steps: list[tuple], weights: dict, importance: dict, dims: dict) -> dict[str, torch.Tensor]:
+    """The pruned tensors of every step's parameters (see the module docstring): `weights` and
+    `importance` map parameter names to tensors of the same shape, `dims` the side widths
+    ('model', 'inner', 'ff') the kept output rows of each linear map must have."""
+    out, prev = {}, None
+    for step in steps:
+        kind = step[0]
+        if kind == "embed":
+            imp = importance[step[1]].float()  # (vocab, d)
+            prev = _keep_rows(imp.t(), dims["model"])
+        elif kind == "norm":
+            for name in step[1]:
+                out[name] = weights[name][prev]
+        else:
+            names, biases, dim = step[1], step[2], step[3]
+            imps = [importance[n].float()[:, prev] for n in names]
+            prod = imps[0]
+            for extra in imps[1:]:
+                prod = prod * extra
+            rows = _keep_rows(prod, dims[dim])
+            for n in names:
+                out[n] = weights[n][:, prev][rows]
+            for n in biases:
+                out[n] = weights[n][rows]
+            prev = rows
+    return out
+
+
+# --- the side network ------------------------------------------------------------------------------
+
+
 class Ladder(nn.Module):
-    """One ladder over a stack of N layers: N+1 down-projections, N gates, N side blocks."""
+    """One ladder over a stack of N backbone blocks: down_0, and per side layer a down-projection,
+    a gate and a side block; then the final norm."""
 
-    def __init__(self, d: int, width: int, ff: int, heads: int, layers: int, dropout: float, temperature: float, decoder: bool):
+    def __init__(self, family: Family, stack: str, d: int, layers: list[int], opts: LstOptions):
         super().__init__()
-        self.down = nn.ModuleList(nn.Linear(d, width) for _ in range(layers + 1))
-        self.alpha = nn.Parameter(torch.zeros(layers))
-        block = nn.TransformerDecoderLayer if decoder else nn.TransformerEncoderLayer
-        self.blocks = nn.ModuleList(block(width, heads, ff, dropout, batch_first=True, norm_first=True) for _ in range(layers))
-        self.norm = nn.LayerNorm(width)
-        self.temperature = temperature
-        self.decoder = decoder
+        w = family.width
+        self.layers = list(layers)
+        self.first_down = nn.Linear(d, w)
+        self.down = nn.ModuleDict({str(i): nn.Linear(d, w) for i in layers})
+        self.blocks = nn.ModuleDict({str(i): family.make_block(stack, i, first=(i == layers[0])) for i in layers})
+        self.alpha = nn.Parameter(torch.full((len(layers),), float(opts.gate_init)))
+        self.norm = family.make_norm(stack)
+        self.dropout = nn.Dropout(opts.dropout)
+        self.temperature = float(opts.gate_temperature)
+        self.family, self.stack = family, stack
 
-    def forward(self, states, pad_mask, memory=None, memory_pad_mask=None):
-        """states: ϕ_0..ϕ_N, each (B, T, d); pad_mask (B, T) True at padding → (B, T, width)."""
-        dtype = self.down[0].weight.dtype
-        h = self.down[0](states[0].to(dtype))
-        mu = torch.sigmoid(self.alpha / self.temperature)
-        causal = None
-        if self.decoder:
-            t = h.shape[1]
-            causal = torch.triu(torch.full((t, t), float("-inf"), device=h.device), diagonal=1)
-        for i, block in enumerate(self.blocks):
-            x = mu[i] * self.down[i + 1](states[i + 1].to(dtype)) + (1 - mu[i]) * h
-            if self.decoder:
-                h = block(x, memory, tgt_mask=causal, tgt_key_padding_mask=pad_mask, memory_key_padding_mask=memory_pad_mask)
-            else:
-                h = block(x, src_key_padding_mask=pad_mask)
-        return self.norm(h)
+    def gates(self) -> torch.Tensor:
+        return torch.sigmoid(self.alpha / self.temperature)
+
+    def forward(self, states, mask, memory=None, memory_mask=None):
+        """states: ϕ_0..ϕ_N (each (B, T, d)); mask: the blocks' additive self-attention mask → (B, T, d_s)."""
+        dtype = self.first_down.weight.dtype
+        h = self.first_down(states[0].to(dtype))
+        g = self.gates()
+        state: dict = {}
+        for k, i in enumerate(self.layers):
+            h = g[k] * h + (1 - g[k]) * self.down[str(i)](states[i + 1].to(dtype))
+            h = self.family.run_block(self.blocks[str(i)], h, state, mask, memory, memory_mask)
+        return self.dropout(self.norm(h))
 
 
 class LstSide(nn.Module):
     per_token = False  # the side blocks attend across positions
     needs_cross_attentions = False
+    raw_layers = True  # ϕ_{i+1} = block i's own output (not the final-normed last hidden state)
+    side_only = True  # the head reads up(side) alone
 
-    def __init__(self, dims: dict, ff: int, seq2seq: bool, opts: LstOptions):
+    def __init__(self, family: Family, dims: dict, seq2seq: bool, opts: LstOptions):
         super().__init__()
         d = dims["d_model"]
-        width = max(1, d // opts.reduction)
-        ffw = max(1, ff // opts.reduction)
-        heads = _heads(width, dims["heads"])
-        args = dict(d=d, width=width, ff=ffw, heads=heads, dropout=opts.dropout, temperature=opts.gate_temperature)
         self.seq2seq = seq2seq
+        self.layers = {}
         if seq2seq:
-            self.encoder = Ladder(layers=dims["enc_layers"], decoder=False, **args)
-            self.decoder = Ladder(layers=dims["dec_layers"], decoder=True, **args)
+            for stack, n in (("encoder", dims["enc_layers"]), ("decoder", dims["dec_layers"])):
+                self.layers[stack] = resolve_side_layers(opts.side_layers, n, "seq2seq")
+            self.encoder = Ladder(family, "encoder", d, self.layers["encoder"], opts)
+            self.decoder = Ladder(family, "decoder", d, self.layers["decoder"], opts)
         else:
-            self.encoder = Ladder(layers=dims["layers"], decoder=False, **args)
-        self.up = nn.Linear(width, dims.get("d_out", d))
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-        self.width, self.heads = width, heads
+            self.layers["encoder"] = resolve_side_layers(opts.side_layers, dims["layers"], "classifier")
+            self.encoder = Ladder(family, "encoder", d, self.layers["encoder"], opts)
+        self.up = nn.Linear(family.width, dims.get("d_out", d))
+        self.width, self.heads = family.width, family.heads
+        self.causal_self = isinstance(family, OptFamily)
+
+    def _self_mask(self, mask, dtype, causal: bool):
+        m = Family.pad_mask(mask, dtype)
+        if causal:  # clamped: a left-padded row's first positions see only padding (uniform, not NaN)
+            m = (m + Family.causal(mask.shape[1], mask.device, dtype)).clamp(min=torch.finfo(dtype).min)
+        return m
 
     def classify(self, layers, mask, positions):
-        h = self.encoder(layers, mask == 0)
+        dtype = self.up.weight.dtype
+        h = self.encoder(layers, self._self_mask(mask, dtype, self.causal_self))
         rows = torch.arange(positions.shape[0], device=positions.device)
         return self.up(h[rows, positions])
 
     def encode(self, layers, mask):
-        return self.encoder(layers, mask == 0)
+        return self.encoder(layers, self._self_mask(mask, self.up.weight.dtype, False))
 
     def decode(self, layers, cross, memory, mask):
-        return self.up(self.decoder(layers, None, memory=memory, memory_pad_mask=mask == 0))
+        dtype = self.up.weight.dtype
+        n = layers[0].shape[1]
+        causal = Family.causal(n, memory.device, dtype)
+        return self.up(self.decoder(layers, causal, memory=memory, memory_mask=Family.pad_mask(mask, dtype)))
+
+    def load_pruned(self, family: Family, pruned: dict, backbone_state: dict) -> int:
+        """Copy the pruned backbone blocks (and final norms) into the side blocks; returns how
+        many tensors were set. Every tensor of every side block must be covered."""
+        count = 0
+        ladders = {"encoder": self.encoder, **({"decoder": self.decoder} if self.seq2seq else {})}
+        for stack, ladder in ladders.items():
+            for i in ladder.layers:
+                block = ladder.blocks[str(i)]
+                prefix = family.block_prefix(stack, i)
+                first = i == ladder.layers[0]
+                copied = family.copied(stack, first)
+                state = {}
+                for key in block.state_dict():
+                    src = copied.get(key)
+                    state[key] = backbone_state[src] if src is not None else pruned[prefix + key]
+                block.load_state_dict(state, strict=True)
+                count += len(state)
+            for key, src in family.norm_keys(stack).items():
+                getattr(ladder.norm, key).data.copy_(pruned[src])
+                count += 1
+        return count
 
 
 @register("lst")
 class Lst(SideMethod):
-    """Ladder side-tuning: a d/r-wide side transformer fed through gates from every frozen layer."""
+    """Ladder side-tuning: side blocks of the backbone's type at width d/r, fed through gates from
+    the frozen layers; the head reads the side network's up-projected output alone."""
 
     name = "lst"
     Options = LstOptions
     side_file = "lst_side.safetensors"
 
     def build_side(self, backbone, arch, dims):
-        cfg = backbone.config
-        ff = getattr(cfg, "d_ff", None) or getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None) or 4 * dims["d_model"]
-        side = LstSide(dims, int(ff), arch == "seq2seq", self.opts)
-        self.side_dims = {"side_width": side.width, "side_heads": side.heads}
+        o = self.opts
+        self.family = family_for(backbone, int(o.reduction), float(o.dropout))
+        side = LstSide(self.family, dims, arch == "seq2seq", o)
+        self.side_dims = {"side_width": side.width, "side_heads": side.heads, "side_layers": side.layers}
+        self.init_report = {"init": o.init}
+        if o.init == "magnitude":
+            self._init_from_backbone(side, backbone, importance=None)
         return side
+
+    def wrap(self, bundle, ctx):
+        self._per_example = bundle.per_example_loss_fn
+        return super().wrap(bundle, ctx)
+
+    def _init_from_backbone(self, side, backbone, importance) -> None:
+        state = {k: v.detach() for k, v in backbone.state_dict().items()}
+        steps = self.family.chain()
+        if importance is None:  # magnitude: the weights are their own importance
+            importance = state
+        pruned = prune_chain(steps, state, importance, self.family.dims)
+        with torch.no_grad():
+            n = side.load_pruned(self.family, pruned, state)
+        self.init_report["tensors_from_backbone"] = n
+
+    def state_dict(self) -> dict:
+        return {"init_report": dict(self.init_report)}
+
+    def load_state_dict(self, state: dict) -> None:
+        # a resumed run: its side weights come from the checkpoint, loaded before prepare
+        self.init_report = dict(state.get("init_report", self.init_report))
+        self._resumed = True
+
+    def prepare(self, module, ctx):
+        super().prepare(module, ctx)
+        if self.opts.init != "fisher" or getattr(self, "_resumed", False):
+            return
+        if ctx is None or getattr(ctx, "train_features", None) is None:
+            raise ConfigError("method.init", "init=fisher needs the training data (use magnitude or random without it)")
+        if self._per_example is None:
+            raise ConfigError("method.init", "init=fisher needs per-example losses from the model bundle")
+        from ..masked.fisher import fisher_diagonal
+
+        backbone = self.model.backbone
+        n_train = len(ctx.train_features)
+        n = min(int(self.opts.fisher_samples), n_train)
+        if n < int(self.opts.fisher_samples):
+            log.warning("lst: method.fisher_samples=%d exceeds the %d training examples; using all of them", self.opts.fisher_samples, n_train)
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(int(ctx.seed)))[:n].tolist()
+        examples = [ctx.train_features[i] for i in order]
+        params = dict(backbone.named_parameters())
+        names = sorted({nm for step in self.family.chain() for nm in ([step[1]] if step[0] == "embed" else step[1])})
+        missing = [nm for nm in names if nm not in params]
+        if missing:
+            raise RuntimeError(f"lst: the pruning chain names tensors that are not parameters of the backbone: {missing[:4]}")
+        started = time.perf_counter()
+        with ctx.phase("mask") if getattr(ctx, "phase", None) is not None else contextlib.nullcontext():
+            result = fisher_diagonal(backbone, examples, ctx.collate, lambda b: self._per_example(backbone, b),
+                                     kind="empirical", batch_size=16, seed=int(ctx.seed), device=ctx.device, names=names,
+                                     sample_ids=order)
+        importance = dict(result.scores)
+        self._init_from_backbone(self.model.side, backbone, importance)
+        self.init_report.update(fisher_samples=n, fisher_seconds=round(time.perf_counter() - started, 3), fisher_impl=result.impl)
+        log.info("lst: side network initialised from the backbone pruned by Fisher importance (%d examples, %.1fs)",
+                 n, time.perf_counter() - started)
 
     def report(self) -> dict:
         gates = {}
         for name in ("encoder", "decoder"):
             ladder = getattr(self.model.side, name, None)
             if ladder is not None:
-                gates[name] = [round(float(v), 4) for v in torch.sigmoid(ladder.alpha.detach() / ladder.temperature)]
-        return {"reduction": self.opts.reduction, **self.side_dims, "gates": gates, **self.base_report()}
-
+                gates[name] = [round(float(v), 4) for v in ladder.gates().detach()]
+        return {"reduction": self.opts.reduction, **self.side_dims, **self.init_report, "gates": gates, **self.base_report()}

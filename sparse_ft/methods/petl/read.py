@@ -3,23 +3,31 @@
 The backbone is frozen and runs once per batch without autograd (see side.py); a small RNN runs
 over its *depth*, one step per layer, with the same weights at every layer, per token:
 
-  encoder        h^E_0 = 0,  h^E_i = N_E(down_E(ϕ^E_i), h^E_{i−1}),  i = 1..N_E
+  encoder        h^E_0 = 0,  h^E_i = N_E(ϕ^E_i, h^E_{i−1}),  i = 1..N_E
   decoder (T5)   ψ_j = σ_{D,j} · Ψ(h^E_{N_E})    (σ: layer j's cross-attention weights, averaged
                                                  over heads; per head with method.per_head=true)
-                 x_j = down_D(ϕ^D_j) + ψ_j,  h^D_0 = 0,  h^D_j = N_D(x_j, h^D_{j−1})
+                 x_j = ϕ^D_j + ψ_j,  h^D_0 = 0,  h^D_j = N_D(x_j, h^D_{j−1})
   output         ϕ'_D = ϕ^D_{N_D} + up(h^D_{N_D})  → the frozen LM head
+
+as in the paper (Algorithm 1) and the authors' code: the RNN cells read the backbone's state
+directly (input size d_model, hidden size `method.hidden`) and Ψ maps h^E to d_model.
+`method.project_inputs=true` puts a shared learned d_model → hidden projection (down_E, down_D)
+before the cells instead, Ψ then working at the hidden size: the former default of this project,
+2–3.5× fewer trainable parameters than published (T5-base, LSTM, hidden 128: 576,512 = 0.26% vs
+1,116,928 = 0.50% of the model).
 
 Encoder-only (BERT, MiniLM, RoBERTa) and decoder-only (OPT) classifiers use the encoder
 recurrence over their layers and add up(h_N) to the last hidden state of the token the new
 (trainable) head reads ([CLS] / <s> / the last non-pad token): the side network is per token, so
 computing it only where the head reads gives the same logits.
 
-Project decisions (METHODS.md §4 and the brief): the RNN works at `method.hidden` units with
-learned linear maps from d_model down to it and back up (the up-projection starts at zero, so
-the untrained model is the backbone); each layer's state is layer-normalised without parameters
-before the down-projection (`method.norm_inputs`; T5's and OPT's residual streams are not
-normalised between layers). The trainable parameters (side network + head) do not depend on the
-backbone's depth: `method_report.side_params`, `params.added`.
+Project decisions (METHODS.md §4): the RNN's last state is mapped back to d_model by a learned
+up-projection that starts at zero, so the untrained model is the backbone; each layer's state is
+layer-normalised without parameters before it enters the side network (`method.norm_inputs`;
+T5's and OPT's residual streams are not normalised between layers). The backbone runs in the
+trainer's mode (dropout on while training, as for every other method). The trainable parameters
+(side network + head) do not depend on the backbone's depth: `method_report.side_params`,
+`params.added`.
 
 What the run's files hold: `checkpoints/final/model.safetensors` is the base model's layout
 (backbone unchanged + the trained classification head; for T5 exactly the pretrained weights) and
@@ -46,25 +54,34 @@ RNNS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 @dataclass
 class ReadOptions(MethodOptions):
     rnn: str = option("lstm", "recurrent cell N_E / N_D over the layers: rnn (tanh) | lstm | gru (paper grid: all three)", choices=tuple(RNNS))
-    hidden: int = option(128, "RNN hidden size (paper grid: 128, 256); learned projections map d_model down to it and back", low=1)
+    hidden: int = option(128, "RNN hidden size (paper grid: 128, 256); the cells read d_model-wide states, a learned up-projection maps h back", low=1)
     per_head: bool = option(False, "T5 decoder: one Ψ per cross-attention head, ψ_j = Σ_heads σ_{j,h}·Ψ_h(h^E); false = heads' weights averaged, one Ψ")
-    norm_inputs: bool = option(True, "layer-normalise (no parameters) each layer's hidden state before the down-projection")
+    norm_inputs: bool = option(True, "layer-normalise (no parameters) each layer's hidden state before it enters the side network")
+    project_inputs: bool = option(False, "a shared learned d_model → hidden projection before the RNN (and Ψ at the hidden size); "
+                                         "false = the paper's and the authors' code: the RNN reads ϕ_i directly")
 
 
 class Recurrence(nn.Module):
-    """down-projection + one RNN run over the layers (sequence axis = depth, batch = tokens)."""
+    """One RNN run over the layers (sequence axis = depth, batch = tokens), reading the layers'
+    states directly (input size d_model) or, with `project`, through a learned d → hidden map."""
 
-    def __init__(self, d_in: int, hidden: int, rnn: str, norm: bool):
+    def __init__(self, d_in: int, hidden: int, rnn: str, norm: bool, project: bool = False):
         super().__init__()
-        self.down = nn.Linear(d_in, hidden)
-        self.rnn = RNNS[rnn](hidden, hidden)
+        self.down = nn.Linear(d_in, hidden) if project else None
+        self.rnn = RNNS[rnn](hidden if project else d_in, hidden)
         self.norm = norm
+
+    @property
+    def width(self) -> int:
+        """Width of the RNN's input: d_model, or the hidden size with the projection."""
+        return self.rnn.input_size
 
     def project(self, layers: list[torch.Tensor]) -> torch.Tensor:
         x = torch.stack(layers)  # (N, *tokens, d)
         if self.norm:
             x = F.layer_norm(x, x.shape[-1:])
-        return self.down(x.to(self.down.weight.dtype))
+        x = x.to(self.rnn.weight_ih_l0.dtype)
+        return self.down(x) if self.down is not None else x
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, *tokens, H) → the last state h_N, (*tokens, H); h_0 = 0."""
@@ -79,14 +96,15 @@ class ReadSide(nn.Module):
     def __init__(self, dims: dict, seq2seq: bool, opts: ReadOptions):
         super().__init__()
         d, hidden = dims["d_model"], opts.hidden
-        self.encoder = Recurrence(d, hidden, opts.rnn, opts.norm_inputs)
+        self.encoder = Recurrence(d, hidden, opts.rnn, opts.norm_inputs, opts.project_inputs)
         self.seq2seq = seq2seq
         self.needs_cross_attentions = seq2seq
         self.per_head = opts.per_head
         self.heads = dims["heads"]
         if seq2seq:
-            self.psi = nn.Linear(hidden, hidden * (self.heads if opts.per_head else 1), bias=False)
-            self.decoder = Recurrence(d, hidden, opts.rnn, opts.norm_inputs)
+            self.decoder = Recurrence(d, hidden, opts.rnn, opts.norm_inputs, opts.project_inputs)
+            # Ψ: h^E (hidden) → the width the decoder's RNN reads (d_model, or hidden when projected)
+            self.psi = nn.Linear(hidden, self.decoder.width * (self.heads if opts.per_head else 1), bias=False)
         self.up = nn.Linear(hidden, dims.get("d_out", d))
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
@@ -103,7 +121,7 @@ class ReadSide(nn.Module):
 
     def decode(self, layers, cross, memory, mask):
         psi = self.psi(memory)  # (B, m, H) or (B, m, heads·H)
-        x = self.decoder.project(layers[1:])  # (N_D, B, n, H)
+        x = self.decoder.project(layers[1:])  # (N_D, B, n, W), W = d_model (or hidden, projected)
         psis = []
         for sigma in cross:  # (B, heads, n, m)
             sigma = sigma.to(psi.dtype)
@@ -128,4 +146,5 @@ class Read(SideMethod):
         return ReadSide(dims, arch == "seq2seq", self.opts)
 
     def report(self) -> dict:
-        return {"rnn": self.opts.rnn, "hidden": self.opts.hidden, "per_head": self.opts.per_head, **self.base_report()}
+        return {"rnn": self.opts.rnn, "hidden": self.opts.hidden, "per_head": self.opts.per_head,
+                "project_inputs": self.opts.project_inputs, **self.base_report()}

@@ -1,12 +1,16 @@
 """Side networks over a frozen backbone (READ, LST): what they share.
 
-The backbone (the Hugging Face model as loaded) runs once per batch without autograd and in eval
-mode (no dropout: its intermediate results are features, as in inference); its per-layer hidden
-states (and, for READ on T5, the decoder's cross-attention weights) are captured from that one
-pass. A trainable side network turns them into a correction of the last hidden state, which the
-model's own head then reads: the frozen LM head for T5, the new (trainable) classification head
-for encoders (BERT, RoBERTa, MiniLM) and decoder-only LMs (OPT). No gradient ever reaches the
-backbone, so no activation of it is kept for a backward pass.
+The backbone (the Hugging Face model as loaded) runs once per batch without autograd, in the
+trainer's mode like every other method's model: its dropout is on while training, as with LoRA or
+adapters here and in the LST authors' code (backbone and side network are one module under
+`model.train()`). Until issue 20 it was held in eval mode, a choice of the first implementation
+("its states are features, as in inference") with no technical need: under no_grad dropout keeps
+nothing for a backward pass. Its per-layer hidden states (and, for READ on T5, the decoder's
+cross-attention weights) are captured from that one pass. A trainable side network turns them
+into what the model's own head reads: READ a correction added to the last hidden state, LST its
+own up-projected state alone. The head is the frozen LM head for T5, the new (trainable)
+classification head for encoders (BERT, RoBERTa, MiniLM) and decoder-only LMs (OPT). No gradient
+ever reaches the backbone, so no activation of it is kept for a backward pass.
 
 `SideModel` is the module that trains: it takes the same inputs as the wrapped model and returns
 an output with `.logits` (and `.loss` for T5 given `labels`), and T5's gets a greedy `generate`,
@@ -18,6 +22,7 @@ included) and `finalize` writes the side network's tensors apart.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 import logging
 from pathlib import Path
@@ -112,6 +117,31 @@ def classifier_head(module: nn.Module, method: str) -> ClassifierHead:
     return HEADS[model_type](module)
 
 
+def stack_blocks(stack: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of one stack (T5 `block`, BERT `layer`, OPT `layers`)."""
+    for name in ("block", "layer", "layers"):
+        blocks = getattr(stack, name, None)
+        if isinstance(blocks, nn.ModuleList):
+            return blocks
+    raise ConfigError("model", f"cannot find the transformer blocks of {type(stack).__name__}")
+
+
+@contextlib.contextmanager
+def block_outputs(stack: nn.Module | None):
+    """Collects each block's own output hidden state, in order (None: collects nothing). The
+    stacks' `hidden_states` end with the final-normed state (T5, OPT), not the last block's."""
+    out: list = []
+    if stack is None:
+        yield out
+        return
+    hooks = [b.register_forward_hook(lambda m, a, o: out.append(o[0] if isinstance(o, tuple) else o)) for b in stack_blocks(stack)]
+    try:
+        yield out
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 # --- the module that trains ---------------------------------------------------------------------
 
 
@@ -125,6 +155,10 @@ class SideModel(nn.Module):
       cross-attention weights (B, heads, n, m) when `side.needs_cross_attentions`, else None.
       `side.per_token` says whether a decoder position's correction depends on that position's
       states alone (READ), which lets generation feed only the newest token.
+
+    `side.raw_layers`: ϕ_1..ϕ_N are the blocks' own outputs (hooked), not the stack's
+    `hidden_states` (whose last entry is final-normed for T5 and OPT). `side.side_only`: the head
+    reads the side network's output alone (LST) instead of last hidden state + correction (READ).
     """
 
     def __init__(self, backbone: nn.Module, side: nn.Module, arch: str, method: str):
@@ -134,15 +168,16 @@ class SideModel(nn.Module):
         self.seq2seq = arch == "seq2seq"
         self.head = None if self.seq2seq else classifier_head(backbone, method)
         self.backbone_calls = 0  # passes through the backbone (tests, report)
+        self.raw_layers = bool(getattr(side, "raw_layers", False))
+        self.side_only = bool(getattr(side, "side_only", False))
 
-    # the backbone never leaves eval mode; the side network and the head (dropout) follow `mode`
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.seq2seq:
-            self.backbone.eval()
-        else:
-            self.head.body.eval()
-        return self
+    def _combine(self, last: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """What the head reads: the side network's output alone, or last + correction."""
+        return out.to(last.dtype) if self.side_only else last + out.to(last.dtype)
+
+    def _layers(self, hidden_states, raw: list) -> list:
+        layers = list(hidden_states)
+        return [layers[0], *raw] if self.raw_layers else layers
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, decoder_input_ids=None, **kwargs):
         if attention_mask is None:
@@ -162,21 +197,24 @@ class SideModel(nn.Module):
         captured = {}
         proj = head.final_input()
         hook = proj.register_forward_pre_hook(lambda m, a: captured.__setitem__("final", a[0])) if proj is not None else None
+        stack = None
+        if self.raw_layers:
+            stack = head.body.encoder if hasattr(head.body, "encoder") else head.body.decoder
         try:
-            with torch.no_grad():
+            with torch.no_grad(), block_outputs(stack) as raw:
                 out = head.body(**inputs, output_hidden_states=True, return_dict=True)
         finally:
             if hook is not None:
                 hook.remove()
         self.backbone_calls += 1
-        layers = list(out.hidden_states)
-        if "final" in captured:  # the last layer's state before the projection to the head's width
+        layers = self._layers(out.hidden_states, raw)
+        if "final" in captured and not self.raw_layers:  # the last layer's state before the projection to the head's width
             layers[-1] = captured["final"]
         pos = head.positions({"input_ids": input_ids})
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         last = out.last_hidden_state[rows, pos]
         correction = self.side.classify([h.detach() for h in layers], attention_mask, pos)
-        logits = head.logits(last + correction.to(last.dtype))
+        logits = head.logits(self._combine(last, correction))
         return SequenceClassifierOutput(logits=logits)
 
     # --- T5 ---------------------------------------------------------------------------------
@@ -187,14 +225,14 @@ class SideModel(nn.Module):
         return h
 
     def _encode(self, input_ids, attention_mask):
-        with torch.no_grad():
+        with torch.no_grad(), block_outputs(self.backbone.encoder if self.raw_layers else None) as raw:
             enc = self.backbone.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True)
-        memory = self.side.encode([h.detach() for h in enc.hidden_states], attention_mask)
+        memory = self.side.encode([h.detach() for h in self._layers(enc.hidden_states, raw)], attention_mask)
         return enc.last_hidden_state, memory
 
     def _decoder_pass(self, decoder_input_ids, enc_last, attention_mask, past=None, use_cache=False):
         want_cross = bool(getattr(self.side, "needs_cross_attentions", False))
-        with torch.no_grad():
+        with torch.no_grad(), block_outputs(self.backbone.decoder if self.raw_layers else None) as raw:
             dec = self.backbone.decoder(
                 input_ids=decoder_input_ids, encoder_hidden_states=enc_last, encoder_attention_mask=attention_mask,
                 past_key_values=past, use_cache=use_cache, output_hidden_states=True, output_attentions=want_cross, return_dict=True,
@@ -203,7 +241,7 @@ class SideModel(nn.Module):
         if want_cross and len(cross) != len(dec.hidden_states) - 1:
             raise RuntimeError("the T5 decoder returned no cross-attention weights (attention implementation "
                                f"{self.backbone.config._attn_implementation!r}; READ needs 'eager')")
-        return dec, cross
+        return dec, cross, [h.detach() for h in self._layers(dec.hidden_states, raw)]
 
     def _seq2seq(self, input_ids, attention_mask, labels, decoder_input_ids):
         from transformers.modeling_outputs import Seq2SeqLMOutput
@@ -213,11 +251,10 @@ class SideModel(nn.Module):
                 raise ValueError("T5 under a side network needs labels or decoder_input_ids")
             decoder_input_ids = self.backbone._shift_right(labels)
         enc_last, memory = self._encode(input_ids, attention_mask)
-        dec, cross = self._decoder_pass(decoder_input_ids, enc_last, attention_mask)
+        dec, cross, layers = self._decoder_pass(decoder_input_ids, enc_last, attention_mask)
         self.backbone_calls += 1
-        layers = [h.detach() for h in dec.hidden_states]
         correction = self.side.decode(layers, cross, memory, attention_mask)
-        final = dec.last_hidden_state + correction.to(dec.last_hidden_state.dtype)
+        final = self._combine(dec.last_hidden_state, correction)
         logits = self.backbone.lm_head(self._t5_scale(final))
         loss = None
         if labels is not None:
@@ -246,16 +283,15 @@ class SideModel(nn.Module):
         per_token = bool(getattr(self.side, "per_token", False))
         past, layers_so_far, cross_so_far = None, None, None
         for _ in range(max_new_tokens):
-            dec, cross = self._decoder_pass(seq[:, -1:], enc_last, attention_mask, past=past, use_cache=True)
+            dec, cross, layers = self._decoder_pass(seq[:, -1:], enc_last, attention_mask, past=past, use_cache=True)
             past = dec.past_key_values
-            layers = list(dec.hidden_states)
             if not per_token:  # the side network needs every position so far
                 layers = layers if layers_so_far is None else [torch.cat([a, b], 1) for a, b in zip(layers_so_far, layers)]
                 if cross is not None:
                     cross = cross if cross_so_far is None else [torch.cat([a, b], 2) for a, b in zip(cross_so_far, cross)]
                 layers_so_far, cross_so_far = layers, cross
             correction = self.side.decode(layers, cross, memory, attention_mask)[:, -1:]
-            final = dec.last_hidden_state + correction.to(dec.last_hidden_state.dtype)
+            final = self._combine(dec.last_hidden_state, correction)
             nxt = self.backbone.lm_head(self._t5_scale(final))[:, -1].argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             seq = torch.cat([seq, nxt[:, None]], 1)
