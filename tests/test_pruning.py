@@ -421,6 +421,23 @@ def test_gradual_pruning_selects_the_best_evaluation_at_the_final_sparsity(name,
         assert bits_zero(final[n][~k]).all() and int((final[n] == 0).sum()) == n_pruned(k.numel(), 0.8), n
 
 
+def test_movement_best_state_survives_a_resume_in_the_cool_down(tmp_path):
+    """select_best keeps MvP's masks and scores with the best weights; a run resumed inside the
+    cool-down (after a best was kept) ends bit-identical to the uninterrupted one."""
+    args = [*TINY, "method=movement", "method.sparsity=0.8", "method.score_lr=1e-3", "trainer.max_steps=10",
+            "trainer.eval_every=1", "trainer.checkpoint_every=8"]
+    full = run_inprocess(tmp_path / "full", args)
+    assert full["status"] == "completed", full.get("error")
+    resumed = run_inprocess(tmp_path / "resumed", [*args, f"trainer.resume={tmp_path / 'full'}"])
+    assert resumed["resumed_from"]["step"] == 8
+    a = load_file(str(tmp_path / "full/checkpoints/final/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/checkpoints/final/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["best"]["step"] == full["best"]["step"] and resumed["metrics"] == full["metrics"]
+    ka, kb = load_masks(tmp_path / "full/prune_mask.safetensors"), load_masks(tmp_path / "resumed/prune_mask.safetensors")
+    assert all(torch.equal(ka[n], kb[n]) for n in ka)
+
+
 def test_trainable_fraction_on_the_papers_basis(tmp_path):
     """MvP's trainables — all the model's parameters plus one score per prunable weight — are the
     PST paper's basis; recorded beside the fraction of the model's parameters."""
