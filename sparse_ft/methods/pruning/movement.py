@@ -14,7 +14,7 @@ The mask is re-chosen every `prune_every` steps on the cubic schedule, in the co
 
 The scores' learning rate (`score_lr`) decides the method. 1e-2 is emmental's value (Sanh et al.'s
 code), made for ~10-epoch runs from constant scores: kept as the default for the paper-length
-runs (sweeps/pst_glue.yaml searches it). From the |W| start it erases the magnitude information
+runs (sweeps/pst_glue.yaml: 10–40 epochs). From the |W| start it erases the magnitude information
 within a few steps of a short run — on a 63-step CPU proxy MvP ends at chance (50.0 at 50%
 sparsity where MaP gets 90.2; 93.8 at 5e-5) — so a short run must set it for its length
 (sweeps/reproduce_cpu_pst.yaml: 5e-5 for 63 steps). A run whose best evaluation at the final
