@@ -314,14 +314,16 @@ def test_movement_counts_its_scores_as_added_as_well_as_trainable(scheduled_runs
     assert p["trainable"] == p["total"] + scores  # every weight trains, and so do the scores
 
 
-def test_pst_gradients_are_the_straight_through_ones():
+def test_pst_gradients_are_the_full_score_straight_through_ones():
+    """The authors' SparseBinarizer: ∂L/∂S = ∂L/∂(W⊙M) ⊙ W reaches the whole score S = |W| +
+    λ(α1·AB + α2·(R ⊕ C)) — A, B, R and C (scaled by λα1, λα2) and, through |W0 + UV|, U and V."""
     from sparse_ft.methods.pruning.pst import PSTLinear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(6, 5)
     layer = PSTLinear(lin, r1=2, r2=3, alpha1=0.7, alpha2=1.3, lam=0.5)
     with torch.no_grad():
-        for p in (layer.pst_U, layer.pst_B, layer.pst_R, layer.pst_C):
+        for p in (layer.pst_V, layer.pst_B, layer.pst_R, layer.pst_C):
             p.normal_()
         layer.pst_mask.copy_(torch.rand(5, 6) > 0.4)
     x = torch.randn(4, 6)
@@ -332,15 +334,147 @@ def test_pst_gradients_are_the_straight_through_ones():
     weff = (w * m).requires_grad_(True)  # reference: G = ∂L/∂(W ⊙ M)
     ((torch.nn.functional.linear(x, weff, lin.bias) - target) ** 2).sum().backward()
     G = weff.grad
-    assert torch.allclose(layer.pst_R.grad, (G * w).sum(1), atol=1e-5)
-    assert torch.allclose(layer.pst_C.grad, (G * w).sum(0), atol=1e-5)
-    assert torch.allclose(layer.pst_A.grad, 0.5 * 0.7 * (G * w) @ layer.pst_B.detach().T, atol=1e-5)
-    assert torch.allclose(layer.pst_U.grad, (G * m) @ layer.pst_V.detach().T, atol=1e-5)
+    gs = G * w  # ∂L/∂S
+    assert torch.allclose(layer.pst_R.grad, 0.5 * 1.3 * gs.sum(1), atol=1e-5)
+    assert torch.allclose(layer.pst_C.grad, 0.5 * 1.3 * gs.sum(0), atol=1e-5)
+    assert torch.allclose(layer.pst_A.grad, 0.5 * 0.7 * gs @ layer.pst_B.detach().T, atol=1e-5)
+    assert torch.allclose(layer.pst_B.grad, 0.5 * 0.7 * layer.pst_A.detach().T @ gs, atol=1e-5)
+    gw = G * m + gs * torch.sign(w)  # through W ⊙ M and through |W| in the score
+    assert torch.allclose(layer.pst_U.grad, gw @ layer.pst_V.detach().T, atol=1e-5)
+    assert torch.allclose(layer.pst_V.grad, layer.pst_U.detach().T @ gw, atol=1e-5)
     with torch.no_grad():  # evaluation computes the same output without the straight-through terms
         assert torch.allclose(layer(x), torch.nn.functional.linear(x, w * m, lin.bias), atol=1e-6)
     score = layer.score()
     expected = w.abs() + 0.5 * (0.7 * layer.pst_A.detach() @ layer.pst_B.detach() + 1.3 * (layer.pst_R.detach()[:, None] + layer.pst_C.detach()[None, :]))
     assert torch.allclose(score, expected)
+
+
+def test_pst_initialisation_is_the_authors():
+    from sparse_ft.methods.pruning.pst import PSTLinear
+
+    torch.manual_seed(0)
+    layer = PSTLinear(torch.nn.Linear(256, 128), r1=8, r2=8, alpha1=1, alpha2=1, lam=1)
+    for name in ("pst_A", "pst_U"):  # torch.randn: N(0, 1), not a small std
+        t = getattr(layer, name).detach()
+        assert abs(float(t.std()) - 1.0) < 0.1 and abs(float(t.mean())) < 0.1, name
+    for name in ("pst_B", "pst_V", "pst_R", "pst_C"):
+        assert torch.count_nonzero(getattr(layer, name)) == 0, name
+    assert torch.equal(layer.merged(), layer.weight)  # W = W0 at the start (V = 0)
+
+
+def test_pst_r_and_c_train_in_the_optimizer_or_accumulate_as_eq4(tmp_path):
+    setup = Setup(tmp_path)
+    module = setup.bundle.module
+    method = setup.method("pst", sparsity=0.5)
+    method.wrap(setup.bundle, setup.ctx)
+    method.prepare(module, setup.ctx)
+    in_opt = {id(p) for g in method.param_groups(0.0) for p in g["params"]}
+    layer = next(iter(method.layers.values()))
+    assert id(layer.pst_R) in in_opt and id(layer.pst_C) in in_opt  # the authors' code: R, C are optimizer parameters
+    module.train()
+    setup.bundle.loss(setup.batch()).backward()
+    before = layer.pst_R.detach().clone()
+    method.after_backward(0)  # nothing outside the optimizer
+    assert torch.equal(layer.pst_R.detach(), before) and layer.pst_R.grad is not None
+
+    setup2 = Setup(tmp_path / "eq4")
+    module2 = setup2.bundle.module
+    lit = setup2.method("pst", sparsity=0.5, rc_update="accumulate")
+    lit.wrap(setup2.bundle, setup2.ctx)
+    lit.prepare(module2, setup2.ctx)
+    in_opt = {id(p) for g in lit.param_groups(0.0) for p in g["params"]}
+    layer2 = next(iter(lit.layers.values()))
+    assert id(layer2.pst_R) not in in_opt and id(layer2.pst_C) not in in_opt
+    module2.train()
+    setup2.bundle.loss(setup2.batch()).backward()
+    grad = layer2.pst_R.grad.clone()
+    lit.after_backward(0)  # eq. 4: R ← R − rowsum(∂L/∂W ⊙ W) (unit weight in the straight-through product)
+    assert torch.equal(layer2.pst_R.detach(), -grad) and layer2.pst_R.grad is None
+
+
+def test_pst_trains_a_pooler_with_no_trained_values_with_the_head(tmp_path):
+    """MiniLM's never-trained pooler: the rule every body-freezing method shares (petl.side.new_params)."""
+    from sparse_ft.methods.petl.side import new_params
+
+    setup = Setup(tmp_path)
+    module = setup.bundle.module
+    pooler = sorted(n for n, _ in module.named_parameters() if ".pooler." in n)
+    assert pooler
+    module.newly_initialized = pooler  # as models.text marks a checkpoint's untrained pooler
+    method = setup.method("pst", sparsity=0.5)
+    method.wrap(setup.bundle, setup.ctx)
+    method.prepare(module, setup.ctx)
+    trains = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert set(pooler) <= trains
+    assert {n for n in trains if ".pst_" not in n} == set(new_params(module))
+    assert set(pooler) <= set(method.report()["trained_with_head"])
+
+
+# --- selection at the final sparsity, trainable % on the paper's basis -------------------------------
+
+
+@pytest.mark.parametrize("name", ["magnitude", "movement"])
+def test_gradual_pruning_selects_the_best_evaluation_at_the_final_sparsity(name, tmp_path):
+    s = run_inprocess(tmp_path, [*TINY, f"method={name}", "method.sparsity=0.8", "trainer.max_steps=10", "trainer.eval_every=1",
+                                 *(["method.score_lr=1e-3"] if name == "movement" else [])])
+    assert s["status"] == "completed", s.get("error")
+    t1 = s["sparsity"]["schedule"]["final_from_step"]
+    evals = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["main"] for r in evals if r.get("type") == "eval" and r.get("split") == "validation"}
+    assert set(evals) == set(range(1, 11))
+    eligible = {k: v for k, v in evals.items() if k >= t1}
+    best = max(eligible.values())
+    assert s["best"]["step"] >= t1 and s["best"]["main"] == best
+    assert s["best"]["step"] == min(k for k, v in eligible.items() if v == best)  # the first of equals, as the trainer keeps
+    assert s["metrics"]["validation"]["main"] == best  # select_best restored the best cool-down weights
+    final = load_file(str(tmp_path / "checkpoints/final/model.safetensors"))
+    keep = load_masks(tmp_path / "prune_mask.safetensors")
+    for n, k in keep.items():  # the saved mask is the one the restored weights were pruned with
+        assert bits_zero(final[n][~k]).all() and int((final[n] == 0).sum()) == n_pruned(k.numel(), 0.8), n
+
+
+def test_movement_best_state_survives_a_resume_in_the_cool_down(tmp_path):
+    """select_best keeps MvP's masks and scores with the best weights; a run resumed inside the
+    cool-down (after a best was kept) ends bit-identical to the uninterrupted one."""
+    args = [*TINY, "method=movement", "method.sparsity=0.8", "method.score_lr=1e-3", "trainer.max_steps=10",
+            "trainer.eval_every=1", "trainer.checkpoint_every=8"]
+    full = run_inprocess(tmp_path / "full", args)
+    assert full["status"] == "completed", full.get("error")
+    resumed = run_inprocess(tmp_path / "resumed", [*args, f"trainer.resume={tmp_path / 'full'}"])
+    assert resumed["resumed_from"]["step"] == 8
+    a = load_file(str(tmp_path / "full/checkpoints/final/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/checkpoints/final/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["best"]["step"] == full["best"]["step"] and resumed["metrics"] == full["metrics"]
+    ka, kb = load_masks(tmp_path / "full/prune_mask.safetensors"), load_masks(tmp_path / "resumed/prune_mask.safetensors")
+    assert all(torch.equal(ka[n], kb[n]) for n in ka)
+
+
+def test_trainable_fraction_on_the_papers_basis(tmp_path):
+    """MvP's trainables — all the model's parameters plus one score per prunable weight — are the
+    PST paper's basis; recorded beside the fraction of the model's parameters."""
+    s = run_inprocess(tmp_path, [*TINY, "method=pst", "method.sparsity=0.5", "trainer.max_steps=2"])
+    p = s["params"]
+    prunable = s["sparsity"]["prunable"]
+    assert p["mvp_basis"] == p["total"] + prunable
+    assert p["trainable_fraction_mvp_basis"] == pytest.approx(p["trainable"] / (p["total"] + prunable))
+    assert p["trainable_fraction_mvp_basis"] < p["trainable_fraction"]
+
+
+def test_movement_flags_a_chance_level_result(tmp_path, caplog):
+    from sparse_ft.methods.base import Stage
+
+    setup = Setup(tmp_path)
+    method = setup.method("movement", sparsity=0.5)
+    method.prepare(setup.bundle.module, setup.ctx)
+    labels = [int(f["labels"]) for f in setup.features]
+    majority = max(labels.count(v) for v in set(labels)) / len(labels)
+    with caplog.at_level("WARNING"):
+        method.end_stage(0, Stage(), {"best": {"metrics": {"validation": {"accuracy": majority, "main": majority}}}})
+    assert method.report()["at_chance"] is True and method.report()["majority_rate"] == pytest.approx(majority)
+    assert any("at chance" in r.message and "score_lr" in r.message for r in caplog.records)
+    method.end_stage(0, Stage(), {"best": {"metrics": {"validation": {"accuracy": majority + 0.2, "main": majority + 0.2}}}})
+    assert method.report()["at_chance"] is False
 
 
 # --- movement ------------------------------------------------------------------------------------
@@ -380,7 +514,8 @@ def test_movement_scores_learn_straight_through_and_pruned_weights_return_with_t
 
 
 def test_imp_two_rounds_nested_masks_rewind_and_round_files(tmp_path):
-    s = run_inprocess(tmp_path, [*TINY, "method=imp", "method.rounds=2", "method.prune_per_round=0.3", "trainer.max_steps=4"])
+    s = run_inprocess(tmp_path, [*TINY, "method=imp", "method.rounds=2", "method.prune_per_round=0.3", "method.dense_first=false",
+                                 "trainer.max_steps=4"])
     assert s["status"] == "completed", s.get("error")
     assert [st["name"] for st in s["stages"]] == ["round_0", "round_1"]
     m0 = load_masks(tmp_path / "masks/round_0.safetensors")
@@ -402,6 +537,28 @@ def test_imp_two_rounds_nested_masks_rewind_and_round_files(tmp_path):
     assert all(r["best_main"] is not None and r["steps"] == 4 for r in rounds)
     assert rounds[0]["omp_mask_cosine"] == 1.0 and 0 < rounds[1]["omp_mask_cosine"] <= 1
     assert s["method_report"]["sparsity"]["target"] == pytest.approx(0.51)
+
+
+def test_imp_default_is_the_lottery_ticket_procedure(tmp_path):
+    """Round 0 trains the dense model; round 1 prunes p of the weights by the magnitude of the
+    *trained* weights (not the pretrained ones) and rewinds to the pretrained values."""
+    s = run_inprocess(tmp_path, [*TINY, "method=imp", "method.rounds=2", "method.prune_per_round=0.3", "trainer.max_steps=4",
+                                 "trainer.checkpoint_every=4"])
+    assert s["status"] == "completed", s.get("error")
+    m0 = load_masks(tmp_path / "masks/round_0.safetensors")
+    m1 = load_masks(tmp_path / "masks/round_1.safetensors")
+    total = sum(k.numel() for k in m0.values())
+    assert all(bool(k.all()) for k in m0.values())  # round 0: dense
+    assert sum(int((~k).sum()) for k in m1.values()) == n_pruned(total, 0.3)
+    rounds = json.loads((tmp_path / "masks/rounds.json").read_text())
+    assert [r["sparsity"] for r in rounds] == [0.0, pytest.approx(0.3)]
+    assert s["method_report"]["sparsity"]["target"] == pytest.approx(0.3) and s["method_report"]["dense_first"] is True
+    base = base_state(tmp_path)
+    omp = select({n: base[n].abs() for n in m1}, 0.3, "global")
+    assert any(not torch.equal(m1[n], omp[n]) for n in m1)  # chosen on the trained weights, not θp
+    # the random-mask floor beside the IMP/OMP cosine: ≈ the density at this size
+    assert rounds[1]["random_mask_cosine"] == pytest.approx(0.7, abs=0.03)
+    assert rounds[1]["omp_mask_cosine"] > rounds[1]["random_mask_cosine"]
 
 
 def test_imp_rewinds_every_parameter_to_the_initial_weights(tmp_path):

@@ -24,7 +24,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def _write(root: Path, name: str, method: str, main: float, seed: int = 1, model: str = MODEL, task: str = TASK,
            sparsity: float | None = None, method_cfg: dict | None = None, trainable_fraction: float = 0.99,
-           rounds: list[dict] | None = None, status: str = "completed", random_init: bool = False) -> Path:
+           rounds: list[dict] | None = None, status: str = "completed", random_init: bool = False,
+           mvp_basis: float | None = None, method_report: dict | None = None) -> Path:
     """A run directory with the keys a real run writes (trimmed to what the report reads)."""
     run = root / name
     run.mkdir(parents=True)
@@ -42,6 +43,8 @@ def _write(root: Path, name: str, method: str, main: float, seed: int = 1, model
                "best": {"step": 5, "main": main},
                "params": {"total": total, "trainable": int(trainable_fraction * total), "updated": 1000, "added": 0,
                           "updated_fraction": 1000 / total, "trainable_fraction": trainable_fraction}}
+    if mvp_basis is not None:
+        summary["params"]["trainable_fraction_mvp_basis"] = mvp_basis
     if sparsity is not None:
         block = {"overall": sparsity, "zeros": int(sparsity * 16384), "prunable": 16384,
                  "per_layer": {"bert.encoder.layer.0.attention.self.query.weight": sparsity},
@@ -52,6 +55,8 @@ def _write(root: Path, name: str, method: str, main: float, seed: int = 1, model
         (run / "masks").mkdir()
         (run / "masks" / "rounds.json").write_text(json.dumps(rounds, indent=2))
         summary.setdefault("method_report", {})["rounds"] = rounds
+    if method_report:
+        summary.setdefault("method_report", {}).update(method_report)
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     return run
 
@@ -184,7 +189,7 @@ def test_imp_omp_mask_cosine_figure(tmp_path):
     sec = essential.section(load_runs([root]), out)
     fig = out / essential.COSINE_PLOT
     assert fig in sec.files and fig.read_bytes()[:8] == PNG
-    assert "| bert_base | synthetic_nli | 36.0 | 98.50 | 1 |" in sec.markdown
+    assert "| bert_base | synthetic_nli | 36.0 | 98.50 | 64.00 | 1 |" in sec.markdown
     cos = sec.claims[1]
     # round 0 is the OMP mask itself (cosine 1 by construction) and is left out; ES is 29.87%, so
     # no other round lies inside the essential range and every round counts
@@ -197,13 +202,18 @@ def test_imp_omp_mask_cosine_figure(tmp_path):
 
 
 # ----------------------------------------------------------------------------- PST
-def _pst_grid(root: Path, high: dict[str, float], low: dict[str, float], pst_trainable: float = 0.016) -> None:
+def _pst_grid(root: Path, high: dict[str, float], low: dict[str, float], pst_trainable: float = 0.016,
+              chance: tuple = ()) -> None:
+    """`pst_trainable`: PST's fraction on the paper's basis (MvP's trainables); of the model's
+    parameters it is 1.75× that (BERT-base: 1.45% vs 2.58%)."""
     for level, scores in ((0.9, high), (0.5, low)):
         for m, main in scores.items():
             for seed in (1, 2):
+                frac = pst_trainable * 1.75 if m == "pst" else (2.0 if m == "movement" else 1.0) * 0.99
                 _write(root, f"{m}_{level}_{seed}", m, main + (seed - 1.5) / 1000, seed=seed, sparsity=level,
                        method_cfg={"sparsity": level, "scope": "layer", "schedule": "cubic"},
-                       trainable_fraction=pst_trainable if m == "pst" else (2.0 if m == "movement" else 1.0) * 0.99)
+                       trainable_fraction=frac, mvp_basis=pst_trainable if m == "pst" else frac / 1.75,
+                       method_report={"at_chance": True} if (m, level, seed) in chance else None)
 
 
 def test_pst_table_plot_and_claims(tmp_path):
@@ -212,11 +222,13 @@ def test_pst_table_plot_and_claims(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     sec = pst.section(load_runs([root]), out)
-    assert "| bert_base | synthetic_nli | PST | 90 | 90.00 | 83.00 ± 0.07 (2) | 1.600 |" in sec.markdown
+    assert "| bert_base | synthetic_nli | PST | 90 | 90.00 | 83.00 ± 0.07 (2) | 2.800 | 1.600 |" in sec.markdown
     assert (out / pst.PLOT) in sec.files and (out / pst.PLOT).read_bytes()[:8] == PNG
     order, trainable, low = sec.claims
     assert order.verdict == HOLDS and "PST − best +1.00 points" in order.ours
-    assert trainable.verdict == HOLDS and trainable.ours.startswith("1.60% trainable")
+    # the claim is checked on the paper's basis (MvP's trainables), the model's basis beside it
+    assert trainable.verdict == HOLDS and trainable.ours.startswith("1.60% of MvP's trainables (2.80% of the model's parameters)")
+    assert "(at chance" not in sec.markdown and "[at chance" not in order.ours
     assert low.verdict == HOLDS and "MaP 86.00" in low.ours
 
 
@@ -226,7 +238,7 @@ def test_pst_claims_flip_when_the_scores_flip(tmp_path):
               pst_trainable=0.10)
     order, trainable, low = pst.section(load_runs([root]), tmp_path, plots=False).claims
     assert order.verdict == DOES_NOT_HOLD and "PST − best -3.00 points" in order.ours
-    assert trainable.verdict == DOES_NOT_HOLD and "10.00% trainable" in trainable.ours
+    assert trainable.verdict == DOES_NOT_HOLD and "10.00% of MvP's trainables" in trainable.ours
     assert low.verdict == DOES_NOT_HOLD
     # MvP above MaP but PST below MvP still breaks the order
     root2 = tmp_path / "runs2"
@@ -264,3 +276,40 @@ def test_sections_are_none_without_relevant_runs(tmp_path):
     runs = load_runs([root])
     assert essential.section(runs, tmp_path) is None
     assert pst.section(runs, tmp_path) is not None
+
+
+def test_pst_trainable_claim_uses_the_papers_basis_and_a_chance_level_mvp_is_named(tmp_path):
+    root = tmp_path / "runs"
+    # 1.45% of MvP's trainables is 2.54% of the model's: the claim holds on the paper's basis only
+    _pst_grid(root, {"magnitude": 0.80, "movement": 0.50, "pst": 0.83}, {"magnitude": 0.86, "movement": 0.50},
+              pst_trainable=0.0145, chance={("movement", 0.9, 1), ("movement", 0.5, 2)})
+    sec = pst.section(load_runs([root]), tmp_path, plots=False)
+    order, trainable, low = sec.claims
+    assert trainable.verdict == HOLDS and trainable.ours.startswith("1.45% of MvP's trainables (2.54% of the model's")
+    assert "MvP 50.00 [at chance in 1/2 run(s)" in order.ours
+    assert "MvP 50.00 [at chance in 1/2 run(s)" in low.ours
+    assert sec.markdown.count("(at chance: 1/2)") == 2
+    # without the paper-basis fraction (a run of an older version) the claim is not measurable
+    root2 = tmp_path / "runs2"
+    _write(root2, "pst", "pst", 0.80, sparsity=0.9, method_cfg={"sparsity": 0.9}, trainable_fraction=0.0254)
+    assert pst.section(load_runs([root2]), tmp_path, plots=False).claims[1].verdict == NOT_MEASURABLE
+
+
+def test_imp_cosine_shows_the_random_mask_floor_and_leaves_out_dense_rounds(tmp_path):
+    root = tmp_path / "runs"
+    _known_curve(root)
+    # the lottery-ticket default: round 0 is dense (sparsity 0, cosine 1 by construction)
+    rounds = [{"round": 0, "sparsity": 0.0, "omp_mask_cosine": 1.0, "random_mask_cosine": 1.0},
+              {"round": 1, "sparsity": 0.2, "omp_mask_cosine": 0.97, "random_mask_cosine": 0.801},
+              {"round": 2, "sparsity": 0.36, "omp_mask_cosine": 0.96}]  # no measured floor: its expectation 1 − s
+    _write(root, "imp", "imp", 0.79, sparsity=0.36, method_cfg={"rounds": 3, "prune_per_round": 0.2, "dense_first": True}, rounds=rounds)
+    sec = essential.section(load_runs([root]), tmp_path, plots=False)
+    assert "random mask cosine (%, floor)" in sec.markdown
+    assert "| bert_base | synthetic_nli | 20.0 | 97.00 | 80.10 | 1 |" in sec.markdown
+    assert "| bert_base | synthetic_nli | 36.0 | 96.00 | 64.00 | 1 |" in sec.markdown
+    cos = sec.claims[1]
+    # ES is 29.87%: the round at 20% is the one inside the essential range; its floor is the measured one
+    assert cos.verdict == HOLDS and "min 97.0% at 20.0%" in cos.ours and "a random mask: 80.1%" in cos.ours
+    # only the dense round: nothing to compare
+    (root / "imp" / "masks" / "rounds.json").write_text(json.dumps(rounds[:1]))
+    assert essential.section(load_runs([root]), tmp_path, plots=False).claims[1].verdict == NOT_MEASURABLE

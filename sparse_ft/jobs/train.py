@@ -192,6 +192,7 @@ def train_job(rc: RunContext) -> float | None:
             save_tensors(exported, run_dir / "checkpoints" / "final" / "model.safetensors", {"model": str(bundle.source)})
         updated = count_updated(exported, initial)
         summary["params"] = param_block(base_total, method.trainable_count(), updated, method.added_count())
+        summary["params"].update(method.param_bases(base_total))  # e.g. trainable_fraction_mvp_basis (pruning)
         summary["storage"] = storage_block(run_dir, dense_bytes, method_storage)
         if checkpointer is not None:
             summary["storage"]["sparse_checkpoints"] = checkpointer.summary()

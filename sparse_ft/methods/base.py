@@ -164,6 +164,25 @@ class Method:
 
     def on_epoch_end(self, epoch: int) -> None: ...
 
+    def selectable(self, step: int) -> bool:
+        """May the evaluation after `step` optimizer steps count as the run's best (what
+        `trainer.select_best` restores and `summary.json → best` reports)? Default: every one;
+        gradual pruning: only those at the final sparsity."""
+        return True
+
+    def best_state(self) -> dict | None:
+        """Method state that belongs with the weights `trainer.select_best` keeps (None: the
+        module's own state is all there is); `load_best_state` gets it back with those weights."""
+        return None
+
+    def load_best_state(self, state: dict) -> None:
+        """The counterpart of `best_state`, called after the best weights were restored."""
+
+    def param_bases(self, total: int) -> dict:
+        """Extra `summary.json → params` entries (e.g. the trainable fraction on a paper's own
+        basis); `total`: the pretrained model's parameter count."""
+        return {}
+
     def refresh_due(self, epoch: int) -> bool:
         """After epoch `epoch` (0-based) ends: should `refresh_mask` run?"""
         return False

@@ -140,7 +140,7 @@ def load_module(model_cfg, task: TaskData, tokenizer):
         for reason in sorted(set(new.values())):
             names = sorted(n for n, r in new.items() if r == reason)
             log.warning("model %s: %s hold no trained values (%s); methods that freeze the backbone "
-                        "(read, lst, adapter, lora, prompt_tuning, ia3) train them with the task head",
+                        "(read, lst, adapter, lora, prompt_tuning, ia3, pst) train them with the task head",
                         model_cfg.get("name"), ", ".join(names), reason)
     if arch == "decoder":
         # decoder-only LMs classify from the last non-pad token, which needs a pad id

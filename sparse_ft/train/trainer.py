@@ -15,6 +15,8 @@ With `trainer.early_stopping_patience=N` the loop stops after N evaluations in a
 better validation main metric (the READ paper's protocol, with `select_best` restoring the best
 checkpoint before the final evaluation); the count is in the checkpoint, so a resumed run stops
 where an uninterrupted one would.
+An evaluation competes for the best (`select_best`, early stopping, `summary.json → best`) only
+when the method allows it (`Method.selectable`: gradual pruning only at its final sparsity).
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.job_state = job_state or dict  # what the job keeps in checkpoints besides the loop (finished stages)
         self._best_weights: dict | None = None
+        self._best_method_state: dict | None = None  # Method.best_state() taken with the best weights
         # early stopping: evaluations in a row without a better main metric, and where it stopped
         self.patience = early_stopping_patience(cfg)
         self.evals_without_improvement = 0
@@ -157,6 +160,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "method": self.method.state_dict(),
+            "best_method": self._best_method_state,
             "rng": rng_state(),
             "job": self.job_state(),
             "early_stopping": {"evals_without_improvement": self.evals_without_improvement, "stopped_early_at_step": self.stopped_early_at_step},
@@ -206,6 +210,7 @@ class Trainer:
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.scaler.load_state_dict(trainer_state["scaler"])
         self._best_weights = resume["tensors"].get("best.safetensors")
+        self._best_method_state = trainer_state.get("best_method")
         early = trainer_state.get("early_stopping") or {}
         self.evals_without_improvement = int(early.get("evals_without_improvement", 0))
         self.stopped_early_at_step = early.get("stopped_early_at_step")
@@ -402,7 +407,9 @@ class Trainer:
         if cfg.select_best and self._best_weights is not None and st.best_step != st.step:
             log.info("restoring the best checkpoint (step %d, %s=%.4f)", st.best_step, self.task.main_metric, st.best_main)
             module.load_state_dict(self._best_weights)
-        self._best_weights = None
+            if self._best_method_state is not None:
+                self.method.load_best_state(self._best_method_state)
+        self._best_weights = self._best_method_state = None
         return st
 
     def _end_epoch(self) -> None:
@@ -467,12 +474,15 @@ class Trainer:
         selection = results.get(self.task.eval_splits[0])
         if selection is None:
             return
+        if not self.method.selectable(st.step):  # e.g. gradual pruning before the final sparsity
+            return
         main = selection["main"]
         if st.best_step < 0 or (math.isfinite(main) and main > st.best_main):
             st.best_main, st.best_step, st.best_metrics = main, st.step, results
             self.evals_without_improvement = 0
             if self.cfg.select_best:
                 self._best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.bundle.module.state_dict().items()}
+                self._best_method_state = self.method.best_state()
         else:
             self.evals_without_improvement += 1
         if self.patience and self.evals_without_improvement >= self.patience and self.stopped_early_at_step is None:

@@ -176,6 +176,14 @@ class PruningMethod(Method):
     def target_sparsity(self) -> float:
         return float(self.opts.sparsity)
 
+    def param_bases(self, total: int) -> dict:
+        """The trainable count also on the basis the PST paper uses for every method: MvP's
+        trainables, i.e. all the model's parameters plus one score per prunable weight (BERT-base:
+        PST's 2,821,634 of ~194M = 1.45%, the paper's "1.5%"; of the model's 110M it is 2.58%)."""
+        prunable = sum(p.numel() for p in self.params.values())
+        basis = int(total) + prunable
+        return {"mvp_basis": basis, "trainable_fraction_mvp_basis": self.trainable_count() / basis if basis else 0.0}
+
     def mask_info(self) -> dict:
         return {"method": self.name, "target": self.target_sparsity(), "scope": self.opts.get("scope"), "pattern": self.opts.get("pattern", "unstructured")}
 
@@ -221,9 +229,11 @@ class ScheduledPruning(PruningMethod):
     """Gradual pruning on the cubic schedule: the mask is re-chosen after optimizer steps from
     `scores()`; the final sparsity is reached exactly at step t1 = T − round(cooldown_frac·T).
 
-    The run's stage turns `trainer.select_best` off: an earlier, denser checkpoint is not a
-    result at the target sparsity, so the final weights are the last ones (the best evaluation is
-    still recorded in `summary.json → best`)."""
+    Selection (`selectable`): only evaluations at the final sparsity compete for the best, so
+    `trainer.select_best` (on by default) restores the best checkpoint of the cool-down and
+    `summary.json → best` is the best evaluation at the target sparsity — the PST authors' code
+    reports the best validation epoch within the cool-down. An earlier, denser checkpoint is never a
+    result. `trainer.select_best=false` keeps the last weights."""
 
     Options = ScheduleOptions
     monotone = True  # pruned entries never return: once at the final sparsity the mask is final
@@ -232,8 +242,9 @@ class ScheduledPruning(PruningMethod):
         super().__init__(cfg)
         self.total_steps = 0
 
-    def stages(self) -> list[Stage]:
-        return [Stage("train", {"select_best": False})]
+    def selectable(self, step: int) -> bool:
+        """Evaluations count for the best only once the masks are at the final sparsity."""
+        return self.level >= float(self.opts.sparsity)
 
     def begin_stage(self, index: int, stage: Stage, ctx: MethodContext) -> None:
         self.total_steps = int(ctx.total_steps)

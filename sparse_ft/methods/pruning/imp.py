@@ -1,17 +1,20 @@
 """Iterative magnitude pruning with rewinding to the pretrained weights (IMP / lottery tickets,
 the Essential Sparsity paper's LTH baseline): `rounds` full fine-tunes, one training stage each.
 
-Before round i the prunable weights are pruned to sparsity s_i = 1 − (1 − p)^(i+1)
-(p = `prune_per_round`) by the magnitude of the weights the previous round trained (round 0: of
-the pretrained weights, i.e. OMP at p), every parameter is rewound to the run's initial weights θp
+The lottery-ticket procedure (the default, `dense_first=true`): round 0 fine-tunes the dense
+model; before every later round i the prunable weights are pruned to sparsity
+s_i = 1 − (1 − p)^i — p = `prune_per_round` of the weights still alive — by the magnitude of the
+weights the previous round *trained*, every parameter is rewound to the run's initial weights θp
 (snapshot taken in `prepare`: the pretrained body and the new head's initialisation) and the mask
 is applied; the round then fine-tunes with the mask fixed (pruned entries exactly zero). A pruned
-weight is never revived, so the masks are nested. With `dense_first=true` round 0 trains the
-dense model (s_0 = 0, the classic LTH start) and s_i = 1 − (1 − p)^i.
+weight is never revived, so the masks are nested. `dense_first=false` skips the dense round:
+round 0 starts from the one-shot magnitude mask of θp at p (OMP), s_i = 1 − (1 − p)^(i+1) — its
+first mask is the OMP mask by construction.
 
 The run directory keeps every round's mask (`masks/round_<i>.safetensors`) and `masks/rounds.json`
 (sparsity, the round's best validation score and step, the cosine similarity of the round's mask
-to the one-shot magnitude mask of θp at the same sparsity). While rounds remain, the checkpoint's
+to the one-shot magnitude mask of θp at the same sparsity, and beside it the cosine of a uniformly
+random mask of that sparsity — the floor, ≈ 1 − s — which the IMP/OMP figure must beat). While rounds remain, the checkpoint's
 method state carries θp (a resume mid-run still rewinds to the true initial weights).
 """
 
@@ -38,9 +41,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImpOptions(MethodOptions):
-    rounds: int = option(3, "training rounds (stages), each a full fine-tune; at least 2 (one round is OMP)", low=2)
+    rounds: int = option(3, "training rounds (stages), each a full fine-tune; at least 2 (dense_first: round 0 is the dense fine-tune)", low=2)
     prune_per_round: float = option(0.2, "fraction of the remaining prunable weights removed before each round", low=0, high=1, low_open=True, high_open=True)
-    dense_first: bool = option(False, "round 0 fine-tunes the dense model (classic LTH) instead of starting from the one-shot magnitude mask")
+    dense_first: bool = option(True, "true: round 0 fine-tunes the dense model (the lottery-ticket procedure) | false: round 0 starts "
+                                     "from the one-shot magnitude mask of the pretrained weights (OMP at prune_per_round)")
     scope: Literal["global", "layer"] = option("global", "global: one threshold over all prunable weights | layer: every weight matrix pruned alike")
     modules: Sequence | None = option(None, "regular expressions over module names choosing the prunable nn.Linear/nn.Conv2d weights; "
                                         "null = every nn.Linear inside the transformer blocks (ResNet: every Conv2d/Linear but the head)")
@@ -105,7 +109,10 @@ class IterativeMagnitude(PruningMethod):
         self.apply_masks()
         self.level, self.round = sparsity, index
         omp = select({n: self.rewind[n].abs() for n in self.params}, sparsity, self.opts.scope)
-        info = {"round": index, "sparsity": sparsity, "pruned_entries": self.pruned(), "omp_mask_cosine": cosine(self.keep, omp)}
+        g = torch.Generator().manual_seed(int(getattr(ctx, "seed", 0) or 0) * 1000 + index)
+        rand = select({n: torch.rand(p.shape, generator=g) for n, p in self.params.items()}, sparsity, self.opts.scope)
+        info = {"round": index, "sparsity": sparsity, "pruned_entries": self.pruned(), "omp_mask_cosine": cosine(self.keep, omp),
+                "random_mask_cosine": cosine(rand, omp)}  # the floor: a uniformly random mask of the same sparsity
         if self.run_dir is not None:
             path = self.run_dir / "masks" / f"round_{index}.safetensors"
             info["mask_file"] = str(path.relative_to(self.run_dir))
@@ -114,8 +121,8 @@ class IterativeMagnitude(PruningMethod):
         self._write_rounds()
         if index + 1 == int(self.opts.rounds):
             self.rewind = None  # nothing to rewind to after the last round: the checkpoints stay small
-        log.info("imp: round %d/%d at sparsity %.4f (%d pruned), rewound to the initial weights; mask cosine to OMP %.4f",
-                 index + 1, self.opts.rounds, sparsity, info["pruned_entries"], info["omp_mask_cosine"])
+        log.info("imp: round %d/%d at sparsity %.4f (%d pruned), rewound to the initial weights; mask cosine to OMP %.4f (a random mask: %.4f)",
+                 index + 1, self.opts.rounds, sparsity, info["pruned_entries"], info["omp_mask_cosine"], info["random_mask_cosine"])
 
     def end_stage(self, index: int, stage: Stage, result: dict) -> None:
         best = result.get("best") or {}
@@ -137,5 +144,5 @@ class IterativeMagnitude(PruningMethod):
 
     def report(self) -> dict:
         out = super().report()
-        out.update(rounds=self.rounds_info, prune_per_round=float(self.opts.prune_per_round))
+        out.update(rounds=self.rounds_info, prune_per_round=float(self.opts.prune_per_round), dense_first=bool(self.opts.dense_first))
         return out

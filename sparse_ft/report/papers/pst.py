@@ -5,16 +5,21 @@ Runs: `method=magnitude` (MaP), `method=movement` (MvP), `method=pst`. A table r
 model × task × method × target sparsity (`method.sparsity`, the schedule's end point); its
 sparsity column is the measured one (summary.json `sparsity.overall`, exact zeros of the final
 weights), its score the mean ± std over seeds (×100 where the metric is a fraction), its
-trainable % `params.trainable_fraction` (entries the optimizer may change over all parameters;
-MvP counts its scores too, as the paper does).
+trainable % on two bases: `params.trainable_fraction` (entries the optimizer may change over the
+model's parameters; MvP counts its scores too) and `params.trainable_fraction_mvp_basis`, the
+paper's basis — over MvP's trainables, all weights plus one score per prunable weight (BERT-base:
+PST's 2,821,634 of ~194M = 1.45%, the paper's "1.5%"; 2.58% of the model's 110M).
+A MvP cell whose run reported `method_report.at_chance` (its best accuracy no better than the
+majority class: the score lr erased the |W| start) is marked "at chance" and named in the claims.
 
 Claims compare methods on the same model × task at the same **measured** sparsity (within
 `MATCH` = 1 percentage point of 90% or 50%):
 
 * "at 90% PST ≥ MvP ≥ MaP": holds when the order holds on every model × task that has all three;
   ours also gives PST − best(MaP, MvP) (the paper: +0.73 on RoBERTa-large);
-* "PST trains ≈1.5% of the parameters at 90%": holds when our mean trainable % lies within a
-  factor 2 of 1.5% (0.75–3%); the fraction depends on the model's shape (embeddings, head);
+* "PST trains ≈1.5% of the parameters at 90%": on the paper's basis (MvP's trainables); holds
+  when our mean lies within a factor 2 of 1.5% (0.75–3%); the fraction depends on the model's
+  shape (embeddings, head);
 * "MaP is best at 50%": holds when MaP ≥ max(MvP, PST) on every model × task that has MaP and at
   least one of them.
 """
@@ -38,7 +43,7 @@ METHODS = ("magnitude", "movement", "pst")
 LABELS = {"magnitude": "MaP", "movement": "MvP", "pst": "PST"}
 MATCH = 0.01            # measured sparsities within 1 point of the claim's level are "at" it
 HIGH, LOW = 0.9, 0.5
-PAPER_TRAINABLE = 1.5   # % of parameters trained by PST at 90% sparsity (BERT-base)
+PAPER_TRAINABLE = 1.5   # % of MvP's trainables (weights + scores) trained by PST at 90% sparsity (BERT-base)
 TRAINABLE_BAND = (PAPER_TRAINABLE / 2, PAPER_TRAINABLE * 2)
 PLOT = "pst_score_vs_sparsity.png"
 _COLOURS = {"magnitude": "tab:orange", "movement": "tab:green", "pst": "tab:blue"}
@@ -78,6 +83,23 @@ class Cell:
     def trainable(self) -> float | None:
         xs = [r.trainable_fraction for r in self.runs if r.trainable_fraction is not None]
         return statistics.fmean(xs) if xs else None
+
+    @property
+    def trainable_mvp_basis(self) -> float | None:
+        """`params.trainable_fraction_mvp_basis`: the paper's basis (MvP's weights + scores)."""
+        xs = [_params(r).get("trainable_fraction_mvp_basis") for r in self.runs]
+        xs = [float(x) for x in xs if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        return statistics.fmean(xs) if xs else None
+
+    @property
+    def at_chance(self) -> int:
+        """Runs that reported a chance-level result (`method_report.at_chance`, MvP)."""
+        return sum(1 for r in self.runs if ((r.summary or {}).get("method_report") or {}).get("at_chance") is True)
+
+
+def _params(run: Run) -> dict:
+    p = (run.summary or {}).get("params")
+    return p if isinstance(p, dict) else {}
 
 
 def _target(run: Run) -> float | None:
@@ -129,21 +151,27 @@ def order_claim(cells: Sequence[Cell], scale: float) -> Claim:
         pst, mvp, map_ = (by[m].score * scale for m in ("pst", "movement", "magnitude"))
         holds = pst >= mvp - 1e-9 and mvp >= map_ - 1e-9
         ok.append(holds)
-        items.append(f"PST {pst:.2f}, MvP {mvp:.2f}, MaP {map_:.2f} (PST − best {pst - max(mvp, map_):+.2f} points) "
+        items.append(f"PST {pst:.2f}, MvP {mvp:.2f}{_chance_note(by['movement'])}, MaP {map_:.2f} (PST − best {pst - max(mvp, map_):+.2f} points) "
                      f"on {model}/{task} at measured {100 * by['pst'].sparsity:.1f}% ({_seeds(list(by.values()))})")
     if not ok:
         return Claim(PAPER, claim, paper, "n/a: no model × task with MaP, MvP and PST runs at ≈90% measured sparsity", NOT_MEASURABLE)
     return Claim(PAPER, claim, paper, "; ".join(items), HOLDS if all(ok) else DOES_NOT_HOLD)
 
 
+def _chance_note(cell: Cell) -> str:
+    return f" [at chance in {cell.at_chance}/{len(cell.runs)} run(s): method.score_lr too large for the run's length]" if cell.at_chance else ""
+
+
 def trainable_claim(cells: Sequence[Cell]) -> Claim:
     claim = "PST trains ≈1.5% of the parameters at 90% sparsity"
     paper = f"≈{PAPER_TRAINABLE:g}%"
-    pst = [c for by in at_level(cells, HIGH).values() for m, c in by.items() if m == "pst" and c.trainable is not None]
+    paper = f"≈{PAPER_TRAINABLE:g}% of MvP's trainables (weights + scores)"
+    pst = [c for by in at_level(cells, HIGH).values() for m, c in by.items() if m == "pst" and c.trainable_mvp_basis is not None]
     if not pst:
-        return Claim(PAPER, claim, paper, "n/a: no PST run at ≈90% measured sparsity with params.trainable_fraction", NOT_MEASURABLE)
-    items = [f"{100 * c.trainable:.2f}% trainable on {c.model}/{c.task} (measured sparsity {100 * c.sparsity:.1f}%)" for c in pst]
-    values = [100 * c.trainable for c in pst]
+        return Claim(PAPER, claim, paper, "n/a: no PST run at ≈90% measured sparsity with params.trainable_fraction_mvp_basis", NOT_MEASURABLE)
+    items = [f"{100 * c.trainable_mvp_basis:.2f}% of MvP's trainables ({fmt_num(None if c.trainable is None else 100 * c.trainable, 2)}% "
+             f"of the model's parameters) on {c.model}/{c.task} (measured sparsity {100 * c.sparsity:.1f}%)" for c in pst]
+    values = [100 * c.trainable_mvp_basis for c in pst]
     lo, hi = TRAINABLE_BAND
     verdict = HOLDS if all(lo <= v <= hi for v in values) else DOES_NOT_HOLD
     return Claim(PAPER, claim, paper, "; ".join(items) + f" (holds within {lo:g}–{hi:g}%)", verdict)
@@ -159,7 +187,7 @@ def low_sparsity_claim(cells: Sequence[Cell], scale: float) -> Claim:
         scores = {m: by[m].score * scale for m in METHODS if m in by}
         others = max(v for m, v in scores.items() if m != "magnitude")
         ok.append(scores["magnitude"] >= others - 1e-9)
-        items.append(", ".join(f"{LABELS[m]} {v:.2f}" for m, v in scores.items())
+        items.append(", ".join(f"{LABELS[m]} {v:.2f}{_chance_note(by[m])}" for m, v in scores.items())
                      + f" on {model}/{task} at measured {100 * by['magnitude'].sparsity:.1f}% ({_seeds(list(by.values()))})")
     if not ok:
         return Claim(PAPER, claim, paper, "n/a: no model × task with MaP and MvP or PST at ≈50% measured sparsity", NOT_MEASURABLE)
@@ -213,15 +241,20 @@ def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section |
     scale = _score_scale(cells)
     unit = " (×100)" if scale != 1 else ""
     md = ["Gradual pruning on the cubic schedule (dense for the first 10% of steps, the target sparsity for the "
-          "last 30%). Sparsity is **measured** on the final weights (`sparsity.overall`); trainable % is "
-          "`params.trainable_fraction` (MvP: weights + scores). Claims compare methods at the same measured sparsity "
+          "last 30%). Sparsity is **measured** on the final weights (`sparsity.overall`); trainable % on two bases: "
+          "`params.trainable_fraction` (of the model's parameters; MvP: weights + scores) and "
+          "`params.trainable_fraction_mvp_basis` (of MvP's trainables, weights + one score per prunable weight: the paper's basis). "
+          "A score marked *at chance* comes from a MvP run whose best accuracy was no better than the majority class "
+          "(`method.score_lr` too large for the run's length). Claims compare methods at the same measured sparsity "
           f"(within {100 * MATCH:g} point of 90% / 50%).", ""]
     rows = [[c.model, c.task, LABELS[c.method], "—" if c.target is None else f"{100 * c.target:g}",
-             fmt_num(None if c.sparsity is None else 100 * c.sparsity, 2), fmt_cell(c.scores, scale, 2),
-             fmt_num(None if c.trainable is None else 100 * c.trainable, 3)] for c in cells]
+             fmt_num(None if c.sparsity is None else 100 * c.sparsity, 2),
+             fmt_cell(c.scores, scale, 2) + (f" (at chance: {c.at_chance}/{len(c.runs)})" if c.at_chance else ""),
+             fmt_num(None if c.trainable is None else 100 * c.trainable, 3),
+             fmt_num(None if c.trainable_mvp_basis is None else 100 * c.trainable_mvp_basis, 3)] for c in cells]
     if rows:
         md.append(md_table(["model", "task", "method", "target sparsity (%, config)", "sparsity (%, measured)",
-                            f"score{unit}", "trainable (% of params)"], rows, "lllrrrr"))
+                            f"score{unit}", "trainable (% of params)", "trainable (% of MvP's trainables, paper)"], rows, "lllrrrrr"))
     else:
         md.append("No completed MaP / MvP / PST run with a score.")
     md.append("")
