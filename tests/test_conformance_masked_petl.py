@@ -82,7 +82,7 @@ def diff_pruning(tmp_path, *overrides):
 def test_diff_pruning_hard_concrete_gates_have_louizos_statistics(tmp_path):
     """With w = 1 the body holds θ0 + z: the sampled gates' P(z ≠ 0) and P(z = 1), per α, are the
     hard-concrete's; the L0 penalty is λ Σ σ(α − β log(−l/r))."""
-    bundle, m = diff_pruning(tmp_path)
+    bundle, m = diff_pruning(tmp_path, "method.structured=false")
     params = dict(bundle.module.named_parameters())
     name = "bert.embeddings.word_embeddings.weight"  # 30522 x 32: ~244k gates per α value
     levels = torch.tensor([-2.0, 0.0, 1.0, 3.0])
@@ -111,8 +111,8 @@ def test_diff_pruning_hard_concrete_gates_have_louizos_statistics(tmp_path):
     assert m._expected_density() == pytest.approx(float(expected) / total, rel=1e-5)
 
 
-def test_structured_diff_pruning_gates_whole_tensors_and_its_penalty_is_the_product(tmp_path):
-    bundle, m = diff_pruning(tmp_path, "method.structured=true")
+def test_structured_diff_pruning_gates_whole_tensors_and_its_penalties(tmp_path):
+    bundle, m = diff_pruning(tmp_path)  # structured is the default (the authors' script)
     assert len(m.group_alpha) == len(m.log_alpha) == len(m.body)
     shut = "bert.encoder.layer.0.attention.self.query.weight"
     with torch.no_grad():
@@ -126,14 +126,20 @@ def test_structured_diff_pruning_gates_whole_tensors_and_its_penalty_is_the_prod
     after = dict(bundle.module.named_parameters())
     assert torch.equal(after[shut].detach(), before[shut]), "a closed group gate must close the whole tensor"
     assert not torch.equal(after["bert.encoder.layer.0.attention.self.key.weight"].detach(), before["bert.encoder.layer.0.attention.self.key.weight"])
-    # E[‖δ‖₀] = Σ_g σ(α_g − c) Σ_{i∈g} σ(α_i − c)  (Guo et al. §3.3)
+    # E[‖δ‖₀] = Σ_g σ(α_g − c) Σ_{i∈g} σ(α_i − c)  (Guo et al. §3.3): the reported expected density and
+    # the `product` penalty; the authors' script's penalty (`sum`, the default) adds Σ_g σ(α_g − c) instead
     with torch.no_grad():
         for a, g in zip(m.log_alpha, m.group_alpha):
             a.uniform_(-2, 4)
             g.uniform_(-2, 4)
     c = BETA * math.log(-L / R)
-    ref = sum(float(torch.sigmoid(g.double() - c)) * float(torch.sigmoid(a.double() - c).sum()) for a, g in zip(m.log_alpha, m.group_alpha))
-    assert float(m.extra_loss()) == pytest.approx(1.25e-7 * ref, rel=1e-5)
+    alphas = [(a.detach().double(), g.detach().double()) for a, g in zip(m.log_alpha, m.group_alpha)]
+    product = sum(float(torch.sigmoid(g - c)) * float(torch.sigmoid(a - c).sum()) for a, g in alphas)
+    additive = sum(float(torch.sigmoid(a - c).sum()) + float(torch.sigmoid(g - c)) for a, g in alphas)
+    assert float(m.extra_loss()) == pytest.approx(1.25e-7 * additive, rel=1e-5)
+    assert m._expected_density() == pytest.approx(product / sum(a.numel() for a, _ in alphas), rel=1e-5)
+    m.cfg.group_penalty = "product"
+    assert float(m.extra_loss()) == pytest.approx(1.25e-7 * product, rel=1e-5)
 
 
 @pytest.mark.parametrize("structured", [False, True])
@@ -185,7 +191,7 @@ def test_diff_pruning_gradients_are_those_of_theta0_plus_gated_w(tmp_path, monke
 
 
 def test_diff_pruning_projects_to_exactly_the_k_largest_deltas(tmp_path):
-    bundle, m = diff_pruning(tmp_path)
+    bundle, m = diff_pruning(tmp_path, "method.structured=false")
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for a, w in zip(m.log_alpha, m.w):
@@ -215,13 +221,15 @@ def test_diff_pruning_projects_to_exactly_the_k_largest_deltas(tmp_path):
 
 
 def test_diff_pruning_defaults_are_the_authors(tmp_path):
-    """α in its own optimizer group at lr 0.1, constant; the second stage on (3 epochs, lr 5e-5)."""
+    """α in its own optimizer group at lr 0.1, constant; structured with the script's penalty; the
+    second stage on (3 epochs, lr 5e-5)."""
     from sparse_ft.train.optim import build_optimizer, build_scheduler
 
     _, m = diff_pruning(tmp_path)
+    assert m.cfg.structured is True and m.cfg.group_penalty == "sum" and len(m.group_alpha) == len(m.body)
     groups = m.param_groups(0.0)
     alpha = [g for g in groups if any(p is m.log_alpha[0] for p in g["params"])]
-    assert len(alpha) == 1 and alpha[0]["lr"] == 0.1 and len(alpha[0]["params"]) == len(m.log_alpha)
+    assert len(alpha) == 1 and alpha[0]["lr"] == 0.1 and len(alpha[0]["params"]) == 2 * len(m.log_alpha)
     assert not any(p is w for g in alpha for p in g["params"] for w in m.w)
     trainer = compose(["trainer.lr=5e-5", "trainer.warmup_ratio=0.1"]).trainer
     opt = build_optimizer(trainer, groups)

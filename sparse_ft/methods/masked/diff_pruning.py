@@ -13,12 +13,14 @@ does nothing and the method degenerates to magnitude pruning of a dense update. 
 projection to exactly k entries, Guo et al.'s second stage fine-tunes δ with the mask fixed
 (`finetune_epochs` = 3 at `finetune_lr` = 5e-5, as in their scripts): on by default.
 
-Structured diff pruning (Guo et al. §3.3, `structured=true`): one more gate z_g per group, the
-group being a weight matrix or bias vector (a parameter tensor, the authors' `per_params_alpha`):
-δ_i = z_i · z_g · w_i, and the expected L0 norm is the paper's
-Σ_g σ(α_g − β log(−l/r)) · Σ_{i∈g} σ(α_i − β log(−l/r)) (the authors' script adds σ(α_g − …) once
-per group instead; the paper's form is the expected count of non-zero δ entries). The FISH paper
-does not say which variant its Diff Pruning figure used; the default here is the basic one.
+Structured diff pruning (Guo et al. §3.3), the default: one more gate z_g per group, the group
+being a weight matrix or bias vector (a parameter tensor: the authors' `per_params_alpha`, which
+their script turns on by default — so the FISH paper's Diff Pruning figure, reproduced "following
+the paper's code base", is this variant): δ_i = z_i · z_g · w_i. The L0 penalty is the authors'
+script's, λ (Σ_i σ(α_i − c) + Σ_g σ(α_g − c)) with c = β log(−l/r), the group term once per group
+(`group_penalty=sum`); `group_penalty=product` is the paper's expected L0 norm
+Σ_g σ(α_g − c) · Σ_{i∈g} σ(α_i − c), the expected count of non-zero δ entries, which is also what
+`l0_expected_density` reports either way. `structured=false` is the basic (unstructured) method.
 
 How it runs here. The module keeps its ordinary parameters (checkpoints, `select_best` and
 resume see the usual keys): they *hold* θ = θ0 + z ⊙ w for the current gate sample, and the
@@ -57,7 +59,8 @@ class DiffPruningOptions(MaskedOptions):
     alpha_init: float = option(5.0, "initial log α of every gate (z ≈ 1 at the start)")
     alpha_lr: float | None = option(0.1, "learning rate of the gate logits α, in an optimizer group of their own (Guo et al.'s separate Adam: 0.1); null = trainer.lr", low=0, low_open=True)
     alpha_lr_schedule: str = option("constant", "α's lr over stage 1: constant (the authors' α scheduler is never stepped) | trainer (trainer.scheduler's warm-up and decay)", choices=("constant", "trainer"))
-    structured: bool = option(False, "structured diff pruning (Guo et al. §3.3): one extra shared gate per parameter tensor (weight matrix / bias vector), δ = z_i·z_g·w")
+    structured: bool = option(True, "structured diff pruning (Guo et al. §3.3; the authors' script's default, behind the FISH paper's figure): one extra shared gate per parameter tensor (weight matrix / bias vector), δ = z_i·z_g·w; false = the basic method")
+    group_penalty: str = option("sum", "structured L0 penalty: sum (the authors' script: Σσ(α_i−c) + σ(α_g−c) once per group) | product (the paper's expected L0: σ(α_g−c)·Σσ(α_i−c))", choices=("sum", "product"))
     temperature: float = option(1.0, "β of the hard-concrete distribution", low=0, low_open=True)
     stretch_left: float = option(-1.5, "l: hard-concrete stretch interval (l, r), l < 0", high=0, high_open=True)
     stretch_right: float = option(1.5, "r: > 1, so that z is exactly 0 or 1 with positive probability", low=1, low_open=True)
@@ -110,7 +113,7 @@ class DiffPruning(Method):
             self.w = [nn.Parameter(torch.zeros_like(params[n], dtype=torch.float32)) for n in self.body]
             self.log_alpha = [nn.Parameter(torch.full_like(params[n], float(self.cfg.alpha_init), dtype=torch.float32)) for n in self.body]
             self.group_alpha = ([nn.Parameter(torch.full((1,), float(self.cfg.alpha_init), device=params[n].device)) for n in self.body]
-                                if self.cfg.get("structured", False) else [])
+                                if self.cfg.get("structured", True) else [])
             self.delta = SparseDelta.capture(module, ctx, full_names=head_names(module))
         self.run_dir = ctx.run_dir
         for n, p in params.items():
@@ -199,17 +202,22 @@ class DiffPruning(Method):
             return 1.0
         return self._stretch(s[i] if s is not None else torch.sigmoid(self.group_alpha[i]))
 
-    def _l0_terms(self):
-        """Per tensor, P(δ entry ≠ 0) summed: Σ σ(α − β log(−l/r)) (× the group's, structured)."""
+    def _l0_terms(self, form: str = "product"):
+        """Per tensor: Σ_i σ(α_i − β log(−l/r)), the expected count of open gates; structured, times
+        the group's σ(α_g − …) (`product`, the expected L0 norm) or plus it once (`sum`, the authors')."""
         shift = self.beta * math.log(-self.l / self.r)
         for i, a in enumerate(self.log_alpha):
             term = torch.sigmoid(a - shift).sum()
-            yield term * torch.sigmoid(self.group_alpha[i] - shift).sum() if self.group_alpha else term
+            if not self.group_alpha:
+                yield term
+            else:
+                group = torch.sigmoid(self.group_alpha[i] - shift).sum()
+                yield term * group if form == "product" else term + group
 
     def extra_loss(self) -> torch.Tensor | None:
         if self.lam == 0 or self.update is not None:
             return None
-        return self.lam * sum(self._l0_terms())
+        return self.lam * sum(self._l0_terms(self.cfg.get("group_penalty", "sum")))
 
     def after_backward(self, step: int) -> None:
         if self.update is not None:
@@ -383,7 +391,7 @@ class DiffPruning(Method):
             "head_params": self.stats.get("head_params"),
             "optimizer_elements": elements,
             "optimizer_state_bytes_adamw": 2 * 4 * elements,
-            "structured": bool(self.cfg.get("structured", False)),
+            "structured": bool(self.cfg.get("structured", True)),
         }
         out.update({k: v for k, v in self.stats.items() if k not in out and k != "total_params"})
         if hasattr(self.delta, "summary"):
