@@ -507,3 +507,10 @@ def test_dense_trains_every_parameter_like_plain_adamw(tmp_path):
         o.step()
     for (n, p), q in zip(bundle.module.named_parameters(), reference.parameters()):
         assert torch.equal(p.detach(), q.detach()), n
+
+
+def test_bert_base_is_uncased_and_the_cased_checkpoint_has_its_own_config():
+    """PST, Essential Sparsity and most GLUE baselines use bert-base-uncased (issue 20, item 16)."""
+    assert compose(["model=bert_base"]).model.name_or_path == "bert-base-uncased"
+    cased = compose(["model=bert_base_cased"]).model
+    assert cased.name_or_path == "bert-base-cased" and cased.name == "bert_base_cased"
