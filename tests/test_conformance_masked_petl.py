@@ -375,6 +375,32 @@ def test_houlsby_adapter_sits_after_the_dropout_and_layer_norms_train():
         assert not torch.allclose(w2.module(**inputs(batch)).logits, ours, atol=1e-5)
 
 
+@pytest.mark.parametrize("places", ["both", "ffn"])
+def test_opt_adapter_moves_the_functional_dropout_in_front_of_the_adapter(places):
+    """OPT applies its residual dropout functionally: the hooks apply it before the adapter (layer's
+    own set to 0). With the zero-init (identity) adapters, training-mode outputs under the same seed
+    equal the plain backbone's: the dropout is where it was, only the adapter now follows it."""
+    bundle, feats = bundle_of("tiny_opt", n=8)
+    bundle.module.config.dropout = 0.3
+    for layer in bundle.module.model.decoder.layers:
+        layer.dropout = 0.3
+    plain = copy.deepcopy(bundle.module).train()
+    m = method("adapter", "method.bottleneck=4", f"method.places={places}")
+    w = m.wrap(bundle, None)
+    assert all(layer.dropout == 0.0 for layer in m.model.backbone.model.decoder.layers)
+    batch = bundle.collate(feats[:4])
+    w.module.train()
+    with torch.no_grad():
+        torch.manual_seed(3)
+        ours = w.module(**inputs(batch)).logits
+        torch.manual_seed(3)
+        ref = plain(**inputs(batch)).logits
+        torch.manual_seed(4)
+        other = plain(**inputs(batch)).logits
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ref, other), "dropout must be active for this check"
+
+
 # --- prompt tuning --------------------------------------------------------------------------------
 
 
