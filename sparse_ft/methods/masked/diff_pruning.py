@@ -31,7 +31,10 @@ evaluated (eval mode), its weights are θ0 + the *projected* δ: the determinist
 z = clamp(σ(α)(r − l) + l, 0, 1), then the k largest |δ| entries over all tensors (k = density·|θ|
 minus the new head, which is trained in full and counted inside k) — so every evaluation, the
 best-checkpoint selection and the final weights see exactly the sparse model that is stored, and
-`finalize` writes θ0 + projected δ (updated entries = k).
+`finalize` writes θ0 + projected δ (updated entries = k). Structured, z is z_i·z_g throughout (the
+deterministic gates too). `method_report.stage1_l0_expected_density` is E‖δ‖₀/|δ| when the gates
+stop (start of the second stage). One difference remains: the trainer clips all gradients together
+(`trainer.max_grad_norm`), where the authors' script clips w's and α's separately.
 """
 
 from __future__ import annotations
