@@ -223,7 +223,7 @@ def test_diff_pruning_projects_to_exactly_the_k_largest_deltas(tmp_path):
 def test_diff_pruning_defaults_are_the_authors(tmp_path):
     """α in its own optimizer group at lr 0.1, constant; structured with the script's penalty; the
     second stage on (3 epochs, lr 5e-5)."""
-    from sparse_ft.train.optim import build_optimizer, build_scheduler
+    from sparse_ft.train.optim import build_optimizer, build_scheduler, clip_sets
 
     _, m = diff_pruning(tmp_path)
     assert m.cfg.structured is True and m.cfg.group_penalty == "sum" and len(m.group_alpha) == len(m.body)
@@ -240,6 +240,9 @@ def test_diff_pruning_defaults_are_the_authors(tmp_path):
     lrs = {id(g["params"][0]): g["lr"] for g in opt.param_groups}
     assert lrs[id(m.log_alpha[0])] == 0.1  # no warm-up, no decay
     assert lrs[id(m.w[0])] == pytest.approx(5e-5 * (1 - 4 / 9))  # the trainer's schedule: 1 warm-up step, linear decay
+    # trainer.max_grad_norm clips α's gradients apart from w's (the authors clip the two separately)
+    sets = clip_sets(opt)
+    assert len(sets) == 2 and {id(p) for p in sets[1]} == {id(p) for p in [*m.log_alpha, *m.group_alpha]}
     stages = m.stages()
     assert [s.name for s in stages] == ["diff", "finetune_projection"]
     assert stages[1].overrides == {"epochs": 3, "max_steps": 0, "lr": 5e-5}

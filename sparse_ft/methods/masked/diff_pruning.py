@@ -33,8 +33,8 @@ minus the new head, which is trained in full and counted inside k) — so every 
 best-checkpoint selection and the final weights see exactly the sparse model that is stored, and
 `finalize` writes θ0 + projected δ (updated entries = k). Structured, z is z_i·z_g throughout (the
 deterministic gates too). `method_report.stage1_l0_expected_density` is E‖δ‖₀/|δ| when the gates
-stop (start of the second stage). One difference remains: the trainer clips all gradients together
-(`trainer.max_grad_norm`), where the authors' script clips w's and α's separately.
+stop (start of the second stage). `trainer.max_grad_norm` clips the gradients of α (and α_g) apart
+from those of w and the head, as the authors' script does.
 """
 
 from __future__ import annotations
@@ -182,6 +182,7 @@ class DiffPruning(Method):
             alpha["lr"] = float(self.cfg.alpha_lr)
         if self.cfg.get("alpha_lr_schedule", "constant") == "constant":
             alpha["constant_lr"] = True  # build_scheduler leaves this group's lr as it is
+        alpha["clip_group"] = "diff_pruning_gates"  # trainer.max_grad_norm clips α apart from w, as the authors do
         groups.append(alpha)
         groups += decay_groups(self.head_params, weight_decay)
         return groups
