@@ -115,7 +115,9 @@ def model_width(module: nn.Module) -> int:
 
 
 def adapter_targets(module: nn.Module, places: str, placement: str = "after_projection") -> list[tuple[str, int, float]]:
-    """(module to hook, adapter width, dropout the hook applies first) for each adapter."""
+    """(module to hook, adapter width, dropout the hook applies first) for each adapter; width 0: no
+    adapter, only the dropout (OPT, a sublayer `places` leaves out). OPT after the dropout: sets each
+    decoder layer's own dropout to 0 (the hooks apply it)."""
     model_type = getattr(getattr(module, "config", None), "model_type", None)
     if model_type not in PLACES:
         raise ConfigError("model", f"method=adapter knows where adapters go in {', '.join(sorted(PLACES))} models, not {type(module).__name__} ({model_type!r})")
@@ -131,7 +133,6 @@ def adapter_targets(module: nn.Module, places: str, placement: str = "after_proj
         classes = [T5_SUBLAYERS[i] for i in which]
         out = [(f"{n}.dropout", model_width(module), 0.0) for n, m in module.named_modules() if type(m).__name__ in classes]
     elif model_type == "opt":  # functional dropout: the hooks on out_proj / fc2 apply it, the layer's is set to 0
-        patterns = [PLACES[model_type][i] for i in which]
         for n, layer in module.named_modules():
             if type(layer).__name__ != "OPTDecoderLayer":
                 continue
@@ -143,6 +144,8 @@ def adapter_targets(module: nn.Module, places: str, placement: str = "after_proj
     if not [t for t in out if t[1]]:
         raise ConfigError("model", f"method=adapter found no {places} sublayer ({placement}) in {type(module).__name__}")
     return out
+
+
 def _keep_dropout(backbone: nn.Module, name: str, p: float):
     """OPT, an adapter-less sublayer (places=attention|ffn): the dropout moved out of the layer."""
     drop = nn.Dropout(p)
