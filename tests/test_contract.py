@@ -27,8 +27,8 @@ def shipped() -> dict:
 TRAINING = sorted(n for n, c in shipped().items() if getattr(c, "kind", "trainer") == "trainer")
 TINY = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=64", "task.max_eval_samples=16",
         "trainer.batch_size=8", "trainer.lr=1e-3", "method.name={m}"]
-# options the tiny run sets so that it is quick (FISH's Fisher over 16 examples)
-QUICK_OPTIONS = {"fish": ["++method.num_samples=16"]}
+# options the tiny run sets so that it is quick (FISH's Fisher over 16 examples; Diff Pruning's second stage in steps)
+QUICK_OPTIONS = {"fish": ["++method.num_samples=16"], "diff_pruning": ["++method.finetune_steps=4"]}
 
 
 def method_overrides(name: str) -> list[str]:

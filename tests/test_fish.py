@@ -222,7 +222,8 @@ def test_bitfit_on_t5_fails_with_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("method", ["fish", "diff_pruning"])
 def test_resume_reuses_the_mask_and_ends_like_an_uninterrupted_run(tmp_path, method):
-    extra = {"fish": ["method.density=0.02", "method.num_samples=32"], "diff_pruning": ["method.density=0.02", "method.alpha_lr=0.05"]}[method]
+    extra = {"fish": ["method.density=0.02", "method.num_samples=32"],
+             "diff_pruning": ["method.density=0.02", "method.alpha_lr=0.05", "method.finetune_steps=4"]}[method]  # resumes inside the second stage
     args = [*TINY, f"method={method}", *extra, "trainer.lr=1e-3", "trainer.scheduler=constant", "trainer.select_best=false", "trainer.eval_every=0"]
     run_inprocess(tmp_path / "full", [*args, "trainer.max_steps=4"])
     run_inprocess(tmp_path / "ckpt", [*args, "trainer.max_steps=4", "trainer.checkpoint_every=2"])  # keeps step 2 in checkpoints/last

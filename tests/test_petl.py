@@ -44,16 +44,19 @@ def backbone_of(m):
     return m.model.backbone
 
 
-def frozen_params(backbone) -> dict:
+def frozen_params(backbone, layer_norms_train: bool = False) -> dict:
+    """The backbone's frozen parameters (Houlsby adapters train the layer norms too)."""
+    from sparse_ft.methods.petl.adapter import LAYER_NORM
+
     heads = set(head_names(backbone))
-    return {n: p for n, p in backbone.named_parameters() if n not in heads}
+    return {n: p for n, p in backbone.named_parameters() if n not in heads and not (layer_norms_train and LAYER_NORM.search(n))}
 
 
 @pytest.mark.parametrize("method,model", [("read", "tiny_bert"), ("read", "tiny_t5"), ("read", "tiny_opt"),
                                           ("lst", "tiny_bert"), ("lst", "tiny_t5"), ("adapter", "tiny_bert"), ("adapter", "tiny_t5")])
 def test_backbone_gets_no_gradient_and_stays_bit_identical(method, model):
     m, w, batches = wrapped(model, method)
-    frozen = frozen_params(backbone_of(m))
+    frozen = frozen_params(backbone_of(m), layer_norms_train=method == "adapter")
     before = {n: p.detach().clone() for n, p in frozen.items()}
     trained = {n: p.detach().clone() for n, p in w.module.named_parameters() if p.requires_grad}
     assert trained and not any(p.requires_grad for p in frozen.values())
@@ -179,7 +182,9 @@ def test_tiny_run_reports_the_side_tensors_and_keeps_the_base_layout(method, mod
     assert not any(re.search(r"lora_|ia3_|base_layer|modules_to_save|original_module|prompt_encoder|backbone\.|side\.|adapters\.", k) for k in final)
     if model == "tiny_t5":
         assert report["trained_heads"] == []
-        if method != "ia3":  # nothing of T5 trains (its LM head is pretrained): the export is the base
+        if method == "adapter":  # only the layer norms change in the export (Houlsby)
+            assert 0 < p["updated"] <= sum(v.numel() for k, v in final.items() if "layer_norm" in k)
+        elif method != "ia3":  # nothing of T5 trains (its LM head is pretrained): the export is the base
             assert p["updated"] == 0
         else:
             assert 0 < p["updated"] <= report["merged_entries"]
@@ -273,6 +278,11 @@ def test_a_pooler_missing_from_the_checkpoint_trains_with_the_head(method, poole
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     assert set(POOLER) <= changed, sorted(changed)
     if method in ("read", "adapter", "lst", "prompt_tuning"):  # nothing merges: the pretrained body stays bit-identical
+        if method == "adapter":  # Houlsby: the layer norms train too
+            from sparse_ft.methods.petl.adapter import LAYER_NORM
+
+            assert any(LAYER_NORM.search(k) for k in changed)
+            changed = {k for k in changed if not LAYER_NORM.search(k)}
         assert changed == {*POOLER, "classifier.weight", "classifier.bias"}, sorted(changed)
 
 

@@ -36,6 +36,8 @@ def warmup_steps(cfg, total_steps: int) -> int:
 
 
 def build_scheduler(cfg, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up, then `trainer.scheduler`'s decay, for every parameter group except those a method
+    marks `constant_lr` (their lr stays as set: Diff Pruning's gate logits, as in the authors' code)."""
     warm = warmup_steps(cfg, total_steps)
     kind = cfg.scheduler
 
@@ -49,4 +51,16 @@ def build_scheduler(cfg, optimizer, total_steps: int) -> torch.optim.lr_schedule
             return max(0.0, 1.0 - progress)
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))  # cosine
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if not any(g.get("constant_lr") for g in optimizer.param_groups):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [(lambda step: 1.0) if g.get("constant_lr") else factor for g in optimizer.param_groups])
+
+
+def clip_sets(optimizer) -> list[list[torch.Tensor]]:
+    """The parameters whose gradients `trainer.max_grad_norm` clips together: all of them, except
+    groups a method tags with a `clip_group` of their own (Diff Pruning's gate logits, clipped
+    apart from w as in the authors' code)."""
+    sets: dict[str, list[torch.Tensor]] = {}
+    for group in optimizer.param_groups:
+        sets.setdefault(group.get("clip_group", ""), []).extend(group["params"])
+    return list(sets.values())

@@ -44,7 +44,7 @@ from . import distributed as D
 from .callbacks import TrainerCallback
 from .checkpoint import write_checkpoint_dir
 from .evaluator import Evaluator
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, clip_sets
 from .preemption import Preempted, PreemptionWatcher
 from .state import WORKER_KEYS, TrainState, callback_key, clone_tree, epoch_order, parse_every, rng_state, set_rng_state, steps_per_epoch, total_steps  # noqa: F401  (re-exported)
 
@@ -360,7 +360,8 @@ class Trainer:
                         self.method.after_backward(st.step)
                         if cfg.max_grad_norm > 0:
                             self.scaler.unscale_(self.optimizer)
-                            torch.nn.utils.clip_grad_norm_(self._opt_params(), cfg.max_grad_norm)
+                            for params in clip_sets(self.optimizer):  # one set unless a method tags groups apart
+                                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                         self.scaler.step(self.optimizer)
                         self.scaler.update()
                         self.scheduler.step()

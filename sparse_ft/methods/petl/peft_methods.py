@@ -7,10 +7,12 @@ trained in full (peft `modules_to_save`), and `export` returns the base model's 
 - prompt tuning: the backbone unchanged + the trained head; the virtual-token embeddings are
   `params.added` and written to `prompt.safetensors` (they cannot be merged into any weight, so
   `job=evaluate` on the exported checkpoint scores the model without its prompt);
-- (IA)³: the learned vectors l rescale keys, values and the feed-forward input (peft's per
-  architecture default) and *are* merged into those weights (W·diag(l) / diag(l)·W) on a copy of
-  the model, so the final checkpoint reproduces the run; `method_report.merged_entries` counts
-  the weight entries the merge rewrote.
+- (IA)³: the learned vectors l rescale the keys, the values and the feed-forward block's inner
+  activation, as Liu et al. define it (`IA3_TARGETS`: explicit per model family, not peft's
+  default mapping, which also rescales BERT's attention.output.dense and OPT's queries instead of
+  its values), and *are* merged into those weights (W·diag(l) / diag(l)·W) on a copy of the
+  model, so the final checkpoint reproduces the run; `method_report.merged_entries` counts the
+  weight entries the merge rewrote.
 
 Decoder-only classifiers (OPT) read the last non-pad token, which Hugging Face finds from
 `input_ids`; under prompt tuning the model only sees embeddings, so each row is shifted to left
@@ -143,15 +145,36 @@ class PromptTuning(PeftMethod):
 # --- (IA)^3 -------------------------------------------------------------------------------------
 
 
+# (IA)^3 (Liu et al. 2022, §3.3): l_k ⊙ keys, l_v ⊙ values (every attention, T5's cross-attention
+# too) and l_ff ⊙ γ(W1 x), the feed-forward block's inner activation, which is the *input* of its
+# second projection (peft's "feedforward" modules: input rescaled). model_type -> (targets,
+# feed-forward targets), dotted module-name suffixes as regexes matched against the whole name.
+IA3_TARGETS = {
+    "bert": ([r"layer\.\d+\.attention\.self\.key", r"layer\.\d+\.attention\.self\.value", r"layer\.\d+\.output\.dense"], [r"layer\.\d+\.output\.dense"]),
+    "t5": ([r"block\.\d+\.layer\.\d+\.(SelfAttention|EncDecAttention)\.k", r"block\.\d+\.layer\.\d+\.(SelfAttention|EncDecAttention)\.v",
+            r"block\.\d+\.layer\.\d+\.DenseReluDense\.wo"], [r"block\.\d+\.layer\.\d+\.DenseReluDense\.wo"]),
+    "opt": ([r"layers\.\d+\.self_attn\.k_proj", r"layers\.\d+\.self_attn\.v_proj", r"layers\.\d+\.fc2"], [r"layers\.\d+\.fc2"]),
+}
+IA3_TARGETS["roberta"] = IA3_TARGETS["xlm-roberta"] = IA3_TARGETS["bert"]
+
+
+def suffix_regex(parts: list[str], escape: bool = False) -> str:
+    """One regex that peft full-matches against a module name: any of `parts` as its dotted suffix."""
+    alts = "|".join(re.escape(p) if escape else p for p in parts)
+    return rf"(.*\.)?(?:{alts})"
+
+
 @dataclass
 class IA3Options(MethodOptions):
-    target_modules: list | None = option(None, "modules rescaled by learned vectors; null = peft's default (BERT key/value/output.dense, T5 k/v/wo, OPT q_proj/k_proj/fc2)")
-    feedforward_modules: list | None = option(None, "which targets are feed-forward (their input is rescaled, not their output); null = peft's default")
+    target_modules: list | None = option(None, "modules rescaled by learned vectors (dotted name suffixes); null = (IA)³'s own: keys, values and the feed-forward inner activation per model family (BERT/RoBERTa attention.self.key/value + layer.N.output.dense input, T5 k/v + DenseReluDense.wo input, OPT k_proj/v_proj + fc2 input)")
+    feedforward_modules: list | None = option(None, "which targets are feed-forward (their input is rescaled, not their output); null = the family's second FFN projection (with target_modules set: none)")
     train_head: bool = option(True, "train the newly initialised task head in full (peft modules_to_save)")
 
     def check(self) -> None:
         if self.feedforward_modules and not self.target_modules:
             raise ConfigError("method.feedforward_modules", "needs method.target_modules (it must be a subset of them)")
+        if self.feedforward_modules and not set(self.feedforward_modules) <= set(self.target_modules):
+            raise ConfigError("method.feedforward_modules", f"{sorted(set(self.feedforward_modules) - set(self.target_modules))} not in method.target_modules")
 
 
 @register("ia3")
@@ -166,11 +189,18 @@ class IA3(PeftMethod):
     def peft_config(self, bundle, heads):
         from peft import IA3Config
 
-        return IA3Config(
-            target_modules=list(self.opts.target_modules) if self.opts.target_modules else None,
-            feedforward_modules=list(self.opts.feedforward_modules) if self.opts.feedforward_modules else None,
-            modules_to_save=list(heads) or None,
-        )
+        if self.opts.target_modules:  # the user's: exact dotted suffixes (peft's list form matches
+            # feed-forward names by bare endswith, so "output.dense" would catch attention.output.dense)
+            targets = suffix_regex(list(self.opts.target_modules), escape=True)
+            ff = suffix_regex(list(self.opts.feedforward_modules), escape=True) if self.opts.feedforward_modules else r"(?!)"
+        else:
+            model_type = getattr(getattr(bundle.module, "config", None), "model_type", None)
+            if model_type not in IA3_TARGETS:
+                raise ConfigError("method.target_modules", f"(IA)³ knows the keys, values and feed-forward activation of {', '.join(sorted(IA3_TARGETS))} models, "
+                                  f"not {type(bundle.module).__name__} ({model_type!r}): set method.target_modules (and method.feedforward_modules)")
+            parts, ff_parts = IA3_TARGETS[model_type]
+            targets, ff = suffix_regex(parts), suffix_regex(ff_parts)
+        return IA3Config(target_modules=targets, feedforward_modules=ff, modules_to_save=list(heads) or None)
 
     def is_added(self, name: str) -> bool:
         return ".ia3_l." in name
