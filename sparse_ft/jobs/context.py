@@ -24,6 +24,7 @@ import json
 import logging
 import platform
 import random
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -303,6 +304,14 @@ class RunContext:
             if is_multirun():
                 return None
             raise SystemExit(2) from err
+        except SystemExit as err:  # a launcher's signal handler ended the job (submitit's requeue)
+            self.guard.closing()
+            if self.guard.launcher_signal is not None:
+                signum, where = self.guard.launcher_signal
+                summary["status"] = "interrupted"
+                summary["error"] = f"{signal.Signals(signum).name} received {where}: the launcher's handler ended the job (exit {err.code})"
+                log.warning("%s", summary["error"])
+            raise
         except KeyboardInterrupt as err:  # SIGINT while the guard does not hold it
             self.guard.closing()
             error = err

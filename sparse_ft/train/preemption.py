@@ -17,8 +17,9 @@
   evaluation after the loop stops it at once and, in a single process, writes checkpoints/last
   first (every step is done; a resume evaluates again).
 
-A launcher's own Python handler is left alone outside the step loop (submitit: SIGUSR2 requeues,
-SIGTERM is bypassed), and so is a signal the process ignores (SIG_IGN). Inside the step loop we
+A launcher's own Python handler keeps its signal outside the step loop (submitit: SIGUSR2 requeues
+and exits, SIGTERM is bypassed); the guard only notes that it ran, so a job it ends is recorded as
+interrupted. A signal the process ignores (SIG_IGN) stays ignored. Inside the step loop we
 still write our checkpoint first, then hand the signal to the launcher's handler (`chain`), so
 the requeued job resumes from checkpoints/last instead of the last periodic checkpoint.
 
@@ -127,6 +128,7 @@ class SignalGuard:
         self._previous = {}
         self._critical: str | None = None  # a short step that must not be cut in half (see `critical`)
         self._held: tuple[int, str] | None = None  # a signal that came during it, and where
+        self.launcher_signal: tuple[int, str] | None = None  # a signal a launcher's handler took, and where
 
     def where(self) -> str:
         if self.phases:
@@ -155,9 +157,22 @@ class SignalGuard:
         SignalGuard.active = self
         for s in self.signals:
             current = signal.getsignal(s)
-            if current is signal.SIG_IGN or (callable(current) and current is not signal.default_int_handler):
-                continue  # ignored on purpose, or a launcher's (submitit): theirs outside the step loop
+            if current is signal.SIG_IGN:
+                continue  # ignored on purpose
+            if callable(current) and current is not signal.default_int_handler:
+                # a launcher's (submitit: SIGUSR2 requeues and exits, SIGTERM is bypassed): it
+                # stays theirs; we only note it, so a job it ends says interrupted, not failed
+                self._previous[s] = signal.signal(s, self._launchers(current))
+                continue
             self._previous[s] = signal.signal(s, self._handle)
+
+    def _launchers(self, handler):
+        def noted(signum, frame):
+            self.received = signum
+            self.launcher_signal = (signum, self.where())
+            return handler(signum, frame)
+
+        return noted
 
     def closing(self) -> None:
         self.closing_now = True
