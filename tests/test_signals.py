@@ -112,9 +112,10 @@ def test_sigterm_in_the_last_steps_evaluation_checkpoints_and_exits_instead_of_c
     assert [r["step"] for r in records(run) if r["type"] == "eval"] == [8]
 
 
-def test_sigterm_in_the_final_evaluation_stops_it_and_says_the_resume_starts_over(tmp_path):
-    # eval #1: the trainer's after its last step; #2: the job's final evaluation
-    args = [*TINY, "method=dense", "trainer.max_steps=3"]
+def test_sigterm_in_the_final_evaluation_stops_it_and_names_the_checkpoint_a_resume_continues_from(tmp_path):
+    # eval #1: the trainer's after its last step; #2: the job's final evaluation. A periodic
+    # checkpoint at step 2 (none at the last step: the run was about to finish)
+    args = [*TINY, "method=dense", "trainer.max_steps=3", "trainer.checkpoint_every=2"]
     run = tmp_path / "run"
     proc = stop_in_phase(tmp_path, run, args, "eval#2:300")
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
@@ -122,9 +123,10 @@ def test_sigterm_in_the_final_evaluation_stops_it_and_says_the_resume_starts_ove
     assert s["status"] == "interrupted" and "metrics" not in s
     assert s["error"] == "SIGTERM received during evaluation (phase eval): stopped at once"
     text = run_log(run)
-    assert "SIGTERM received during evaluation (phase eval): stopped at once; no checkpoint was written: a resume starts the run over; exit 143" in text
+    last = run / "checkpoints/last"
+    assert f"SIGTERM received during evaluation (phase eval): stopped at once; a resume continues from {last} (optimizer step 2); exit 143" in text
     assert "finishing this" not in text
-    assert not (run / "checkpoints/final").exists() and not (run / "checkpoints/last").exists()
+    assert json.loads((last / "manifest.json").read_text())["step"] == 2 and not (run / "checkpoints/final").exists()
     assert not [r for r in records(run) if r["type"] == "final"]
 
 
