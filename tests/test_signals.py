@@ -267,3 +267,17 @@ def test_a_launchers_handler_that_ends_the_job_leaves_an_interrupted_summary(tmp
     finally:
         thread.stop.set()
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_omp_pruning_pass_stops_on_sigterm(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSE_FT_TEST_PHASE_DELAY", "mask:300")
+    thread = _signal_once_in("mask")
+    try:
+        with pytest.raises(SystemExit) as stop:  # long before the hook's 300 s are over
+            run_inprocess(tmp_path, [*TINY, "method=omp", "trainer.max_steps=2"])
+    finally:
+        thread.stop.set()
+    assert stop.value.code == 128 + signal.SIGTERM
+    s = summary(tmp_path)
+    assert s["status"] == "interrupted"
+    assert s["error"] == "SIGTERM received during the mask pass (phase mask): stopped at once"
