@@ -281,3 +281,19 @@ def test_omp_pruning_pass_stops_on_sigterm(tmp_path, monkeypatch):
     s = summary(tmp_path)
     assert s["status"] == "interrupted"
     assert s["error"] == "SIGTERM received during the mask pass (phase mask): stopped at once"
+
+
+@pytest.mark.parametrize("names, ok", [(["SIGTERM", "USR1"], True), (["SIG_IGN"], False), (["SIGNOPE"], False)])
+def test_preempt_signals_must_be_signals(names, ok):
+    """SIG_IGN / SIG_DFL are handler constants: once accepted, SIG_IGN (= 1) made the trainer take over SIGHUP."""
+    from conftest import compose
+
+    from sparse_ft.config import validate
+    from sparse_ft.core.errors import ConfigError
+
+    cfg = compose([f"trainer.preempt_signals=[{','.join(names)}]"])
+    if ok:
+        validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match=r"^trainer.preempt_signals: .* is not a signal name"):
+            validate(cfg)

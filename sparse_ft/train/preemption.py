@@ -54,7 +54,7 @@ PHASES = {  # telemetry phase -> what the job is doing then (for the log line an
 def signal_number(name) -> int | None:
     """`SIGTERM`, `TERM` -> its number; None for a name this platform does not have."""
     value = getattr(signal, name if str(name).startswith("SIG") else f"SIG{name}", None)
-    return int(value) if isinstance(value, int) else None
+    return int(value) if isinstance(value, signal.Signals) else None  # not SIG_DFL / SIG_IGN
 
 
 class Preempted(Exception):
@@ -85,7 +85,7 @@ class Terminated(BaseException):
         if self.checkpoint_step is not None:
             text += f", after writing checkpoints/last at optimizer step {self.checkpoint_step}, the last of its training steps"
         if self.distributed:
-            text += " (torchrun stops the other workers this way when one fails)"
+            text += " (under torchrun also how the other workers are stopped when one fails)"
         return text
 
     @property
