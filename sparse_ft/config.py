@@ -75,10 +75,10 @@ def validate_trainer(t) -> None:
         parse_every(t.get("checkpoint_every", 0))
     except ValueError as err:
         raise ConfigError("trainer.checkpoint_every", str(err).split(": ", 1)[-1]) from err
-    import signal
+    from .train.preemption import signal_number
 
     for name in t.get("preempt_signals") or []:
-        if not hasattr(signal, name if str(name).startswith("SIG") else f"SIG{name}"):
+        if signal_number(name) is None:  # SIG_IGN / SIG_DFL are handlers, not signals
             raise ConfigError("trainer.preempt_signals", f"{name!r} is not a signal name")
     _number(t, "dist_timeout_s", p, low=0, low_open=True)
     _number(t, "inference_examples", p, low=1, integer=True)

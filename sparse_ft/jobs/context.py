@@ -7,10 +7,11 @@ stops the others with SIGTERM, which used to arrive while rank 0 was still handl
 got from the broken collective, and killed it before summary.json was written. Now:
 - every rank that fails writes its error to `<run>/worker_errors/rank<r>.json` before it leaves
   (the run directory is shared by the ranks, as it is for the checkpoints);
-- SIGTERM is guarded for the whole job (`SignalGuard`): inside the training loop the trainer's
-  pre-emption watcher owns it as before; outside it the signal stops the job with an exception
-  (so the summary is written), and once the job is ending (an error is being handled, the summary
-  written) it is only noted and cannot cut the write short;
+- stop signals are guarded for the whole job, in every process (`SignalGuard`,
+  train/preemption.py): inside the training step loop the trainer's pre-emption watcher owns
+  them; outside it a signal stops the job with `Terminated` naming the phase (so the summary is
+  written, `status: interrupted`, exit 128 + signal), and once the job is ending (an error is
+  being handled, the summary written) it is only noted and cannot cut the write short;
 - rank 0 writes a failed summary at once, then, when its own error is a broken collective (or
   the SIGTERM), waits a few seconds for the other ranks' error files and names the failing
   worker's error in `error` (all of them in `worker_errors`).
@@ -25,7 +26,6 @@ import platform
 import random
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -38,6 +38,7 @@ from .. import __version__
 from ..core.errors import ConfigError, StorageError
 from ..results import RunWriter
 from ..train import distributed as D
+from ..train.preemption import SignalGuard, Terminated  # noqa: F401  (Terminated: re-exported)
 
 log = logging.getLogger("sparse_ft.entry")
 
@@ -47,51 +48,6 @@ WORKER_ERROR_SKEW_S = 10.0  # the ranks of one launch start within this (older f
 WORKER_ERROR_WAIT_S = 5.0  # how long rank 0 waits for them after a broken collective (torchrun's SIGKILL comes after 30 s)
 PEER_FAILURE_MARKERS = ("peer worker is gone", "Connection closed by peer", "Connection reset by peer", "Broken pipe",
                         "Timed out", "timed out", "Timeout", "NCCL", "gloo", "ProcessGroup")
-
-
-class Terminated(Exception):
-    """SIGTERM outside the training loop of a torchrun worker (torchrun stops the surviving ranks
-    this way when one fails)."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(f"{signal.Signals(signum).name} received outside the training loop (torchrun stops the other workers this way when one fails)")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-class SignalGuard:
-    """SIGTERM for the length of one torchrun job: raises `Terminated` while the job runs (inside
-    the training loop the pre-emption watcher owns the signal; a signal it hands on is only
-    noted), and is only noted once `closing()` was called (error handling, summary writing)."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.closing_now = False
-        self.received: int | None = None
-        self._previous = None
-        self._fn = self._handle
-
-    def _handle(self, signum, frame):
-        self.received = signum
-        if self.closing_now or signal.getsignal(signum) is not self._fn:
-            log.warning("%s received while the job ends: noted, the summary is written first", signal.Signals(signum).name)
-            return
-        raise Terminated(signum)
-
-    def install(self) -> None:
-        if self.enabled:
-            self._previous = signal.signal(signal.SIGTERM, self._fn)
-
-    def closing(self) -> None:
-        self.closing_now = True
-
-    def restore(self) -> None:
-        if self.enabled and self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
 
 
 def is_peer_failure(err: BaseException | None) -> bool:
@@ -212,8 +168,8 @@ def previous_result(run_dir: Path) -> float | None:
 class Telemetry:
     """Opens one phase on every monitor at once (time/memory and energy)."""
 
-    def __init__(self, resources, energy):
-        self.resources, self.energy = resources, energy
+    def __init__(self, resources, energy, guard: SignalGuard | None = None):
+        self.resources, self.energy, self.guard = resources, energy, guard
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -221,6 +177,8 @@ class Telemetry:
             stack.enter_context(self.resources.phase(name))
             if self.energy is not None:
                 stack.enter_context(self.energy.phase(name))
+            if self.guard is not None:  # a stop signal names the phase it came in
+                stack.enter_context(self.guard.phase(name))
             yield
 
 
@@ -255,7 +213,7 @@ class RunContext:
         if self.is_main:
             energy = EnergyMonitor(self.cfg.energy, self.run_dir)
             energy.start()
-        self.telemetry = Telemetry(resources, energy)
+        self.telemetry = Telemetry(resources, energy, self.guard)
         try:
             yield self.telemetry
         except BaseException:
@@ -296,7 +254,8 @@ class RunContext:
         }
         summary = self.summary
         distributed = self.dist_info.world_size > 1
-        self.guard = SignalGuard(distributed)
+        # one owner of SIGTERM, SIGINT and the pre-emption signals for the whole job, in every process
+        self.guard = SignalGuard(True, (cfg.get("trainer") or {}).get("preempt_signals") or (), distributed)
         started_at = time.time()
         error: BaseException | None = None
         if distributed and self.is_main:
@@ -335,7 +294,7 @@ class RunContext:
             summary["status"] = "interrupted"
             cause = err.__context__  # the signal came while an error was on its way out: that error first
             summary["error"] = f"{describe(cause)}; then {err}" if cause is not None else str(err)
-            log.warning("%s", summary["error"])
+            log.warning("%s; %s; exit %d", summary["error"], self._resume_hint(err), err.exit_code)
             raise SystemExit(err.exit_code) from err
         except user_errors as err:
             self.guard.closing()
@@ -345,11 +304,21 @@ class RunContext:
             if is_multirun():
                 return None
             raise SystemExit(2) from err
-        except KeyboardInterrupt:
+        except SystemExit as err:  # a launcher's signal handler ended the job (submitit's requeue)
             self.guard.closing()
-            summary["status"] = "interrupted"
-            summary["error"] = "KeyboardInterrupt"
+            if self.guard.launcher_signal is not None:
+                signum, where = self.guard.launcher_signal
+                summary["status"] = "interrupted"
+                summary["error"] = f"{signal.Signals(signum).name} received {where}: the launcher's handler ended the job (exit {err.code})"
+                log.warning("%s", summary["error"])
             raise
+        except KeyboardInterrupt as err:  # SIGINT while the guard does not hold it
+            self.guard.closing()
+            error = err
+            summary["status"] = "interrupted"
+            summary["error"] = "KeyboardInterrupt (SIGINT): stopped at once"
+            log.warning("%s; exit 130", summary["error"])
+            raise SystemExit(130) from err
         except Exception as err:
             self.guard.closing()
             error = err
@@ -391,6 +360,23 @@ class RunContext:
             self.writer.write_summary(self.summary)
         except StorageError as err:
             log.error("%s", err)
+
+    def _resume_hint(self, err: Terminated) -> str:
+        """What a re-launch of this run directory will do after a stop signal."""
+        if self.cfg.get("job", "train") != "train":
+            return "nothing to resume: run the job again"
+        if err.checkpoint_step is not None:
+            return "a resume loads that checkpoint and evaluates again"
+        from ..train.checkpoint import find_checkpoint
+
+        found = find_checkpoint(self.run_dir)
+        if found is None:
+            return "no checkpoint was written: a resume starts the run over"
+        try:
+            step = json.loads((found / "manifest.json").read_text()).get("step")
+        except (OSError, ValueError, AttributeError):
+            step = None
+        return f"a resume continues from {found}" + (f" (optimizer step {step})" if step is not None else "")
 
     def _clear_worker_errors(self, now: float) -> None:
         folder = self.run_dir / WORKER_ERRORS

@@ -45,7 +45,7 @@ from .callbacks import TrainerCallback
 from .checkpoint import write_checkpoint_dir
 from .evaluator import Evaluator
 from .optim import build_optimizer, build_scheduler, clip_sets
-from .preemption import Preempted, PreemptionWatcher
+from .preemption import Preempted, PreemptionWatcher, Terminated, critical
 from .state import WORKER_KEYS, TrainState, callback_key, clone_tree, epoch_order, parse_every, rng_state, set_rng_state, steps_per_epoch, total_steps  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -323,6 +323,7 @@ class Trainer:
         self._last_checkpoint_time = time.monotonic()
         watcher = PreemptionWatcher(list(cfg.get("preempt_signals") or []))
         self.phases.to("train")
+        loop_done = False
         try:
             with watcher:
                 while st.step < total and self.stopped_early_at_step is None:
@@ -398,8 +399,21 @@ class Trainer:
                             self.save_last()
                         if st.step >= total or epoch_done or self.stopped_early_at_step is not None:
                             break
-                if st.last_eval_step != st.step:
-                    self._evaluate_and_select()
+                # a signal after the last step's stop check: that step is done, checkpoint it
+                if D.any_flag([watcher.received is not None], self.device)[0]:
+                    self.save_last()
+                    if watcher.received is not None:
+                        watcher.chain()
+                    raise Preempted(watcher.received or signal.SIGTERM, st.step)
+            loop_done = True
+            # from here the job's SignalGuard holds the signals: one stops the evaluation at once
+            if st.last_eval_step != st.step:
+                self._evaluate_and_select()
+        except Terminated as err:
+            if loop_done and not self.dist.enabled and self.checkpoint_dir is not None:
+                self.save_last()  # every step is done (an evaluation is recorded whole or not at all): a resume evaluates what is missing
+                err.checkpoint_step = st.step
+            raise
         finally:
             self.phases.to(None)
             bar.close()
@@ -462,7 +476,8 @@ class Trainer:
                 views.enter_context(cb.eval_view(self))
             self.phases.to("eval")
             results = {split: self.evaluate(split) for split in self.task.eval_splits if self.features.get(split)}
-            self._select(results)
+            with critical("recording this evaluation"):  # all of it or none: a resume must not see half
+                self._select(results)
 
     def _select(self, results: dict) -> None:
         st = self.state
