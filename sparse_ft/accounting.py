@@ -8,8 +8,28 @@ import torch
 from torch import nn
 
 
-def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().to("cpu", copy=True) for n, p in module.named_parameters()}
+class InitialWeights:
+    """The base model's parameters as the run starts, for `params.updated`, kept on disk rather
+    than in memory: `torch.save` streams them to `path` one storage at a time, and `count_updated`
+    memory-maps the file (`torch.load(mmap=True)`), so no copy of the pretrained weights stays
+    resident while the job trains (a 0.9 GB CPU copy at T5-base shapes used to sit in every
+    phase's peak). Keyed by the base model's names (`named_parameters`: a tied weight once), so
+    it survives any wrapping. `close()` deletes the file."""
+
+    def __init__(self, module: nn.Module, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({n: p.detach() for n, p in module.named_parameters()}, self.path)
+
+    def count_updated(self, weights: dict[str, torch.Tensor]) -> int:
+        initial = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+        try:
+            return count_updated(weights, initial)
+        finally:
+            del initial
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def count_updated(weights: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> int:

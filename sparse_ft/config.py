@@ -67,6 +67,7 @@ def validate_trainer(t) -> None:
         raise ConfigError("trainer.device", f"{device!r} is not auto, cpu, cuda or cuda:N")
     _choice(t, "predict", p, (None, "test"))
     _choice(t, "progress", p, ("auto", True, False))
+    _choice(t, "select_best_store", p, ("disk", "memory"))
     from .train.trainer import early_stopping_patience, parse_every
 
     early_stopping_patience(t)  # ConfigError naming trainer.early_stopping_patience

@@ -3,12 +3,13 @@ stage → final evaluation → method.finalize / export → results → loggers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..accounting import count_updated, dense_fp32_bytes, optimizer_block, param_block, snapshot, storage_block
+from ..accounting import InitialWeights, dense_fp32_bytes, optimizer_block, param_block, storage_block
 from ..core.errors import ConfigError
 from ..methods import MethodContext, build_method
 from ..train import distributed as D
@@ -20,6 +21,8 @@ from .context import RunContext, seed_everything
 from .data import build_setup
 
 log = logging.getLogger("sparse_ft.entry")
+
+INITIAL_FILE = ".initial_weights.pt"  # the base model's initial parameters while the job runs (deleted at its end)
 
 
 def find_resume(cfg, run_dir: Path) -> Path | None:
@@ -71,14 +74,17 @@ def train_job(rc: RunContext) -> float | None:
         check_resume_fits(resume, local_sgd, sparse_ckpt, dist_info.world_size)
         summary["resumed_from"] = {"path": str(resume_from), "step": info.get("step"), "stage": info.get("stage", 0)}
         writer.truncate_after(int(info.get("step", 0)), int(info.get("stage", 0)))
-    with rc.monitored(device) as telemetry:
+    with rc.monitored(device) as telemetry, contextlib.ExitStack() as cleanup:
         seed_everything(cfg.seed)
         method = build_method(cfg.method)
         setup = build_setup(cfg, telemetry, device, test_splits=cfg.trainer.predict == "test")
         task, features = setup.task, setup.features
         summary["data"] = task.sizes()
         base = setup.bundle.module
-        initial = snapshot(base)  # keyed by the base model's names: survives any wrapping
+        # the initial weights for params.updated: on disk, memory-mapped when counted (none resident)
+        initial = InitialWeights(base, run_dir / INITIAL_FILE) if dist_info.is_main else None
+        if initial is not None:
+            cleanup.callback(initial.close)  # also when the job fails
         base_total = sum(p.numel() for p in base.parameters())
         dense_bytes = dense_fp32_bytes(base)
         train_size = len(features[task.train_split])
@@ -181,6 +187,7 @@ def train_job(rc: RunContext) -> float | None:
                     write_submission(task, split, preds, run_dir / "predictions")
 
         if cfg.trainer.get("measure_inference") and dist_info.is_main:
+            trainer.release_training_state()  # inference figures from a clean state (no optimizer state, no gradients)
             summary["inference"] = trainer.evaluator.measure_inference(task.eval_splits[0], int(cfg.trainer.inference_examples), telemetry.phase)
             summary["inference"]["peak_bytes"] = telemetry.resources.peak_bytes.get("inference")
 
@@ -190,7 +197,8 @@ def train_job(rc: RunContext) -> float | None:
         exported = method.export(bundle.module)
         if cfg.trainer.save_final:
             save_tensors(exported, run_dir / "checkpoints" / "final" / "model.safetensors", {"model": str(bundle.source)})
-        updated = count_updated(exported, initial)
+        updated = initial.count_updated(exported)
+        initial.close()
         summary["params"] = param_block(base_total, method.trainable_count(), updated, method.added_count())
         summary["params"].update(method.param_bases(base_total))  # e.g. trainable_fraction_mvp_basis (pruning)
         summary["storage"] = storage_block(run_dir, dense_bytes, method_storage)

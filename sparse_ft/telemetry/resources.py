@@ -52,6 +52,22 @@ def _peak_rss_bytes() -> int:
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def release_freed_memory(device: torch.device | None = None) -> None:
+    """Hand memory the job no longer references back before a phase is measured: a garbage
+    collection, CUDA's cached blocks, and on glibc `malloc_trim(0)` (freed heap pages otherwise
+    stay in the process's resident set and in the next phase's peak RSS)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if device is not None and device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 class ResourceMonitor:
     def __init__(self, device: torch.device):
         self.device = device

@@ -41,6 +41,7 @@ from ..methods.base import Method
 from ..models.bundle import ModelBundle, to_device
 from ..tasks.base import DataError, TaskData
 from . import distributed as D
+from .best import BestWeights, select_best_store
 from .callbacks import TrainerCallback
 from .checkpoint import write_checkpoint_dir
 from .evaluator import Evaluator
@@ -115,7 +116,9 @@ class Trainer:
         # objects with an optional on_epoch_end(epoch, step), called after each epoch's evaluation
         self.callbacks = list(callbacks or [])
         self.job_state = job_state or dict  # what the job keeps in checkpoints besides the loop (finished stages)
-        self._best_weights: dict | None = None
+        # the best checkpoint's changed tensors only, on disk by default (train/best.py)
+        rank = dist_info.rank if dist_info.enabled else 0
+        self.best = BestWeights(select_best_store(cfg), checkpoint_dir / f".best.rank{rank}.safetensors" if checkpoint_dir is not None else None)
         self._best_method_state: dict | None = None  # Method.best_state() taken with the best weights
         # early stopping: evaluations in a row without a better main metric, and where it stopped
         self.patience = early_stopping_patience(cfg)
@@ -169,7 +172,9 @@ class Trainer:
         weights = self.bundle.module.state_dict()
         if copy:
             trainer_state, weights = clone_tree(trainer_state), {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
-        return {"weights": weights, "best": self._best_weights, "trainer_state": trainer_state}
+        # `best`: the BestWeights holder (read when a checkpoint is written; on disk it is the current best)
+        best = self.best if not copy or self.best.store == "disk" else self.best.tensors()
+        return {"weights": weights, "best": best, "trainer_state": trainer_state}
 
     def save_last(self) -> None:
         """checkpoints/last/, written atomically by rank 0. Usually the ranks hold identical
@@ -192,8 +197,9 @@ class Trainer:
                 point = {**point, "trainer_state": {**mine, "workers": workers}}
         if self.dist.is_main:
             tensors = {"model.safetensors": point["weights"]}
-            if point["best"] is not None:
-                tensors["best.safetensors"] = point["best"]
+            best = point["best"].tensors() if isinstance(point["best"], BestWeights) else point["best"]
+            if best is not None:
+                tensors["best.safetensors"] = best
             st = point["trainer_state"]["state"]
             info = {"step": st["step"], "epoch": st["epoch"], "stage": st["stage"]}
             write_checkpoint_dir(self.checkpoint_dir / "last", {**tensors}, {"trainer_state.pt": point["trainer_state"]}, info)
@@ -209,7 +215,7 @@ class Trainer:
         self.optimizer.load_state_dict(own["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.scaler.load_state_dict(trainer_state["scaler"])
-        self._best_weights = resume["tensors"].get("best.safetensors")
+        self.best.set(resume["tensors"].get("best.safetensors"))
         self._best_method_state = trainer_state.get("best_method")
         early = trainer_state.get("early_stopping") or {}
         self.evals_without_improvement = int(early.get("evals_without_improvement", 0))
@@ -315,6 +321,7 @@ class Trainer:
             self.resume_state = None
         st = self.state
         self.train_module = self._train_module()
+        self.best.begin(module)  # what holds its start value now needs no copy (train/best.py)
         for cb in self.callbacks:
             cb.on_fit_start(self)
         log.info("training %d optimizer steps (%d examples, batch %d x accum %d x %d ranks)", total, self.train_size, cfg.batch_size, cfg.grad_accum, self.dist.world_size)
@@ -419,12 +426,13 @@ class Trainer:
             bar.close()
         for cb in self.callbacks:
             cb.on_fit_end(self)
-        if cfg.select_best and self._best_weights is not None and st.best_step != st.step:
+        if cfg.select_best and not self.best.empty and st.best_step != st.step:
             log.info("restoring the best checkpoint (step %d, %s=%.4f)", st.best_step, self.task.main_metric, st.best_main)
-            module.load_state_dict(self._best_weights)
+            self.best.restore(module)
             if self._best_method_state is not None:
                 self.method.load_best_state(self._best_method_state)
-        self._best_weights = self._best_method_state = None
+        self.best.clear()
+        self._best_method_state = None
         return st
 
     def _end_epoch(self) -> None:
@@ -496,9 +504,11 @@ class Trainer:
         if st.best_step < 0 or (math.isfinite(main) and main > st.best_main):
             st.best_main, st.best_step, st.best_metrics = main, st.step, results
             self.evals_without_improvement = 0
-            if self.cfg.select_best:
-                self._best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.bundle.module.state_dict().items()}
+            if self.cfg.select_best:  # its own telemetry phase: the copy is not training memory
+                self.phases.to("select_best")
+                self.best.keep(self.bundle.module)
                 self._best_method_state = self.method.best_state()
+                self.phases.to("train")
         else:
             self.evals_without_improvement += 1
         if self.patience and self.evals_without_improvement >= self.patience and self.stopped_early_at_step is None:
@@ -507,6 +517,21 @@ class Trainer:
                               "best_step": st.best_step, "best_main": st.best_main})
             log.info("early stopping at step %d: %d evaluations without a better %s (best %.4f at step %d)",
                      st.step, self.evals_without_improvement, self.task.main_metric, st.best_main, st.best_step)
+
+    def release_training_state(self) -> None:
+        """Before inference is measured: the optimizer's state, the gradients, the DDP wrapper
+        and the scheduler go, and freed memory is handed back, so that the inference figures hold
+        the model and its inference buffers only, not training's leftovers (dense's AdamW
+        moments were 2/3 of its "inference" peak). The trainer cannot train afterwards."""
+        from ..telemetry.resources import release_freed_memory
+
+        if getattr(self, "optimizer", None) is not None:
+            self.optimizer.state.clear()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.bundle.module.zero_grad(set_to_none=True)
+        self.optimizer = self.scheduler = None
+        self.train_module = None
+        release_freed_memory(self.device)
 
     def early_stopping_summary(self) -> dict:
         """summary.json `early_stopping`: the patience and the step training stopped at (null: ran to the end)."""
