@@ -206,9 +206,11 @@ class RunContext:
         """Time/memory per phase and (rank 0) GPU energy for the body of the job; their blocks
         land in the summary whatever happens."""
         from ..telemetry.energy import EnergyMonitor
+        from ..telemetry.measurement import JobRegistry
         from ..telemetry.resources import ResourceMonitor
 
-        resources = ResourceMonitor(device)
+        registry = JobRegistry(self.run_dir)  # did the job have its process and the machine to itself?
+        resources = ResourceMonitor(device, on_phase=registry.sample)
         energy = None
         if self.is_main:
             energy = EnergyMonitor(self.cfg.energy, self.run_dir)
@@ -221,6 +223,8 @@ class RunContext:
             raise
         finally:
             self.summary["energy"] = energy.stop() if energy is not None else {"available": False, "reason": "not started"}
+            registry.close()
+            self.summary["measurement"] = registry.block()
             self.summary.setdefault("memory", resources.memory_block())
 
     def execute(self, body: Callable[["RunContext"], float | None], validate: Callable[[DictConfig], None]) -> float | None:

@@ -155,13 +155,32 @@ def cost_rows(runs: Sequence[Run]) -> list[CostRow]:
 HEADER = ["method", "model", "task", "setting", "seeds", "score (×100)", "trainable (count)", "trainable %",
           "updated %", "added (count)", "optimizer state MiB", "peak train mem MiB", "train time s",
           "train samples/s", "energy kWh (estimator)", "latency b=1 ms", "artifact MiB (% of dense)",
-          "communication (full-model equiv.)"]
+          "communication (full-model equiv.)", "measured alone"]
+
+
+NOT_ALONE = " †"  # beside a memory or time figure taken where the run shared its process or the machine
+
+
+def _alone_cell(runs: Sequence[Run]) -> tuple[str, str]:
+    """("measured alone" column, the mark for memory/time cells)."""
+    found = [r.measured_alone for r in runs]
+    shared = sorted({why for ok, why in found if ok is False})
+    if shared:
+        return "no: " + "; ".join(shared), NOT_ALONE
+    if any(ok is None for ok, _ in found):
+        return "unknown: not recorded", ""
+    return "yes", ""
+
+
+def _marked(text: str, mark: str) -> str:
+    return text + mark if mark and not text.startswith("n/a") else text
 
 
 def cost_table(runs: Sequence[Run]) -> str:
     rows = []
     for c in cost_rows(runs):
         rs = c.runs
+        alone, mark = _alone_cell(rs)
         scale = 100.0 if all(r.main is None or abs(r.main) <= 1 for r in rs) else 1.0
         rows.append([
             c.method, c.model, c.task, c.setting, len(rs),
@@ -171,13 +190,14 @@ def cost_table(runs: Sequence[Run]) -> str:
             _cell(rs, lambda r: r.updated_fraction, "params", 100.0),
             _cell(rs, lambda r: r.added, "params", 1.0, 0),
             _cell(rs, _optimizer_mib, "optimizer"),
-            _cell(rs, _peak_mib, "memory", 1.0, 0),
-            _cell(rs, lambda r: r.figure("time.wall_s.train"), "train", 1.0, 1),
-            _cell(rs, lambda r: r.samples_per_s, "throughput", 1.0, 1),
+            _marked(_cell(rs, _peak_mib, "memory", 1.0, 0), mark),
+            _marked(_cell(rs, lambda r: r.figure("time.wall_s.train"), "train", 1.0, 1), mark),
+            _marked(_cell(rs, lambda r: r.samples_per_s, "throughput", 1.0, 1), mark),
             _energy_cell(rs),
-            _cell(rs, lambda r: r.figure("inference.latency_ms_median"), "inference", 1.0, 1),
+            _marked(_cell(rs, lambda r: r.figure("inference.latency_ms_median"), "inference", 1.0, 1), mark),
             _artifact_cell(rs),
             _cell(rs, _comm, "communication"),
+            alone,
         ])
     if not rows:
         return "_No completed runs: no costs to show._"
@@ -193,6 +213,10 @@ NOTES = [
     "peak train mem MiB: `memory.peak_bytes.train` (CPU: the process's peak RSS, which includes the Python "
     "runtime and libraries; CUDA: the allocator's peak). On CPU, jobs of one multirun share a process that keeps "
     "earlier jobs' memory resident: compare CPU memory only between runs started in their own process.",
+    "measured alone: whether every run of the row had its own fresh process and no other sparse-ft job on the machine "
+    "at the same time (summary.json `measurement`); where not, its memory, time, throughput and latency figures carry "
+    "† and do not compare with the others (a process keeps earlier jobs' memory; jobs side by side share the cores). "
+    "`python -m sparse_ft.jobs.each_process` runs a sweep that way.",
     "energy kWh: the first available of " + " > ".join(f"`{s}`" for s in ENERGY_SOURCES)
     + "; on a machine without NVML the run says why it has none.",
     "latency b=1 ms: median over `trainer.inference_examples` examples of the validation split, one at a time.",

@@ -69,8 +69,9 @@ def release_freed_memory(device: torch.device | None = None) -> None:
 
 
 class ResourceMonitor:
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, on_phase=None):
         self.device = device
+        self.on_phase = on_phase  # called at each phase start (measurement.JobRegistry.sample)
         self.seconds: dict[str, float] = {}
         self.peak_bytes: dict[str, int] = {}
         self.peak_rss_bytes: dict[str, int] = {}
@@ -82,6 +83,8 @@ class ResourceMonitor:
     @contextlib.contextmanager
     def phase(self, name: str):
         cuda = self.device.type == "cuda"
+        if self.on_phase is not None:
+            self.on_phase()
         if cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -134,6 +134,13 @@ class Cell:
         return None if not vals or any(v is None for v in vals) else _mean(vals)
 
     @property
+    def not_alone(self) -> str | None:
+        """Why this cell's memory/time figures do not compare (a run shared its process or the
+        machine: summary.json `measurement`); None when they do or it was not recorded."""
+        why = sorted({w for ok, w in (r.measured_alone for r in self.runs) if ok is False})
+        return "; ".join(why) if why else None
+
+    @property
     def random_init(self) -> bool:
         return any(_random_init(r) for r in self.runs)
 
@@ -213,6 +220,8 @@ def table_1(cells: Sequence[Cell], scale: float) -> str:
     for c in cells:
         inf_mem, inf_lat = _inference_cells(c)
         peak = fmt_num(c.peak / GB, 2) if c.peak is not None else "n/a: not recorded"
+        if c.peak is not None and c.not_alone:
+            peak += " † (not alone: " + c.not_alone + ")"
         model = c.model + (" (random init)" if c.random_init else "")
         rows.append([model, c.task, LABELS[c.method], str(len(c.runs)), _score_cell(c, scale), _trainable(c), _energy_cell(c), peak,
                      c.device(), inf_mem, inf_lat])
@@ -235,6 +244,11 @@ def ratio_table(cells: Sequence[Cell]) -> tuple[str, dict[tuple, dict[str, float
             continue
         for method, c in by.items():
             if method == "dense" or c.peak is None:
+                continue
+            shared = c.not_alone or dense.not_alone
+            if shared:  # left out: a process that ran other jobs first, or jobs side by side, do not compare
+                rows.append([model, task, LABELS[method], fmt_num(c.peak / GB, 2), fmt_num(dense.peak / GB, 2),
+                             f"n/a: not comparable ({'dense: ' if dense.not_alone else ''}{shared})", "", "", c.device()])
                 continue
             r = c.peak / dense.peak
             ratios.setdefault((model, task), {})[method] = r
@@ -264,15 +278,21 @@ def _where(c: Cell) -> str:
 
 
 def memory_claim(cells: Sequence[Cell]) -> Claim:
-    found = []
+    found, shared = [], []
     pairs = _pairs(cells)
     # the claim is about T5-base: where T5 pairs exist, they decide (other models are shown in the table)
     t5 = {k: v for k, v in pairs.items() if "t5" in str(k[0]).lower()}
     for (_, _), by in (t5 or pairs).items():
         read, dense = by.get("read"), by.get("dense")
         if read and dense and read.peak and dense.peak:
+            if read.not_alone or dense.not_alone:
+                shared.append(read.not_alone or dense.not_alone)
+                continue
             found.append((read.peak / dense.peak, read, dense))
     claim = "READ's peak training memory vs full fine-tuning (T5-base, GPU)"
+    if not found and shared:
+        return Claim(PAPER, claim, "−56%", "n/a: the READ and dense runs were not measured alone (" + "; ".join(sorted(set(shared)))
+                     + "): rerun them with python -m sparse_ft.jobs.each_process", NOT_MEASURABLE)
     if not found:
         return Claim(PAPER, claim, "−56%", "n/a: no model × task with both a READ and a dense run that recorded peak training memory", NOT_MEASURABLE)
     parts, judged = [], []
@@ -418,7 +438,8 @@ def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section |
         "Table 1 / Table 3 columns, one row per model × task × method (the best setting on validation, mean ± std over its seeds). "
         "Peak memory on CPU is the process's peak resident set (Python, libraries, data and weights included), so ratios to dense "
         "are closer to 1 than the paper's GPU allocator peaks. Random-init rows have real-size shapes: their memory, time and "
-        "energy count, their scores do not.",
+        "energy count, their scores do not. A peak marked † comes from a run that did not have its own fresh process and the "
+        "machine to itself (summary.json `measurement`): it is left out of the ratios and the verdict.",
         "",
         table_1(cells, scale),
         "",
