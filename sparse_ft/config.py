@@ -272,12 +272,9 @@ def validate(cfg) -> None:
     validate_distributed(cfg.get("distributed"))
     if cfg.get("job", "train") == "train":
         validate_launch(cfg)
-    from .telemetry.measurement import check_alone
-
     measurement = cfg.get("measurement")
     if measurement is not None and not isinstance(measurement.get("alone", False), bool):
         raise ConfigError("measurement.alone", f"{measurement.get('alone')!r} must be true or false")
-    check_alone(cfg)  # measurement.alone: no job in a used process or beside others
     if not isinstance(cfg.trainer.get("sparse_checkpoints", False), bool):
         raise ConfigError("trainer.sparse_checkpoints", f"{cfg.trainer.get('sparse_checkpoints')!r} must be true or false")
     method = method_class(cfg.method.name)

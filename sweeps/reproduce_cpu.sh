@@ -24,11 +24,10 @@ sweep fish_samples +sweep=reproduce_cpu_fish_samples
 sweep pst         +sweep=reproduce_cpu_pst
 sweep costs       +sweep=reproduce_cpu_costs
 sweep read        +sweep=reproduce_cpu_read task.data_dir="$GLUE"
-# one process per method: a multirun process keeps earlier jobs' memory resident, so CPU peaks
-# compare only between fresh processes
-for m in dense read lora adapter lst; do
-  sweep "memory_$m" +sweep=reproduce_cpu_memory task.data_dir="$GLUE" method=$m
-done
+# one fresh process per job, one at a time: a multirun process keeps earlier jobs' memory resident
+# and jobs side by side share the cores, so memory and time compare only between lone fresh processes
+sweep_each memory +sweep=reproduce_cpu_memory task.data_dir="$GLUE"
+sweep_each memory_sizes +sweep=memory_vs_size task.data_dir="$GLUE"
 sweep imp         +sweep=reproduce_cpu_imp
 sweep fish_warmup +sweep=reproduce_cpu_fish_warmup
 

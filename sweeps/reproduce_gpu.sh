@@ -10,7 +10,7 @@
 #   PST, one lr per method (48 runs)               ~25     pst_glue
 #   Essential sparsity, seed 1 (50 runs)           ~10     essential_sparsity
 #   READ Table 1, 3 epochs, seed 1 (42 runs)       ~15     read_glue_table1
-#   READ memory/energy on T5-base shapes (5 runs)   <0.5   reproduce_cpu_memory on CUDA
+#   READ memory/energy on T5-base shapes (5 runs)   <0.5   reproduce_cpu_memory on CUDA (one process per job)
 #   RoBERTa-large dense on GLUE (8 runs) + ERE     ~10 + ~3 ere_glue (20 compress jobs per run)
 #   total                                          ~95 A100-hours
 set -euo pipefail
@@ -25,7 +25,7 @@ sweep fish_cifar  +sweep=fish_checkpointing_table2
 sweep pst         +sweep=pst_glue trainer.lr=1e-4 epochs_choice=short "${data[@]}"
 sweep essential   +sweep=essential_sparsity seed=1 "${data[@]}"
 sweep read        +sweep=read_glue_table1 seed=1 lr_choice=e3 trainer.epochs=3 "${data[@]}"
-sweep memory      +sweep=reproduce_cpu_memory model=t5_base model.random_init=true trainer.device=cuda "${data[@]}"
+sweep_each memory +sweep=reproduce_cpu_memory model=t5_base model.random_init=true trainer.device=cuda "${data[@]}"
 sweep dense_large model=roberta_large method=dense task=cola,sst2,mrpc,stsb,qqp,mnli,qnli,rte "${data[@]}"
 for run in "$OUT"/dense_large/[0-9]*; do
   [[ -d "$run" ]] && sweep "ere_$(basename "$run")" +sweep=ere_glue source="$run"

@@ -12,3 +12,12 @@ sweep() {  # sweep <dir name> <overrides...>
   # a sweep with a failed job exits 1 after writing its report; the others still run
   "$PY" run.py -m "$@" $EXTRA hydra.sweep.dir="$dir" || echo "!! $dir: a job did not complete (see $dir/report.md)"
 }
+
+sweep_each() {  # sweep_each <dir name> <overrides...>: each job alone in a fresh process, one at a time
+  # (memory and time figures that the report puts side by side: python -m sparse_ft.jobs.each_process)
+  local name="$1" dir="$OUT/$1"; shift
+  if [[ -n "$ONLY" && " $ONLY " != *" $name "* ]]; then return; fi
+  if [[ -f "$dir/report.md" ]]; then echo "== $dir: done, skipped"; return; fi
+  echo "== $dir (one process per job): $*"
+  "$PY" -m sparse_ft.jobs.each_process "$@" $EXTRA hydra.sweep.dir="$dir" || echo "!! $dir: a job did not complete (see $dir/report.md)"
+}

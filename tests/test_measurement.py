@@ -142,3 +142,250 @@ def test_initial_weights_stay_on_disk_and_count_updated_exactly(tmp_path):
     assert initial.count_updated(weights) == expected
     initial.close()
     assert not (tmp_path / ".initial.pt").exists()
+
+
+# --- item 3: was the job measured alone? ------------------------------------------------------
+TINY = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=16", "task.max_eval_samples=8", "trainer.batch_size=8",
+        "trainer.max_steps=1", "trainer.save_final=false", "energy=off", "trainer.progress=false"]
+
+
+def test_a_job_alone_in_a_fresh_process_is_comparable_and_one_beside_another_job_is_not(tmp_path):
+    import subprocess
+    import sys
+
+    jobs = tmp_path / "jobs"
+    res = run_cli(TINY, tmp_path / "alone", env={"SPARSE_FT_JOBS_DIR": str(jobs)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = _summary(tmp_path / "alone")["measurement"]
+    assert (m["process"], m["jobs_before_in_process"], m["concurrent_jobs"], m["comparable"]) == ("own", 0, 1, True)
+    assert "note" not in m and not list(jobs.glob("*.job"))  # registered, then gone
+    # another live sparse-ft job (a process of its own, registered with its run directory)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (jobs / f"{other.pid}-feedbeef.job").write_text(str(tmp_path / "elsewhere"))
+        (jobs / "999999999-deadbeef.job").write_text(str(tmp_path / "dead"))  # a job that died: not counted, cleaned up
+        res = run_cli(TINY, tmp_path / "beside", env={"SPARSE_FT_JOBS_DIR": str(jobs)})
+    finally:
+        other.kill()
+        other.wait()
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = _summary(tmp_path / "beside")["measurement"]
+    assert m["concurrent_jobs"] == 2 and m["comparable"] is False and "1 other sparse-ft job" in m["why_not"]
+    assert not (jobs / "999999999-deadbeef.job").exists()
+
+
+def test_measurement_alone_refuses_a_used_process_and_a_parallel_launcher(tmp_path, monkeypatch):
+    from conftest import compose
+    from sparse_ft.config import ConfigError, validate
+    from sparse_ft.telemetry import measurement
+    from sparse_ft.train import threads
+
+    cfg = compose([*TINY, "measurement.alone=true"])
+    validate(cfg)
+    monkeypatch.setattr(measurement, "_jobs_started_in_process", 0)
+    measurement.check_alone(cfg)  # a fresh process under the basic launcher: fine
+    monkeypatch.setattr(threads, "hydra_launcher", lambda: "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher")
+    with pytest.raises(ConfigError, match="measurement.alone: hydra launcher .*LocalLauncher runs jobs side by side"):
+        measurement.check_alone(cfg)
+    monkeypatch.setattr(threads, "hydra_launcher", lambda: None)
+    monkeypatch.setenv("SPARSE_FT_JOBS_DIR", str(tmp_path))
+    measurement.JobRegistry(tmp_path / "run").close()  # this process has now run a job
+    with pytest.raises(ConfigError, match="measurement.alone: this process already ran 1 job"):
+        measurement.check_alone(cfg)
+    with pytest.raises(ConfigError, match="measurement.alone"):
+        validate(compose([*TINY, "measurement.alone=maybe"]))
+    # in a run: refused before anything loads, exit 2, the reason in summary.json
+    from conftest import run_inprocess
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_inprocess(tmp_path / "second", [*TINY, "measurement.alone=true"])
+    assert exit_info.value.code == 2
+    s = json.loads((tmp_path / "second" / "summary.json").read_text())
+    assert s["status"] == "failed" and "measurement.alone: this process already ran" in s["error"]
+
+
+def test_each_process_runs_every_job_in_its_own_process_and_writes_the_report(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "sparse_ft.jobs.each_process", *TINY, "method=dense,bitfit", f"hydra.sweep.dir={sweep}"]
+    dry = subprocess.run([*cmd, "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "2 job(s)" in dry.stdout and "method=bitfit" in dry.stdout and not sweep.exists()
+    env = {**__import__("os").environ, "SPARSE_FT_JOBS_DIR": str(tmp_path / "jobs")}
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    for i, method in enumerate(("dense", "bitfit")):
+        s = json.loads((sweep / str(i) / "summary.json").read_text())
+        assert s["method"] == method and s["status"] == "completed"
+        m = s["measurement"]
+        assert (m["process"], m["launcher"], m["comparable"]) == ("own", "each_process", True), m
+    assert (sweep / "report.md").is_file()
+    bad = subprocess.run([sys.executable, "-m", "sparse_ft.jobs.each_process", "method=nonexistent_method"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "error" in bad.stderr
+
+
+def _cost_run(root: Path, name: str, method: str, measurement: dict | None) -> None:
+    import yaml
+
+    run = root / name
+    run.mkdir(parents=True)
+    summary = {"status": "completed", "job": "train", "task": "mrpc", "method": method, "model": "t5_base_shapes", "seed": 1,
+               "metrics": {"main": 0.5}, "params": {"total": 100, "trainable": 10, "updated": 10, "added": 0},
+               "time": {"wall_s": {"train": 40.0}, "train_samples_per_s": 1.0},
+               "memory": {"device": "cpu", "peak_bytes": {"train": (5e9 if method == "dense" else 1.5e9)}}}
+    if measurement is not None:
+        summary["measurement"] = measurement
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "config.yaml").write_text(yaml.safe_dump({"job": "train", "seed": 1, "model": {"name": "t5_base_shapes", "random_init": True},
+                                                     "task": {"name": "mrpc"}, "method": {"name": method}, "trainer": {"lr": 1e-4}}))
+
+
+def test_the_cost_table_and_the_read_section_mark_figures_not_measured_alone(tmp_path):
+    from sparse_ft.report.collect import load_runs
+    from sparse_ft.report.costs import cost_table
+    from sparse_ft.report.papers import NOT_MEASURABLE, read as R
+
+    alone = {"process": "own", "concurrent_jobs": 1, "comparable": True}
+    shared = {"process": "shared", "jobs_before_in_process": 2, "concurrent_jobs": 1, "comparable": False,
+              "why_not": "its process ran 2 job(s) before it"}
+    _cost_run(tmp_path, "dense", "dense", alone)
+    _cost_run(tmp_path, "read", "read", shared)
+    _cost_run(tmp_path, "lora", "lora", None)  # an old run: not recorded
+    table = cost_table(load_runs([tmp_path]))
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("|")}
+    assert "no: its process ran 2 job(s) before it" in rows["read"] and "1431 †" in rows["read"]  # 1.5e9 B = 1430.5 MiB
+    assert rows["dense"].rstrip(" |").endswith("yes") and "†" not in rows["dense"]
+    assert "unknown: not recorded" in rows["lora"]
+    cells = R.collect_cells(load_runs([tmp_path]))
+    ratios_md, ratios = R.ratio_table(cells)
+    assert "read" not in ratios.get(("t5_base_shapes", "mrpc"), {}) and "n/a: not comparable (its process ran 2 job(s)" in ratios_md
+    assert "lora" in ratios[("t5_base_shapes", "mrpc")]  # not recorded: kept
+    claim = R.memory_claim(cells)
+    assert claim.verdict == NOT_MEASURABLE and "not measured alone" in claim.ours
+
+
+# --- item 6: the GPU check ------------------------------------------------------------------------
+def test_the_gpu_check_plans_every_job_on_cuda_alone_and_without_the_plotting_stack(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    res = subprocess.run([sys.executable, "-m", "sparse_ft.bench.gpu_check", "--plan", "--out", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    names = [line.split("hydra.run.dir=")[1].split()[0].rsplit("/", 1)[1] for line in lines]
+    assert names == ["quickstart_nvml", "quickstart_nvidia_smi", "minilm_dense_fp32", "minilm_fish_fp32", "minilm_dense_bf16",
+                     "minilm_fish_bf16", "t5base_dense", "t5base_read", "t5base_lora"]
+    for line in lines:
+        assert "trainer.device=cuda" in line and "measurement.alone=true" in line and "~hydra.callbacks.report" in line
+        assert "logger=none" in line
+    assert "energy=nvml" in lines[0] and "energy=nvidia_smi" in lines[1] and "experiment=quickstart" in lines[0]
+    assert "trainer.precision=bf16" in lines[5] and "method.density=0.005" in lines[5] and "model=minilm" in lines[5]
+    assert all("model=t5_base_shapes" in line for line in lines[6:])
+
+
+def test_the_gpu_check_dry_run_runs_the_script_on_cpu_and_prints_one_json(tmp_path):
+    import os
+    import subprocess
+
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHON": __import__("sys").executable, "GPU_BUNDLE": str(tmp_path / "no_bundle"),
+           "GPU_CHECK_ARGS": "--only quickstart_nvml --only t5base_dense", "SPARSE_FT_JOBS_DIR": str(tmp_path / "jobs")}
+    res = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run", str(tmp_path / "out")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads(res.stdout)
+    assert report == json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["dry_run"] is True and set(report["jobs"]) == {"quickstart_nvml", "t5base_dense"}
+    quick, t5 = report["jobs"]["quickstart_nvml"], report["jobs"]["t5base_dense"]
+    assert quick["status"] == t5["status"] == "completed"
+    # no GPU here: NVML says why instead of a number
+    assert quick["energy"]["available"] is False and "nvml" in quick["energy"]["reason"].lower()
+    assert t5["peak_bytes"]["train"] > 0 and t5["train_s_per_step"] > 0 and t5["measurement"]["process"] == "own"
+    assert report["ratios"]["t5base_read_over_dense_train_memory"] is None  # READ did not run: no ratio, not 0
+
+
+def test_the_gpu_check_ratios_pair_the_right_jobs():
+    from sparse_ft.bench.gpu_check import ratios
+
+    jobs = {"minilm_dense_bf16": {"train_s_per_step": 0.2, "peak_bytes": {"train": 1000}},
+            "minilm_fish_bf16": {"train_s_per_step": 0.1, "peak_bytes": {"train": 400}},
+            "t5base_dense": {"peak_bytes": {"train": 5000}}, "t5base_read": {"peak_bytes": {"train": 1500}}}
+    r = ratios(jobs)
+    assert r["fish_over_dense_step_time_bf16"] == pytest.approx(0.5)
+    assert r["fish_over_dense_train_memory_bf16"] == pytest.approx(0.4)
+    assert r["t5base_read_over_dense_train_memory"] == pytest.approx(0.3)
+    assert r["t5base_lora_over_dense_train_memory"] is None and r["fish_over_dense_step_time_fp32"] is None
+
+
+def test_gpu_bundle_repacks_installed_wheels_and_installs_only_what_is_missing(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+    import zipfile
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("gpu_bundle", REPO / "scripts" / "gpu_bundle.py")
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    wheel = bundle.pack("omegaconf", tmp_path)
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        assert "omegaconf/__init__.py" in names and not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+        record = z.read(next(n for n in names if n.endswith(".dist-info/RECORD"))).decode()
+        assert "omegaconf/__init__.py,sha256=" in record
+    # a wheel of a module this Python lacks is unpacked; one it has (omegaconf) is left alone
+    probe = tmp_path / "zz_gpu_bundle_probe-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(probe, "w") as z:
+        z.writestr("zz_gpu_bundle_probe/__init__.py", "VALUE = 42\n")
+        z.writestr("zz_gpu_bundle_probe-1.0.dist-info/top_level.txt", "zz_gpu_bundle_probe\n")
+    target = tmp_path / "site"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_bundle.py"), "install", str(tmp_path), str(target)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (target / "zz_gpu_bundle_probe" / "__init__.py").is_file() and not (target / "omegaconf").exists()
+    missing = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_bundle.py"), "install", str(tmp_path / "nope"), str(target)],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "gpu_prepare.sh" in missing.stderr
+
+
+# --- item 4: memory vs backbone size ------------------------------------------------------------
+def test_the_read_section_draws_memory_vs_size_with_the_ratio_to_dense(tmp_path):
+    import yaml
+
+    from sparse_ft.report.collect import load_runs
+    from sparse_ft.report.papers import read as R
+
+    alone = {"process": "own", "concurrent_jobs": 1, "comparable": True}
+    sizes = {"t5_small_shapes": 60.5e6, "t5_base_shapes": 222.9e6, "t5_large_shapes": 737.7e6}
+    above = {("t5_small_shapes", "dense"): 1.0e9, ("t5_small_shapes", "read"): 0.5e9, ("t5_base_shapes", "dense"): 4.0e9,
+             ("t5_base_shapes", "read"): 1.0e9, ("t5_large_shapes", "dense"): 12.0e9, ("t5_large_shapes", "read"): 2.4e9,
+             ("t5_large_shapes", "lora"): 6.0e9}
+    for i, ((model, method), peak) in enumerate(above.items()):
+        run = tmp_path / str(i)
+        run.mkdir()
+        summary = {"status": "completed", "job": "train", "task": "mrpc", "method": method, "model": model, "seed": 1,
+                   "metrics": {"main": 0.5}, "params": {"total": sizes[model], "trainable": 10},
+                   "memory": {"device": "cpu", "peak_bytes": {"train": peak + 0.5e9}, "peak_bytes_above_start": {"train": peak}},
+                   "measurement": alone}
+        (run / "summary.json").write_text(json.dumps(summary))
+        (run / "config.yaml").write_text(yaml.safe_dump({"job": "train", "seed": 1, "model": {"name": model, "random_init": True},
+                                                         "task": {"name": "mrpc"}, "method": {"name": method}}))
+    section = R.section(load_runs([tmp_path]), tmp_path / "out", plots=True)
+    assert (tmp_path / "out" / R.FIGURE_SIZE).is_file() and R.FIGURE_SIZE in section.markdown
+    table = R.size_table(R.collect_cells(load_runs([tmp_path])))
+    rows = [line for line in table.splitlines() if line.startswith("| t5_")]
+    assert [r.split("|")[1].strip() for r in rows] == ["t5_small_shapes", "t5_base_shapes", "t5_large_shapes"]
+    assert "0.50 (0.50)" in rows[0] and "1.00 (0.25)" in rows[1] and "2.40 (0.20)" in rows[2] and "6.00 (0.50)" in rows[2]
+    assert "n/a: no run" in rows[0]  # no LoRA run at T5-small
+    # the T5-base claim is judged on T5-base only (the other sizes are in the size table)
+    assert "ratio 0.25" in R.memory_claim(R.collect_cells(load_runs([tmp_path]))).ours

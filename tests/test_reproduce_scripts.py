@@ -19,7 +19,7 @@ SCRIPTS = ["reproduce_cpu.sh", "reproduce_gpu.sh"]
 def sweep_lines(script: str, source: Path, glue: Path) -> list[tuple[str, list[str]]]:
     out = []
     for line in (REPO / "sweeps" / script).read_text().splitlines():
-        if not line.startswith("sweep "):
+        if not line.startswith(("sweep ", "sweep_each ")):
             continue
         line = line.split("  #", 1)[0]
         line = (line.replace('"${data[@]}"', f"task.data_dir={glue}").replace('"$GLUE"', str(glue))

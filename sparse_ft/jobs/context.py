@@ -136,17 +136,22 @@ def git_commit() -> str | None:
 
 
 def versions() -> dict:
-    import datasets
+    import importlib.metadata
+
     import hydra
     import omegaconf
     import transformers
 
+    try:  # optional where no task loads GLUE from the hub (a GPU check machine may lack it)
+        datasets_version = importlib.metadata.version("datasets")
+    except importlib.metadata.PackageNotFoundError:
+        datasets_version = None
     return {
         "sparse_ft": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
+        "datasets": datasets_version,
         "hydra": hydra.__version__,
         "omegaconf": omegaconf.__version__,
         "numpy": np.__version__,
@@ -206,9 +211,10 @@ class RunContext:
         """Time/memory per phase and (rank 0) GPU energy for the body of the job; their blocks
         land in the summary whatever happens."""
         from ..telemetry.energy import EnergyMonitor
-        from ..telemetry.measurement import JobRegistry
+        from ..telemetry.measurement import JobRegistry, check_alone
         from ..telemetry.resources import ResourceMonitor
 
+        check_alone(self.cfg)  # measurement.alone: no job in a used process or beside others (ConfigError)
         registry = JobRegistry(self.run_dir)  # did the job have its process and the machine to itself?
         resources = ResourceMonitor(device, on_phase=registry.sample)
         energy = None

@@ -59,6 +59,7 @@ ESTIMATORS = {"kwh_counter": "GPU energy counter", "kwh_power_integral": "GPU po
               "kwh_util_estimate": "READ utilisation estimate", "cpu_kwh": "CPU RAPL"}
 FIGURE_ENERGY = "read_energy_vs_score.png"
 FIGURE_MEMORY = "read_memory_vs_score.png"
+FIGURE_SIZE = "read_memory_vs_size.png"  # Figure 4 (right): peak training memory vs backbone size
 _COLOURS = {"dense": "tab:gray", "bitfit": "tab:olive", "prompt_tuning": "tab:pink", "ia3": "tab:cyan", "adapter": "tab:green",
             "lora": "tab:orange", "lst": "tab:purple", "read": "tab:blue", "read_large": "tab:red"}
 
@@ -282,7 +283,8 @@ def memory_claim(cells: Sequence[Cell]) -> Claim:
     pairs = _pairs(cells)
     # the claim is about T5-base: where T5 pairs exist, they decide (other models are shown in the table)
     t5 = {k: v for k, v in pairs.items() if "t5" in str(k[0]).lower()}
-    for (_, _), by in (t5 or pairs).items():
+    t5_base = {k: v for k, v in t5.items() if "t5_base" in str(k[0]).lower()}  # other sizes: the memory-vs-size table
+    for (_, _), by in (t5_base or t5 or pairs).items():
         read, dense = by.get("read"), by.get("dense")
         if read and dense and read.peak and dense.peak:
             if read.not_alone or dense.not_alone:
@@ -370,6 +372,68 @@ def accuracy_claim(cells: Sequence[Cell], scale: float) -> Claim:
 # --- figures ------------------------------------------------------------------------------------
 
 
+def _size_points(cells: Sequence[Cell]) -> dict[str, dict[str, list[tuple[float, float, str]]]]:
+    """task -> method -> [(backbone parameters, peak training bytes, model)] over the T5 sizes that
+    have a dense run measured alone beside them (the memory-vs-size curve; cells not measured
+    alone are left out). On CPU the peak is the one above the RSS at job start (what the job
+    added: the figure comparable to a GPU allocator's peak)."""
+    out: dict[str, dict[str, list]] = {}
+    mem = lambda c: c.peak_above_start if c.peak_above_start is not None else c.peak  # noqa: E731
+    for (model, task), by in _pairs(cells).items():
+        dense = by.get("dense")
+        if "t5" not in model.lower() or dense is None or not mem(dense) or dense.not_alone:
+            continue
+        for method, c in by.items():
+            size = _mean(r.figure("params.total") for r in c.runs)
+            if mem(c) is None or c.not_alone or not size:
+                continue
+            out.setdefault(task, {}).setdefault(method, []).append((size, mem(c), model))
+    return {t: {m: sorted(v) for m, v in by.items()} for t, by in out.items()
+            if len({s for s, _, _ in by.get("dense", [])}) >= 2}
+
+
+def size_table(cells: Sequence[Cell]) -> str | None:
+    """Peak training memory and its ratio to dense at each T5 size (None below two sizes)."""
+    points = _size_points(cells)
+    if not points:
+        return None
+    rows = []
+    for task, by in points.items():
+        dense = {model: peak for _, peak, model in by["dense"]}
+        for size, _, model in by["dense"]:
+            cells_ = []
+            for method in ("dense", *[m for m in METHODS if m in by and m != "dense"]):
+                found = [p for s, p, m in by[method] if m == model]
+                cells_.append(f"{fmt_num(found[0] / GB, 2)} ({found[0] / dense[model]:.2f})" if found else "n/a: no run")
+            rows.append([model, task, fmt_num(size / 1e6, 1), *cells_])
+        methods = ("dense", *[m for m in METHODS if m in by and m != "dense"])
+    header = ["model", "task", "parameters (M)", *[f"{LABELS[m]}: GB (ratio to dense)" for m in methods]]
+    return md_table(header, rows, "llr" + "r" * len(methods))
+
+
+def _size_plot(cells: Sequence[Cell], path: Path) -> Path | None:
+    from ..plots import _new_figure
+
+    points = _size_points(cells)
+    if not points:
+        return None
+    tasks = sorted(points)[:3]
+    fig = _new_figure(5.6 * len(tasks), 4.0)
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, task in zip(axes, tasks):
+        for method, pts in points[task].items():
+            ax.plot([s / 1e6 for s, _, _ in pts], [p / GB for _, p, _ in pts], marker="o", color=_COLOURS[method], label=LABELS[method])
+        ax.set_xscale("log")
+        ax.set_xlabel("backbone parameters (M, log scale)")
+        ax.set_ylabel("peak training memory (GB; CPU: above job start)")
+        ax.set_title(f"T5 sizes × {task}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def _scatter(cells: Sequence[Cell], xfn: Callable[[Cell], float | None], xlabel: str, scale: float, path: Path) -> Path | None:
     from matplotlib.colors import to_rgba
 
@@ -433,6 +497,14 @@ def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section |
         if mem_png is not None:
             files.append(mem_png)
             notes.append(f"![peak training memory vs score]({FIGURE_MEMORY})")
+        size_png = _size_plot(cells, out_dir / FIGURE_SIZE)
+        if size_png is not None:
+            files.append(size_png)
+            notes.append(f"![Figure 4 (right): peak training memory vs backbone size]({FIGURE_SIZE})")
+    sizes_md = size_table(cells)
+    if sizes_md is not None:
+        notes.insert(0, "**Peak training memory vs backbone size** (Figure 4 right; T5 shapes, runs measured alone; on CPU the "
+                     "peak RSS above the RSS at job start):\n\n" + sizes_md)
     multi = [c for c in cells if c.settings > 1]
     body = [
         "Table 1 / Table 3 columns, one row per model × task × method (the best setting on validation, mean ± std over its seeds). "
