@@ -22,7 +22,10 @@ class InitialWeights:
         torch.save({n: p.detach() for n, p in module.named_parameters()}, self.path)
 
     def count_updated(self, weights: dict[str, torch.Tensor]) -> int:
-        initial = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+        try:
+            initial = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # a torch that cannot map this file: read it (after training, outside every phase)
+            initial = torch.load(self.path, map_location="cpu", weights_only=True)
         try:
             return count_updated(weights, initial)
         finally:

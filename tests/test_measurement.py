@@ -46,7 +46,7 @@ def test_select_best_adds_no_state_dict_to_the_train_phase_of_a_frozen_backbone_
         dense_bytes = s["storage"]["dense_fp32_bytes"]
         if select == "true":
             assert "select_best" in s["memory"]["peak_bytes"]  # the copy has a phase of its own
-            assert not list((tmp_path / select).rglob(".best.rank*.safetensors"))  # deleted at the end
+            assert not list((tmp_path / select).rglob(".best.rank*"))  # deleted at the end
     # the old copy was the whole state_dict (tied embedding four times: ~4x dense_bytes); now the
     # side network's tensors only, written outside the train phase
     assert peaks["true"] - peaks["false"] < dense_bytes / 2, (peaks, dense_bytes)
@@ -85,7 +85,7 @@ def test_best_weights_keep_only_what_training_changes_and_restore_bit_identical(
 
     for store in ("disk", "memory"):
         net = _frozen_net()
-        best = BestWeights(store, tmp_path / store / ".best.safetensors")
+        best = BestWeights(store, tmp_path / store / ".best.pt")
         best.begin(net)
         with torch.no_grad():
             net.head.weight.add_(1.0)
@@ -96,7 +96,7 @@ def test_best_weights_keep_only_what_training_changes_and_restore_bit_identical(
                                        "norm.running_var", "norm.num_batches_tracked", "frozen.bias"])
         best.keep(net)
         kept = {k: v.clone() for k, v in net.state_dict().items()}
-        assert (tmp_path / store / ".best.safetensors").is_file() == (store == "disk")
+        assert (tmp_path / store / ".best.pt").is_file() == (store == "disk")
         with torch.no_grad():
             net.head.weight.mul_(3.0)
             net.norm.running_mean.zero_()
@@ -105,7 +105,7 @@ def test_best_weights_keep_only_what_training_changes_and_restore_bit_identical(
         for k, v in net.state_dict().items():
             assert torch.equal(v, kept[k]), k
         best.clear()
-        assert best.empty and not (tmp_path / store / ".best.safetensors").exists()
+        assert best.empty and not (tmp_path / store / ".best.pt").exists()
 
 
 def test_best_weights_refuse_a_frozen_tensor_first_written_after_the_best(tmp_path):

@@ -11,9 +11,11 @@ Everything else still holds its value from the start of the stage, so restoring 
 tensors restores the whole model bit for bit.
 
 Where the copy lives (`trainer.select_best_store`):
-- `disk` (default): `<checkpoints>/.best.rank<r>.safetensors`, written in its own telemetry phase
-  (`select_best`) and deleted when the stage ends, so the `train` phase's peak memory holds no
-  copy at all (dense fine-tuning included: its copy would be a whole model);
+- `disk` (default): `<checkpoints>/.best.rank<r>.pt`, written in its own telemetry phase
+  (`select_best`) by `torch.save`, which streams one storage at a time (no copy of the tensors in
+  memory; safetensors would first build one), read back memory-mapped, and deleted when the stage
+  ends, so the `train` phase's peak memory holds no copy at all (dense fine-tuning included: its
+  copy would be a whole model);
 - `memory`: CPU copies of the kept tensors (no disk writes), resident through training: for a
   frozen-backbone method that is its trainable part, for dense fine-tuning a whole model.
 """
@@ -93,10 +95,8 @@ class BestWeights:
             return 0
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         if self.store == "disk":
-            from .checkpoint import save_tensors
-
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_tensors(tensors, self.path)
+            torch.save({k: v.detach() for k, v in tensors.items()}, self.path)
             self._on_disk = True
         else:
             self._tensors = {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
@@ -105,9 +105,10 @@ class BestWeights:
     def tensors(self) -> dict[str, torch.Tensor] | None:
         """The kept tensors (read back from disk in `disk` mode), None when nothing was kept."""
         if self._on_disk:
-            from .checkpoint import load_tensors
-
-            return load_tensors(self.path)
+            try:
+                return torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+            except RuntimeError:  # a torch that cannot map this file: read it
+                return torch.load(self.path, map_location="cpu", weights_only=True)
         return self._tensors
 
     @property

@@ -118,7 +118,7 @@ class Trainer:
         self.job_state = job_state or dict  # what the job keeps in checkpoints besides the loop (finished stages)
         # the best checkpoint's changed tensors only, on disk by default (train/best.py)
         rank = dist_info.rank if dist_info.enabled else 0
-        self.best = BestWeights(select_best_store(cfg), checkpoint_dir / f".best.rank{rank}.safetensors" if checkpoint_dir is not None else None)
+        self.best = BestWeights(select_best_store(cfg), checkpoint_dir / f".best.rank{rank}.pt" if checkpoint_dir is not None else None)
         self._best_method_state: dict | None = None  # Method.best_state() taken with the best weights
         # early stopping: evaluations in a row without a better main metric, and where it stopped
         self.patience = early_stopping_patience(cfg)
