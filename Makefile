@@ -24,7 +24,7 @@ test: install
 bench: install
 	$(PYTHON) -m sparse_ft.bench --out bench.json $(ARGS)
 
-# The CPU reproduction of the five papers (~1.5-2 h on 2 cores; an interrupted one continues),
+# The CPU reproduction of the five papers (~2-2.5 h on 2 cores; an interrupted one continues),
 # then docs/reproduction/README.md. `make report-reproduce` only regenerates the report.
 reproduce: install
 	PYTHON=$(PYTHON) bash sweeps/reproduce_cpu.sh outputs/reproduce

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU reproduction: every sweep behind docs/reproduction/README.md, then the report.
-#   bash sweeps/reproduce_cpu.sh [OUT]         (OUT defaults to outputs/reproduce; ~1.5-2 h on 2 cores)
+#   bash sweeps/reproduce_cpu.sh [OUT]         (OUT defaults to outputs/reproduce; ~2-2.5 h on 2 cores, ~15 GB RAM for T5-large dense)
 #   make reproduce                             (the same)
 # Offline: the bundled pretrained MiniLM, the real MRPC files in ../shared/data/glue (GLUE_DIR to
 # point elsewhere), the generated NLI task, random-init T5-base shapes. A sweep whose directory
