@@ -42,7 +42,7 @@ def plan_jobs(overrides: list[str]) -> tuple[list[list[str]], Path]:
 
     with Planner(overrides) as planner:
         jobs = planner.plan().jobs
-        sweep_dir = Path(str(OmegaConf.select(planner.master, "hydra.sweep.dir")))
+        sweep_dir = Path(str(OmegaConf.select(planner.master, "hydra.sweep.dir"))).resolve()  # as run.py -m would, from here
     return jobs, sweep_dir
 
 
@@ -63,7 +63,7 @@ def run_sweep(jobs: list[list[str]], sweep_dir: Path, python: str = sys.executab
         print(f"#{i}: {' '.join(cmd[2:])}", flush=True)
         if dry_run:
             continue
-        code = subprocess.run(cmd, cwd=REPO, env=env).returncode
+        code = subprocess.run(cmd, env=env).returncode  # from this directory, as `run.py -m` would run (relative data paths)
         if code != 0:
             failed.append(i)
             print(f"!! job {i} exited {code} (its summary.json says why)", flush=True)
