@@ -1,4 +1,6 @@
-"""Hydra callbacks: the end-of-sweep report and the sweep's exit status, in one callback.
+"""Hydra callbacks: the end-of-sweep report and the sweep's exit status, in one callback; and
+`GuardRunDirs`, which notes a run directory's Hydra files before Hydra rewrites them (a job
+refused before it starts puts them back).
 
     hydra:
       callbacks:
@@ -29,7 +31,34 @@ from sparse_ft.report import NoRunsError, failed_runs, generate_report
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReportOnMultirunEnd", "SweepExitStatus", "failed_runs"]
+__all__ = ["GuardRunDirs", "ReportOnMultirunEnd", "SweepExitStatus", "failed_runs"]
+
+
+class GuardRunDirs(Callback):
+    """Notes what a run directory holds before Hydra writes `.hydra/` into it (on_run_start; for a
+    multirun, every job directory already under the sweep directory), so a job refused before it
+    starts (a completed run relaunched, a directory in use, a resume with other settings, a config
+    error) leaves it exactly as it was, or removes it when this launch created it
+    (sparse_ft/jobs/rundir.py). Never raises: the job's own checks still run without it."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        try:
+            from sparse_ft.jobs.rundir import snapshot
+
+            snapshot(str(config.hydra.run.dir))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not note the run directory's files before Hydra writes them: %s", exc)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        try:
+            from sparse_ft.jobs.rundir import snapshot
+
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            for job_dir in sorted(sweep_dir.iterdir()) if sweep_dir.is_dir() else []:
+                if job_dir.is_dir():
+                    snapshot(job_dir)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not note the job directories' files before Hydra writes them: %s", exc)
 
 
 class ReportOnMultirunEnd(Callback):

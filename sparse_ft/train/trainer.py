@@ -115,6 +115,7 @@ class Trainer:
         # objects with an optional on_epoch_end(epoch, step), called after each epoch's evaluation
         self.callbacks = list(callbacks or [])
         self.job_state = job_state or dict  # what the job keeps in checkpoints besides the loop (finished stages)
+        self.checkpoint_info: dict = {}  # more manifest.json entries (the job's resolved config, which a resume compares)
         self._best_weights: dict | None = None
         self._best_method_state: dict | None = None  # Method.best_state() taken with the best weights
         # early stopping: evaluations in a row without a better main metric, and where it stopped
@@ -195,7 +196,7 @@ class Trainer:
             if point["best"] is not None:
                 tensors["best.safetensors"] = point["best"]
             st = point["trainer_state"]["state"]
-            info = {"step": st["step"], "epoch": st["epoch"], "stage": st["stage"]}
+            info = {"step": st["step"], "epoch": st["epoch"], "stage": st["stage"], **self.checkpoint_info}
             write_checkpoint_dir(self.checkpoint_dir / "last", {**tensors}, {"trainer_state.pt": point["trainer_state"]}, info)
             log.info("checkpoint: %s (step %d)", self.checkpoint_dir / "last", info["step"])
         D.barrier()
