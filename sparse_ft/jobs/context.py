@@ -361,7 +361,7 @@ class RunContext:
         new job directory of a multirun records the error in its summary.json instead, so the
         sweep's report and exit status name it)."""
         from .resume import check_resume, completed_run, describe as describe_differences, resolved
-        from .rundir import RunDirBusy, RunDirLock, leave_as_found
+        from .rundir import RunDirBusy, RunDirLock, detach_run_log, leave_as_found
 
         cfg, run_dir = self.cfg, self.run_dir
         created = False
@@ -382,6 +382,8 @@ class RunContext:
                     self.lock = None
                 if self.is_main:
                     leave_as_found(run_dir, created)
+                else:
+                    detach_run_log(run_dir)
                 log.info("%s already holds a completed run with these settings: not training again (the directory is left unchanged)", run_dir)
                 return True, done
             self.resume = check_resume(cfg, run_dir)
@@ -402,6 +404,8 @@ class RunContext:
             what = "left as it was"
             if self.is_main:
                 what = leave_as_found(run_dir, created, in_use=isinstance(err, RunDirBusy))
+            else:
+                detach_run_log(run_dir)  # rank 0 tells; nothing of this job goes into the directory
             log.error("%s", err)
             log.error("nothing was run; %s: %s", run_dir, "removed (this launch had created it)" if what == "removed" else "left as it was")
             if is_multirun():

@@ -4,7 +4,6 @@ stage → final evaluation → method.finalize / export → results → loggers.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
