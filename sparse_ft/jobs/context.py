@@ -1,6 +1,9 @@
 """What every job shares: the run directory, the summary it always ends with, the loggers and the
 telemetry. `RunContext.execute(body)` runs one job body and turns whatever happens into a
 `summary.json` whose `status` says how the run ended; a run that has not finished has none.
+First comes `_preflight`: rank 0 locks the run directory (rundir.RunDirLock), every rank validates
+the config and checks a completed run's and a resumed checkpoint's settings (resume.py); a job
+refused there exits 2 and leaves the directory as it found it (removed when this launch made it).
 
 Under torchrun a worker that fails must not take its error with it. When one rank fails, torchrun
 stops the others with SIGTERM, which used to arrive while rank 0 was still handling the error it

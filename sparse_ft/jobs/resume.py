@@ -38,6 +38,7 @@ MAY_DIFFER: dict[str, str] = {
     "energy.": "always",
     "output_root": "always",
     "run_dir": "always",  # in-process runs (tests) name their directory here
+    "trainer.callbacks": "resume",  # user hooks (monitors, probes): the user answers for what they change
     "trainer.save_final": "resume",
     "trainer.measure_inference": "resume",
     "trainer.inference_examples": "resume",
