@@ -114,13 +114,13 @@ def find_resume(cfg, run_dir: Path) -> Path | None:
 
 def checkpoint_config(checkpoint: Path) -> tuple[dict | None, str]:
     """The resolved config a checkpoint was written with: its manifest's `config`, else (older
-    checkpoints) its run directory's config.yaml. Returns (config or None, where it was read)."""
+    checkpoints) its run directory's config.yaml. Returns (config or None, where it was read).
+    A damaged manifest raises CheckpointError naming it."""
+    from ..train.checkpoint import read_manifest
+
     manifest = Path(checkpoint) / "manifest.json"
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        data = {}
-    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+    data = read_manifest(checkpoint)
+    if isinstance(data.get("config"), dict):
         return data["config"], str(manifest)
     checkpoint = Path(checkpoint)
     if checkpoint.parent.name == "checkpoints":
