@@ -12,7 +12,7 @@ from ..core.errors import ConfigError
 from ..methods import MethodContext, build_method
 from ..train import distributed as D
 from ..train.callbacks import build_user_callbacks
-from ..train.checkpoint import find_checkpoint, read_checkpoint_dir, save_tensors
+from ..train.checkpoint import read_checkpoint_dir, save_tensors
 from ..train.state import steps_per_epoch, total_steps
 from ..train.trainer import Trainer
 from .context import RunContext, seed_everything
