@@ -119,6 +119,12 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.get("run_dir") or "outputs/adhoc")
 
 
+def hydra_launched() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized()
+
+
 def is_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -384,7 +390,7 @@ class RunContext:
                     self.lock.forget()
                     self.lock = None
                 if self.is_main:
-                    leave_as_found(run_dir, created)
+                    leave_as_found(run_dir, created, hydra_launch=hydra_launched())
                 else:
                     detach_run_log(run_dir)
                 log.info("%s already holds a completed run with these settings: not training again (the directory is left unchanged)", run_dir)
@@ -406,7 +412,7 @@ class RunContext:
                 self.lock = None
             what = "left as it was"
             if self.is_main:
-                what = leave_as_found(run_dir, created, in_use=isinstance(err, RunDirBusy))
+                what = leave_as_found(run_dir, created, in_use=isinstance(err, RunDirBusy), hydra_launch=hydra_launched())
             else:
                 detach_run_log(run_dir)  # rank 0 tells; nothing of this job goes into the directory
             log.error("%s", err)

@@ -181,16 +181,18 @@ def detach_run_log(run_dir: Path) -> None:
                 handler.close()
 
 
-def leave_as_found(run_dir: Path, created: bool = False, in_use: bool = False) -> str:
+def leave_as_found(run_dir: Path, created: bool = False, in_use: bool = False, hydra_launch: bool = True) -> str:
     """A job refused before it started: remove `run_dir` when this launch made it (it holds nothing
     else), else put Hydra's files back as they were. `in_use`: another process holds the directory
-    (never removed; its run.log is its own). Returns what was done ("removed" / "restored" / "kept")."""
+    (never removed; its run.log is its own). `hydra_launch`: Hydra may have made the directory
+    (else only `created` says this launch made it). Returns what was done ("removed" / "restored"
+    / "kept")."""
     run_dir = Path(os.path.abspath(run_dir))
     detach_run_log(run_dir)
     snap = SNAPSHOTS.get(str(run_dir))
     if not run_dir.is_dir():
         return "removed"
-    new = not in_use and (created or (snap is not None and not snap.existed) or (snap is None and launch_only(run_dir)))
+    new = not in_use and (created or (snap is not None and not snap.existed) or (snap is None and hydra_launch and launch_only(run_dir)))
     if new and launch_only(run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)
         stop = snap.first_existing_parent if snap is not None else None
