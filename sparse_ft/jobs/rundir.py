@@ -43,6 +43,8 @@ class RunDirBusy(ConfigError):
         self.holder = holder
         who = f"PID {holder.get('pid', '?')}" + (f" on {holder['host']}" if holder.get("host") else "")
         since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['started']))}" if holder.get("started") else ""
+        if holder.get("pid") and holder.get("host") == socket.gethostname() and not pid_alive(int(holder["pid"])):
+            since += "; that PID has ended, so a process it started (a data-loader worker) still holds the lock"
         super().__init__("hydra.run.dir", f"{run_dir} is in use by another run ({who}{since}; lock file {Path(run_dir) / LOCK_FILE}): "
                                           "wait for it to end, or give this run another directory")
 
