@@ -144,6 +144,23 @@ def test_relaunching_a_completed_run_never_modifies_it(tmp_path):
     assert tree(run) == before  # .hydra/config.yaml and overrides.yaml still say what ran
 
 
+def test_a_multirun_resumes_in_its_sweep_dir_and_refuses_other_settings(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "trainer.max_steps=2", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    assert run_cli(args, tmp_path).returncode == 0
+    jobs = {n: tree(sweep / n) for n in ("0", "1")}
+
+    again = run_cli(args, tmp_path)  # the README's resume of a multirun: the same command + hydra.sweep.dir
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("already holds a completed run") == 2
+    assert {n: tree(sweep / n) for n in jobs} == jobs
+
+    other = run_cli([*args, "trainer.lr=0.5"], tmp_path)
+    out = other.stdout + other.stderr
+    assert other.returncode == 1, out[-3000:]  # the sweep's exit status counts the refused jobs
+    assert out.count("trainer.lr: 5e-05 -> 0.5") == 2 and "2 run(s) in" in out
+    assert {n: tree(sweep / n) for n in jobs} == jobs
+
+
 # --- item 10: the sweep plan validates every job --------------------------------------------------
 
 @pytest.mark.parametrize("grid,key,jobs", [

@@ -418,6 +418,9 @@ class RunContext:
             log.error("%s", err)
             log.error("nothing was run; %s: %s", run_dir, "removed (this launch had created it)" if what == "removed" else "left as it was")
             if is_multirun():
+                from .rundir import REFUSED
+
+                REFUSED[str(run_dir.resolve())] = str(err)  # no summary of its own: the sweep's end counts it as failed
                 return True, None
             raise SystemExit(2) from err
         except Terminated as err:  # a stop signal during the pre-flight

@@ -139,6 +139,7 @@ class Snapshot:
 
 
 SNAPSHOTS: dict[str, Snapshot] = {}  # absolute run dir -> what it held before Hydra wrote into it
+REFUSED: dict[str, str] = {}  # multirun jobs refused in a directory they left as it was: run dir -> error (the sweep's exit status counts them)
 
 
 def snapshot(run_dir: Path | str) -> None:
