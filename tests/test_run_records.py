@@ -161,6 +161,27 @@ def test_a_multirun_resumes_in_its_sweep_dir_and_refuses_other_settings(tmp_path
     assert {n: tree(sweep / n) for n in jobs} == jobs
 
 
+def test_a_stop_signal_during_the_pre_flight_leaves_a_completed_run_as_it_was(tmp_path, monkeypatch):
+    from sparse_ft.train.preemption import Terminated
+
+    run = tmp_path / "r"
+    args = [*TINY, "trainer.max_steps=2"]
+    assert run_inprocess(run, args)["status"] == "completed"
+    before = tree(run)
+
+    def signal_arrives(*a, **k):
+        raise Terminated(15, "while the job started (before data loading)", False)
+
+    monkeypatch.setattr("sparse_ft.jobs.resume.completed_run", signal_arrives)
+    with pytest.raises(SystemExit) as stopped:
+        run_inprocess(run, args)
+    assert stopped.value.code == 143
+    assert tree(run) == before  # the completed run's summary is not replaced by an interrupted one
+    with pytest.raises(SystemExit) as stopped:  # a new run says it was interrupted
+        run_inprocess(tmp_path / "new", args)
+    assert stopped.value.code == 143 and summary(tmp_path / "new")["status"] == "interrupted"
+
+
 # --- item 10: the sweep plan validates every job --------------------------------------------------
 
 @pytest.mark.parametrize("grid,key,jobs", [
