@@ -82,6 +82,8 @@ def validate_trainer(t) -> None:
         if signal_number(name) is None:  # SIG_IGN / SIG_DFL are handlers, not signals
             raise ConfigError("trainer.preempt_signals", f"{name!r} is not a signal name")
     _number(t, "dist_timeout_s", p, low=0, low_open=True)
+    if not isinstance(t.get("resume_force", False), bool):
+        raise ConfigError("trainer.resume_force", f"{t.get('resume_force')!r} must be true or false")
     _number(t, "inference_examples", p, low=1, integer=True)
     validate_num_threads(t.get("num_threads", "auto"))
 

@@ -2,7 +2,9 @@
 
 `cfg.job` picks the body (sparse_ft/jobs/): train (default), evaluate or compress. Whatever
 happens, the run directory ends with a `summary.json` whose `status` says how the run ended; a run
-that has not finished has none.
+that has not finished has none. Before anything is written there the job locks the run directory,
+validates the config and compares a completed run's or a resumed checkpoint's settings with its
+own (jobs/resume.py); a refusal exits 2 and leaves the directory as it found it (jobs/rundir.py).
 """
 
 from __future__ import annotations

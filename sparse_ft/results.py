@@ -1,5 +1,6 @@
 """The run directory: `metrics.jsonl` (one JSON object per logged step/eval), `summary.json`,
-`config.yaml`, `checkpoints/`. Its names are a public contract (see DESIGN.md)."""
+`config.yaml`, `checkpoints/`, `.lock` (jobs/rundir.py: one process per run directory). Its names
+are a public contract (see DESIGN.md)."""
 
 from __future__ import annotations
 

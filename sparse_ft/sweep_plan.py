@@ -9,7 +9,9 @@ sweep overrides, expanded by Hydra's BasicSweeper in the order the jobs are numb
 prints the number of jobs, the grid's dimensions and, for each job (the first N with
 `--limit N`), its overrides and the resolved values of the keys that vary between the jobs shown
 or are computed from other keys (e.g. `trainer.lr` resolved from `lr_grid`). `--json` prints the
-same as JSON. Exit status 2 when the arguments do not compose.
+same as JSON. Every job's composed config is then validated exactly as `run.py` would (the
+job's effective config, then `sparse_ft.config.validate`): exit status 2, naming each invalid
+job and its key, when one is invalid or the arguments do not compose.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .core.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MISSING = "<unset>"  # compares a key one job lacks with the others
@@ -193,6 +197,41 @@ def describe(overrides: list[str], limit: int | None = None, config_dir: Path = 
     return {"jobs": len(plan), "dimensions": plan.dimensions, "sources": plan.sources, "shown": shown}
 
 
+def job_config(planner: "Planner", overrides: list[str]):
+    """One job's config as `run.py`'s task function receives it: Hydra's node removed, struct mode."""
+    from omegaconf import OmegaConf
+
+    cfg = planner.compose_job_fast(overrides)
+    if "hydra" in cfg:
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def check_job(cfg) -> None:
+    """What `run.py` checks before a job starts (sparse_ft.entry.run): raises its error."""
+    from .config import validate
+    from .jobs import effective_config
+
+    effective_config(cfg)
+    validate(cfg)
+
+
+def invalid_jobs(overrides: list[str], config_dir: Path = CONF_DIR) -> tuple[int, list[dict]]:
+    """(number of jobs, [{num, overrides, error}] for every job whose config run.py would reject)."""
+    bad = []
+    with Planner(overrides, config_dir) as planner:
+        plan = planner.plan()
+        for num, job in enumerate(plan.jobs):
+            try:
+                check_job(job_config(planner, job))  # compose_job_fast returns the job's own copy
+                continue
+            except Exception as err:  # noqa: BLE001 - the job's own error, as run.py would print it
+                error = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
+            bad.append({"num": num, "overrides": job, "error": error})
+    return len(plan), bad
+
+
 def _fmt(value) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, default=str)
@@ -233,10 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--limit must be >= 0")
     try:
         info = describe(args.overrides, args.limit, args.config_dir)
+        total, bad = invalid_jobs(args.overrides, args.config_dir)
     except Exception as err:  # noqa: BLE001 - Hydra's composition / override errors: say what, exit 2
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(info, indent=1, default=str) if args.json else render(info, args.limit))
+    print(json.dumps({**info, "invalid": bad}, indent=1, default=str) if args.json else render(info, args.limit))
+    if bad:
+        for job in bad:
+            print(f"error: job #{job['num']} ({' '.join(job['overrides'])}): {job['error']}", file=sys.stderr)
+        print(f"{len(bad)} of {total} job(s) would fail validation in run.py (exit 2)", file=sys.stderr)
+        return 2
     return 0
 
 

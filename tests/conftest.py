@@ -45,6 +45,19 @@ def run_inprocess(run_dir: Path, overrides: list[str]) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def refused_inprocess(run_dir: Path, overrides: list[str]) -> str:
+    """A job refused before it starts (a config, source or resume error): it exits 2 and writes
+    no summary.json (issue 19 item 11: no run directory is left behind). Returns its error as
+    summary.json would have said it: "<type>: <key>: <message>"."""
+    had_summary = (run_dir / "summary.json").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        run_inprocess(run_dir, overrides)
+    assert exit_info.value.code == 2
+    assert (run_dir / "summary.json").exists() == had_summary, "a refused job wrote a summary.json"
+    cause = exit_info.value.__cause__
+    return f"{type(cause).__name__}: {cause}"
+
+
 def run_cli(args: list[str], tmp_path: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     flags = [a for a in args if a.startswith("-")]  # Hydra wants -m etc. before the overrides

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, compose, run_cli, run_inprocess
+from conftest import REPO, compose, refused_inprocess, run_cli, run_inprocess
 
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 
@@ -212,12 +212,9 @@ def test_predict_test_without_test_file_fails_in_validation_naming_the_path(tmp_
 
 def test_predict_test_without_test_file_exits_2_before_training(tmp_path):
     glue = write_mrpc(tmp_path / "glue", with_test=False)
-    with pytest.raises(SystemExit) as err:
-        run_inprocess(tmp_path / "r", ["model=tiny_bert", "task=mrpc", f"task.data_dir={glue}", "trainer.max_steps=2", "trainer.predict=test"])
-    assert err.value.code == 2
-    s = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert s["status"] == "failed" and "test.tsv" in s["error"]
-    assert not (tmp_path / "r" / "checkpoints").exists()
+    error = refused_inprocess(tmp_path / "r", ["model=tiny_bert", "task=mrpc", f"task.data_dir={glue}", "trainer.max_steps=2", "trainer.predict=test"])
+    assert "test.tsv" in error
+    assert not (tmp_path / "r").exists()  # refused by validation: no run directory
 
 
 # --- item 7: distributed=local_sgd without torchrun -----------------------------------------------

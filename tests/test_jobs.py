@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import run_cli, run_inprocess
+from conftest import refused_inprocess, run_cli, run_inprocess
 from sparse_ft.core.options import MethodOptions, option
 from sparse_ft.methods.base import Method, Stage
 from sparse_ft.methods.compress.base import CompressResult, Compressor
@@ -153,12 +153,9 @@ def test_bad_job_input_names_the_key(args, key, finished, tmp_path, monkeypatch)
         monkeypatch.setattr("sparse_ft.jobs.source.command_line_groups", lambda: {"model", "job", "source"})
     if "method=fish" in args:
         monkeypatch.setattr("sparse_ft.jobs.source.command_line_groups", lambda: {"method", "job", "source"})
-    with pytest.raises(SystemExit) as err:
-        run_inprocess(tmp_path, [*TINY, *args])
-    assert err.value.code == 2
-    s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["status"] == "failed" and s["error"].split(": ", 2)[1] == key, s["error"]
-    assert not (tmp_path / "checkpoints").exists()
+    error = refused_inprocess(tmp_path / "r", [*TINY, *args])  # refused before it starts: no summary, no run directory
+    assert error.split(": ", 2)[1] == key, error
+    assert not (tmp_path / "r").exists()
 
 
 def test_compress_refuses_an_unfinished_source(finished, tmp_path):
@@ -167,9 +164,7 @@ def test_compress_refuses_an_unfinished_source(finished, tmp_path):
     (source / "config.yaml").write_text((finished / "config.yaml").read_text())
     summary = json.loads((finished / "summary.json").read_text())
     (source / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
-    with pytest.raises(SystemExit):
-        run_inprocess(tmp_path / "c", ["job=compress", "method.name=toy_shrink", f"source={source}"])
-    assert "not completed" in json.loads((tmp_path / "c/summary.json").read_text())["error"]
+    assert "not completed" in refused_inprocess(tmp_path / "c", ["job=compress", "method.name=toy_shrink", f"source={source}"])
 
 
 def test_evaluate_through_the_cli(finished, tmp_path):

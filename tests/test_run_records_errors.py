@@ -51,9 +51,15 @@ def mrpc_dir(tmp_path: Path, train_rows: int, dev_rows: int) -> Path:
 
 
 def expect_exit_2(run_dir: Path, overrides: list[str]) -> dict:
+    """The job's error as summary.json records it; a job refused before it starts (a config,
+    source or manifest error: issue 19 item 11) writes no summary, and its error is the exit's cause."""
+    existed = (run_dir / "summary.json").exists()
     with pytest.raises(SystemExit) as err:
         run_inprocess(run_dir, overrides)
     assert err.value.code == 2
+    if not existed and not (run_dir / "summary.json").exists():
+        cause = err.value.__cause__
+        return {"status": "failed", "error": f"{type(cause).__name__}: {cause}"}
     s = summary(run_dir)
     assert s["status"] == "failed"
     return s

@@ -1,6 +1,9 @@
 """What every job shares: the run directory, the summary it always ends with, the loggers and the
 telemetry. `RunContext.execute(body)` runs one job body and turns whatever happens into a
 `summary.json` whose `status` says how the run ended; a run that has not finished has none.
+First comes `_preflight`: rank 0 locks the run directory (rundir.RunDirLock), every rank validates
+the config and checks a completed run's and a resumed checkpoint's settings (resume.py); a job
+refused there exits 2 and leaves the directory as it found it (removed when this launch made it).
 
 Under torchrun a worker that fails must not take its error with it. When one rank fails, torchrun
 stops the others with SIGTERM, which used to arrive while rank 0 was still handling the error it
@@ -116,6 +119,12 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.get("run_dir") or "outputs/adhoc")
 
 
+def hydra_launched() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized()
+
+
 def is_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -159,17 +168,6 @@ def versions() -> dict:
     }
 
 
-def previous_result(run_dir: Path) -> float | None:
-    """A completed run in this directory (a requeued or re-launched sweep job): its main metric."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if summary.get("status") != "completed":
-        return None
-    return (summary.get("metrics") or {}).get("main", float("nan"))
-
-
 class Telemetry:
     """Opens one phase on every monitor at once (time/memory and energy)."""
 
@@ -198,6 +196,10 @@ class RunContext:
         self.summary: dict = {}
         self.telemetry: Telemetry | None = None
         self.guard = SignalGuard(False)  # execute() installs the real one
+        self.lock = None  # rank 0's RunDirLock on the run directory, for the job's life
+        self.preflight_error: BaseException | None = None
+        self.resume: dict | None = None  # the resume check's record (summary.json `resume`)
+        self.resolved_config: dict = {}  # the validated config, resolved (what checkpoints record)
         from ..loggers.base import NullLogger
 
         self.logger = NullLogger()
@@ -246,11 +248,18 @@ class RunContext:
         started = time.perf_counter()
         if not self.is_main:  # one voice in the console and run.log: rank 0's
             logging.getLogger("sparse_ft").setLevel(logging.WARNING)
-        if cfg.get("job", "train") == "train" and cfg.trainer.get("resume", "auto") == "auto" and self.is_main:
-            done = previous_result(run_dir)
-            if done is not None:
-                log.info("%s already holds a completed run: not training again", run_dir)
-                return done
+        distributed = self.dist_info.world_size > 1
+        # one owner of SIGTERM, SIGINT and the pre-emption signals for the whole job, in every process
+        self.guard = SignalGuard(True, (cfg.get("trainer") or {}).get("preempt_signals") or (), distributed)
+        self.guard.install()  # from the pre-flight on: a signal there stops the job too
+        try:
+            skip, done = self._preflight(validate, user_errors)
+        except BaseException:
+            self.guard.restore()
+            raise
+        if skip:
+            self.guard.restore()
+            return done
         self.writer = RunWriter(run_dir, enabled=self.is_main)
         self.summary = {
             "status": "failed",
@@ -263,16 +272,13 @@ class RunContext:
             "run_dir": str(run_dir),
         }
         summary = self.summary
-        distributed = self.dist_info.world_size > 1
-        # one owner of SIGTERM, SIGINT and the pre-emption signals for the whole job, in every process
-        self.guard = SignalGuard(True, (cfg.get("trainer") or {}).get("preempt_signals") or (), distributed)
         started_at = time.time()
         error: BaseException | None = None
         if distributed and self.is_main:
             self._clear_worker_errors(started_at)
-        self.guard.install()
         try:
-            validate(cfg)  # before any data or weights are touched
+            if self.preflight_error is not None:  # a multirun job's new directory records its error like any failure
+                raise self.preflight_error
             summary.update(task=cfg.task.name, method=cfg.method.name, model=cfg.model.name, seed=cfg.seed)  # a source run may have set them
             from ..train.threads import configure_threads
 
@@ -362,6 +368,87 @@ class RunContext:
             self.writer.close()
             D.teardown()
             self.guard.restore()
+            if self.lock is not None:
+                self.lock.release()
+
+    def _preflight(self, validate: Callable[[DictConfig], None], user_errors: tuple) -> tuple[bool, float | None]:
+        """Before anything is written to the run directory: lock it (rank 0), validate the config,
+        check a completed run's and a resumed checkpoint's settings (every rank decides alike).
+        Returns (True, result) for a completed run relaunched with its own settings (nothing is
+        done). A refusal (bad config, directory in use, other settings) leaves the directory as
+        it was (removed when this launch made it) and exits 2 (multirun: the sweep goes on; a
+        new job directory of a multirun records the error in its summary.json instead, so the
+        sweep's report and exit status name it)."""
+        from .resume import check_resume, completed_run, describe as describe_differences, resolved
+        from .rundir import RunDirBusy, RunDirLock, detach_run_log, leave_as_found
+
+        cfg, run_dir = self.cfg, self.run_dir
+        created = False
+        try:
+            if self.is_main:
+                if not run_dir.exists():
+                    run_dir.mkdir(parents=True)
+                    created = True
+                lock = RunDirLock(run_dir)
+                lock.acquire()  # RunDirBusy: another live process holds it
+                self.lock = lock
+            validate(cfg)  # before any data or weights are touched
+            self.resolved_config = resolved(cfg)
+            done = completed_run(cfg, run_dir)
+            if done is not None:
+                if self.lock is not None:
+                    self.lock.forget()
+                    self.lock = None
+                if self.is_main:
+                    leave_as_found(run_dir, created, hydra_launch=hydra_launched())
+                else:
+                    detach_run_log(run_dir)
+                log.info("%s already holds a completed run with these settings: not training again (the directory is left unchanged)", run_dir)
+                return True, done
+            self.resume = check_resume(cfg, run_dir)
+            if self.lock is not None:
+                self.lock.note_takeover()
+            if self.resume is not None and self.resume["forced"]:
+                log.warning("resuming from %s with other settings (trainer.resume_force=true): %s",
+                            self.resume["from"], describe_differences(self.resume["differing"]))
+            return False, None
+        except (*user_errors, RunDirBusy) as err:
+            new = created or not self.is_main or not (run_dir / "config.yaml").exists()
+            if is_multirun() and new and not isinstance(err, RunDirBusy):
+                self.preflight_error = err
+                return False, None
+            if self.lock is not None:
+                self.lock.forget()
+                self.lock = None
+            what = "left as it was"
+            if self.is_main:
+                what = leave_as_found(run_dir, created, in_use=isinstance(err, RunDirBusy), hydra_launch=hydra_launched())
+            else:
+                detach_run_log(run_dir)  # rank 0 tells; nothing of this job goes into the directory
+            log.error("%s", err)
+            log.error("nothing was run; %s: %s", run_dir, "removed (this launch had created it)" if what == "removed" else "left as it was")
+            if is_multirun():
+                from .rundir import REFUSED
+
+                REFUSED[str(run_dir.resolve())] = str(err)  # no summary of its own: the sweep's end counts it as failed
+                return True, None
+            raise SystemExit(2) from err
+        except Terminated as err:  # a stop signal during the pre-flight
+            if created or not (run_dir / "config.yaml").exists():  # a new run: its summary says interrupted
+                self.preflight_error = err
+                return False, None
+            if self.lock is not None:  # an existing run (completed, or to be resumed): left as it was
+                self.lock.forget()
+                self.lock = None
+            if self.is_main:
+                leave_as_found(run_dir, created, hydra_launch=hydra_launched())
+            else:
+                detach_run_log(run_dir)
+            log.warning("%s; nothing was run, %s left as it was; exit %d", err, run_dir, err.exit_code)
+            raise SystemExit(err.exit_code) from err
+        except Exception as err:  # noqa: BLE001 - a bug in a check: recorded like any failure
+            self.preflight_error = err
+            return False, None
 
     def _write_summary(self) -> None:
         """summary.json at the end of the job; a full disk is logged (naming the file), not raised

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -14,27 +13,16 @@ from ..core.errors import ConfigError
 from ..methods import MethodContext, build_method
 from ..train import distributed as D
 from ..train.callbacks import build_user_callbacks
-from ..train.checkpoint import find_checkpoint, read_checkpoint_dir, save_tensors
+from ..train.checkpoint import read_checkpoint_dir, save_tensors
 from ..train.state import steps_per_epoch, total_steps
 from ..train.trainer import Trainer
 from .context import RunContext, seed_everything
 from .data import build_setup
+from .resume import find_resume  # noqa: F401  (checked by RunContext before anything loads)
 
 log = logging.getLogger("sparse_ft.entry")
 
 INITIAL_FILE = ".initial_weights.pt"  # the base model's initial parameters while the job runs (deleted at its end)
-
-
-def find_resume(cfg, run_dir: Path) -> Path | None:
-    mode = cfg.trainer.get("resume", "auto")
-    if mode in (None, "never"):
-        return None
-    if mode == "auto":
-        return find_checkpoint(run_dir)
-    found = find_checkpoint(Path(str(mode)))
-    if found is None:
-        raise ConfigError("trainer.resume", f"no resumable checkpoint (checkpoints/last/manifest.json) at {mode}")
-    return found
 
 
 def check_resume_fits(resume: dict, local_sgd: bool, sparse_ckpt: bool, world_size: int) -> None:
@@ -73,6 +61,8 @@ def train_job(rc: RunContext) -> float | None:
         resume = {"tensors": tensors, "objects": objects, "info": info, "path": str(resume_from)}
         check_resume_fits(resume, local_sgd, sparse_ckpt, dist_info.world_size)
         summary["resumed_from"] = {"path": str(resume_from), "step": info.get("step"), "stage": info.get("stage", 0)}
+        if rc.resume is not None:  # what the pre-flight check found: settings that differ, forced or allowed
+            summary["resume"] = {k: rc.resume[k] for k in ("forced", "differing", "allowed")}
         writer.truncate_after(int(info.get("step", 0)), int(info.get("stage", 0)))
     with rc.monitored(device) as telemetry, contextlib.ExitStack() as cleanup:
         seed_everything(cfg.seed)
@@ -159,6 +149,7 @@ def train_job(rc: RunContext) -> float | None:
                 checkpoint_dir=run_dir / "checkpoints", dist_info=dist_info, resume_state=resume if resuming_here else None,
                 callbacks=callbacks, stage=index, job_state=lambda: {"stages": list(done)},
             )
+            trainer.checkpoint_info = {"config": rc.resolved_config}  # in the manifest: what a resume compares its settings with
             state = trainer.fit()
             result = {"index": index, "name": stage.name, "steps": state.step, "epochs": state.epoch, "samples": state.samples,
                       "tokens": state.tokens, "best": {"step": state.best_step, "main": state.best_main, "metrics": state.best_metrics}}

@@ -210,8 +210,8 @@ def load_object(f: Path):
                               "checkpoint: this file was altered or comes from elsewhere; start over with trainer.resume=never") from None
 
 
-def read_checkpoint_dir(path: Path) -> tuple[dict, dict, dict]:
-    """Verify every file against the manifest, then load: (tensors by file, objects by file, info)."""
+def read_manifest(path: Path) -> dict:
+    """The checkpoint folder's manifest.json, checked for its structure (no file is read)."""
     path = Path(path)
     try:
         manifest = json.loads((path / MANIFEST).read_text())
@@ -225,6 +225,14 @@ def read_checkpoint_dir(path: Path) -> tuple[dict, dict, dict]:
     if lacking:
         raise CheckpointError(f"{path / MANIFEST}: lists no {', '.join(lacking)} (it lists {sorted(files)}); "
                               "the checkpoint is damaged: start over with trainer.resume=never")
+    return manifest
+
+
+def read_checkpoint_dir(path: Path) -> tuple[dict, dict, dict]:
+    """Verify every file against the manifest, then load: (tensors by file, objects by file, info)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    files = manifest["files"]
     tensors, objects = {}, {}
     for name, digest in files.items():
         f = checkpoint_file(path, name)

@@ -119,6 +119,7 @@ class Trainer:
         # the best checkpoint's changed tensors only, on disk by default (train/best.py)
         rank = dist_info.rank if dist_info.enabled else 0
         self.best = BestWeights(select_best_store(cfg), checkpoint_dir / f".best.rank{rank}.pt" if checkpoint_dir is not None else None)
+        self.checkpoint_info: dict = {}  # more manifest.json entries (the job's resolved config, which a resume compares)
         self._best_method_state: dict | None = None  # Method.best_state() taken with the best weights
         # early stopping: evaluations in a row without a better main metric, and where it stopped
         self.patience = early_stopping_patience(cfg)
@@ -201,7 +202,7 @@ class Trainer:
             if best is not None:
                 tensors["best.safetensors"] = best
             st = point["trainer_state"]["state"]
-            info = {"step": st["step"], "epoch": st["epoch"], "stage": st["stage"]}
+            info = {"step": st["step"], "epoch": st["epoch"], "stage": st["stage"], **self.checkpoint_info}
             write_checkpoint_dir(self.checkpoint_dir / "last", {**tensors}, {"trainer_state.pt": point["trainer_state"]}, info)
             log.info("checkpoint: %s (step %d)", self.checkpoint_dir / "last", info["step"])
         D.barrier()
