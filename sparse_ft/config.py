@@ -241,7 +241,9 @@ def validate_launch(cfg, launched_by_torchrun: bool | None = None, argv: list[st
 
 
 def task_modality(task_cfg) -> str:
-    return "image" if task_cfg.get("kind") in ("cifar10", "digits") else "text"
+    from .tasks import IMAGE_KINDS
+
+    return "image" if task_cfg.get("kind") in IMAGE_KINDS else "text"
 
 
 def validate(cfg) -> None:
@@ -273,6 +275,9 @@ def validate(cfg) -> None:
         validate_launch(cfg)
     if not isinstance(cfg.trainer.get("sparse_checkpoints", False), bool):
         raise ConfigError("trainer.sparse_checkpoints", f"{cfg.trainer.get('sparse_checkpoints')!r} must be true or false")
+    from .models import check_method_fits
+
+    check_method_fits(cfg.model, cfg.method.name)
     method = method_class(cfg.method.name)
     method.validate(cfg.method)
     job = cfg.get("job", "train")

@@ -22,9 +22,41 @@ def check_fits(model_cfg, modality: str) -> None:
         raise ConfigError("model.name_or_path", "set a hub id, a local path or bundled:<package> (or random_init=true)")
 
 
+# methods that need a text model's inputs (token ids, a hidden-state stream read per token):
+# method -> why it cannot run on an image model
+TEXT_ONLY_METHODS = {
+    "adapter": "its bottleneck adapters are placed after the text transformer's attention/FFN outputs (text models only)",
+    "ia3": "peft's (IA)3 has no target modules for image classifiers; the method runs on text models",
+    "prompt_tuning": "soft prompts are prepended to token embeddings; an image model has no token ids",
+    "read": "READ's recurrent side network reads a text transformer's per-layer hidden states and heads",
+    "lst": "LST's ladder side network reads a text transformer's per-layer hidden states and heads",
+}
+# methods that need a Hugging Face module (peft): not a torchvision ResNet
+HF_ONLY_METHODS = {"lora": "peft places LoRA on Hugging Face modules; a torchvision ResNet is not one (use a ViT: model=vit_base)"}
+
+
+def check_method_fits(model_cfg, method_name) -> None:
+    """A method that cannot run on the model fails here, naming why, before anything loads."""
+    if model_cfg.get("arch") != "vision":
+        return
+    why = TEXT_ONLY_METHODS.get(method_name)
+    if why is None and method_name in HF_ONLY_METHODS:
+        from .hf_vision import is_hf_vision
+
+        why = None if is_hf_vision(model_cfg) else HF_ONLY_METHODS[method_name]
+    if why is not None:
+        raise ConfigError("method.name", f"method={method_name} cannot run on model={model_cfg.get('name')} (an image model): {why}")
+
+
 def build_model(model_cfg, task: TaskData, max_length: int = 128) -> ModelBundle:
     check_fits(model_cfg, task.modality)
     if model_cfg.arch == "vision":
+        from .hf_vision import is_hf_vision
+
+        if is_hf_vision(model_cfg):  # transformers ViT / DINO
+            from .hf_vision import build_hf_vision_bundle
+
+            return build_hf_vision_bundle(model_cfg, task)
         from .vision import build_vision_bundle
 
         return build_vision_bundle(model_cfg, task)
@@ -33,4 +65,4 @@ def build_model(model_cfg, task: TaskData, max_length: int = 128) -> ModelBundle
     return build_text_bundle(model_cfg, task, max_length)
 
 
-__all__ = ["ModelBundle", "ModelLoadError", "build_model", "check_fits"]
+__all__ = ["ModelBundle", "ModelLoadError", "build_model", "check_fits", "check_method_fits"]

@@ -7,6 +7,8 @@ dispatches on ``task.kind``:
 * ``synthetic_nli`` — deterministic generated sentence-pair task (``synthetic.py``)
 * ``cifar10``       — torchvision CIFAR-10 (``vision.py``)
 * ``digits``        — scikit-learn's bundled digits, as 3x32x32 images (``vision.py``)
+* ``cifar100``      — torchvision CIFAR-100 (``images.py``)
+* ``tiny_imagenet`` — Tiny-ImageNet, the official folder or Hugging Face datasets (``images.py``)
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from .base import DataError, TaskData, TextExample
 
 logger = logging.getLogger(__name__)
 
-TASK_KINDS = ("glue", "synthetic_nli", "cifar10", "digits")
+TASK_KINDS = ("glue", "synthetic_nli", "cifar10", "digits", "cifar100", "tiny_imagenet")
+IMAGE_KINDS = ("cifar10", "digits", "cifar100", "tiny_imagenet")
 SPLIT_SCHEMES = ("glue", "read")
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "TaskData",
     "TextExample",
     "TASK_KINDS",
+    "IMAGE_KINDS",
     "SPLIT_SCHEMES",
     "load_task",
     "validate_task_cfg",
@@ -105,10 +109,19 @@ def validate_task_cfg(task_cfg) -> None:
         if task_cfg.get("split_scheme", None) not in (None, "glue"):
             raise ConfigError("task.split_scheme", "synthetic_nli has fixed train/validation/test splits; leave it unset")
     else:  # image tasks
-        if kind == "cifar10":
+        if kind in ("cifar10", "cifar100"):
             _string(task_cfg, "root", optional=False)
+        if kind == "tiny_imagenet":
+            _string(task_cfg, "data_dir", optional=True)
+            data_dir = task_cfg.get("data_dir")
+            if data_dir is None:
+                _string(task_cfg, "hf_dataset", optional=False)
+            elif not os.path.isdir(data_dir):
+                raise ConfigError("task.data_dir", f"{data_dir!r} is not an existing directory (expected the official "
+                                  "tiny-imagenet-200 folder; or task.data_dir=null to use task.hf_dataset)")
         _bool(task_cfg, "download")
         _bool(task_cfg, "augment")
+        _bool(task_cfg, "verify_md5")
         if task_cfg.get("split_scheme", None) is not None:
             raise ConfigError("task.split_scheme", f"not used by {kind} (fixed splits); leave it unset")
 
@@ -123,6 +136,10 @@ def load_task(task_cfg, seed: int) -> TaskData:
         from .synthetic import load_synthetic_nli as loader
     elif kind == "cifar10":
         from .vision import load_cifar10 as loader
+    elif kind == "cifar100":
+        from .images import load_cifar100 as loader
+    elif kind == "tiny_imagenet":
+        from .images import load_tiny_imagenet as loader
     else:
         from .vision import load_digits_task as loader
     task = loader(task_cfg, seed)
