@@ -265,7 +265,7 @@ def validate(cfg) -> None:
     except ValueError as err:
         key, _, message = str(err).partition("=")
         raise ConfigError(key, message) from err
-    check_fits(cfg.model, task_modality(cfg.task))
+    check_fits(cfg.model, task_modality(cfg.task), cfg.task.get("kind"))
     if cfg.model.get("drop_last_layers") is not None:
         _number(cfg.model, "drop_last_layers", "model", low=0, integer=True)
     from .train.local_sgd import validate_distributed
@@ -277,7 +277,7 @@ def validate(cfg) -> None:
         raise ConfigError("trainer.sparse_checkpoints", f"{cfg.trainer.get('sparse_checkpoints')!r} must be true or false")
     from .models import check_method_fits
 
-    check_method_fits(cfg.model, cfg.method.name)
+    check_method_fits(cfg.model, cfg.method.name, cfg.task.get("kind"))
     method = method_class(cfg.method.name)
     method.validate(cfg.method)
     job = cfg.get("job", "train")

@@ -10,7 +10,11 @@ from .text import ModelLoadError
 ARCHS = ("encoder", "decoder", "seq2seq", "vision")
 
 
-def check_fits(model_cfg, modality: str) -> None:
+# task kinds that need one architecture: kind -> (archs, why)
+TASK_ARCHS = {"squad": (("encoder",), "extractive QA puts a start/end head on an encoder's token states (BERT, RoBERTa, MiniLM)")}
+
+
+def check_fits(model_cfg, modality: str, task_kind: str | None = None) -> None:
     """A model whose inputs/head cannot serve the task fails here, before anything loads."""
     arch = model_cfg.get("arch")
     if arch not in ARCHS:
@@ -18,6 +22,10 @@ def check_fits(model_cfg, modality: str) -> None:
     if (arch == "vision") != (modality == "image"):
         kind = "an image model" if arch == "vision" else "a text model"
         raise ConfigError("model", f"model={model_cfg.get('name')} is {kind} (arch={arch}) and cannot run a {modality} task")
+    if task_kind in TASK_ARCHS and arch not in TASK_ARCHS[task_kind][0]:
+        archs, why = TASK_ARCHS[task_kind]
+        raise ConfigError("model", f"model={model_cfg.get('name')} (arch={arch}) cannot run task={task_kind}: {why}; "
+                          f"use a model with arch {' or '.join(archs)}")
     if not model_cfg.get("random_init") and not model_cfg.get("name_or_path"):
         raise ConfigError("model.name_or_path", "set a hub id, a local path or bundled:<package> (or random_init=true)")
 
@@ -35,8 +43,21 @@ TEXT_ONLY_METHODS = {
 HF_ONLY_METHODS = {"lora": "peft places LoRA on Hugging Face modules; a torchvision ResNet is not one (use a ViT: model=vit_base)"}
 
 
-def check_method_fits(model_cfg, method_name) -> None:
-    """A method that cannot run on the model fails here, naming why, before anything loads."""
+# methods that read a sequence-classification head (or prepend to its inputs), per task kind
+TASK_METHODS = {
+    "squad": {
+        "prompt_tuning": "peft's prompt tuning is set up for sequence classification: the virtual tokens shift the start/end positions",
+        "read": "READ's side network ends in a sequence-classification head, not a start/end span head",
+        "lst": "LST's side network ends in a sequence-classification head, not a start/end span head",
+    },
+}
+
+
+def check_method_fits(model_cfg, method_name, task_kind: str | None = None) -> None:
+    """A method that cannot run on the model or the task fails here, naming why, before anything loads."""
+    why = TASK_METHODS.get(task_kind, {}).get(method_name)
+    if why is not None:
+        raise ConfigError("method.name", f"method={method_name} cannot run task={task_kind}: {why}")
     if model_cfg.get("arch") != "vision":
         return
     why = TEXT_ONLY_METHODS.get(method_name)
@@ -49,7 +70,11 @@ def check_method_fits(model_cfg, method_name) -> None:
 
 
 def build_model(model_cfg, task: TaskData, max_length: int = 128) -> ModelBundle:
-    check_fits(model_cfg, task.modality)
+    check_fits(model_cfg, task.modality, task.info.get("kind"))
+    if task.problem == "extractive_qa":
+        from .qa import build_qa_bundle
+
+        return build_qa_bundle(model_cfg, task, max_length)
     if model_cfg.arch == "vision":
         from .hf_vision import is_hf_vision
 

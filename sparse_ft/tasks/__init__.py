@@ -9,6 +9,7 @@ dispatches on ``task.kind``:
 * ``digits``        — scikit-learn's bundled digits, as 3x32x32 images (``vision.py``)
 * ``cifar100``      — torchvision CIFAR-100 (``images.py``)
 * ``tiny_imagenet`` — Tiny-ImageNet, the official folder or Hugging Face datasets (``images.py``)
+* ``squad``         — SQuAD v1.1 extractive QA, official JSON or Hugging Face datasets (``squad.py``)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .base import DataError, TaskData, TextExample
 
 logger = logging.getLogger(__name__)
 
-TASK_KINDS = ("glue", "synthetic_nli", "cifar10", "digits", "cifar100", "tiny_imagenet")
+TASK_KINDS = ("glue", "synthetic_nli", "cifar10", "digits", "cifar100", "tiny_imagenet", "squad")
 IMAGE_KINDS = ("cifar10", "digits", "cifar100", "tiny_imagenet")
 SPLIT_SCHEMES = ("glue", "read")
 
@@ -108,6 +109,20 @@ def validate_task_cfg(task_cfg) -> None:
             raise ConfigError("task.seed_data", f"must be an integer, got {task_cfg.get('seed_data')!r}")
         if task_cfg.get("split_scheme", None) not in (None, "glue"):
             raise ConfigError("task.split_scheme", "synthetic_nli has fixed train/validation/test splits; leave it unset")
+    elif kind == "squad":
+        for key in ("doc_stride", "max_answer_length"):
+            _positive_int(task_cfg, key, optional=False)
+        if task_cfg.get("doc_stride", 128) >= task_cfg.get("max_length", 384):
+            raise ConfigError("task.doc_stride", f"{task_cfg.get('doc_stride')} must be smaller than task.max_length={task_cfg.get('max_length')}")
+        _string(task_cfg, "data_dir", optional=True)
+        data_dir = task_cfg.get("data_dir")
+        if data_dir is None:
+            _string(task_cfg, "hf_dataset", optional=False)
+        elif not os.path.isdir(data_dir):
+            raise ConfigError("task.data_dir", f"{data_dir!r} is not an existing directory (expected a folder with the official "
+                              "train-v1.1.json and dev-v1.1.json; or task.data_dir=null to use task.hf_dataset)")
+        if task_cfg.get("split_scheme", None) is not None:
+            raise ConfigError("task.split_scheme", "not used by squad (train / the official dev set); leave it unset")
     else:  # image tasks
         if kind in ("cifar10", "cifar100"):
             _string(task_cfg, "root", optional=False)
@@ -136,6 +151,8 @@ def load_task(task_cfg, seed: int) -> TaskData:
         from .synthetic import load_synthetic_nli as loader
     elif kind == "cifar10":
         from .vision import load_cifar10 as loader
+    elif kind == "squad":
+        from .squad import load_squad as loader
     elif kind == "cifar100":
         from .images import load_cifar100 as loader
     elif kind == "tiny_imagenet":
