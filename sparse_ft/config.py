@@ -277,7 +277,7 @@ def validate(cfg) -> None:
         raise ConfigError("trainer.sparse_checkpoints", f"{cfg.trainer.get('sparse_checkpoints')!r} must be true or false")
     from .models import check_method_fits
 
-    check_method_fits(cfg.model, cfg.method.name, cfg.task.get("kind"))
+    check_method_fits(cfg.model, cfg.method.name, cfg.task.get("kind"), cfg.method)
     method = method_class(cfg.method.name)
     method.validate(cfg.method)
     job = cfg.get("job", "train")

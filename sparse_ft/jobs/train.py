@@ -77,6 +77,8 @@ def train_job(rc: RunContext) -> float | None:
         setup = build_setup(cfg, telemetry, device, test_splits=cfg.trainer.predict == "test")
         task, features = setup.task, setup.features
         summary["data"] = task.sizes()
+        if task.info.get("not_available"):  # NLG metrics this machine cannot compute, each with why
+            summary["metrics_not_available"] = dict(task.info["not_available"])
         base = setup.bundle.module
         initial = snapshot(base)  # keyed by the base model's names: survives any wrapping
         base_total = sum(p.numel() for p in base.parameters())

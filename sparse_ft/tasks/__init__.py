@@ -10,6 +10,7 @@ dispatches on ``task.kind``:
 * ``cifar100``      — torchvision CIFAR-100 (``images.py``)
 * ``tiny_imagenet`` — Tiny-ImageNet, the official folder or Hugging Face datasets (``images.py``)
 * ``squad``         — SQuAD v1.1 extractive QA, official JSON or Hugging Face datasets (``squad.py``)
+* ``e2e`` / ``dart`` / ``webnlg`` — data-to-text generation from the official files (``nlg.py``)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .base import DataError, TaskData, TextExample
 
 logger = logging.getLogger(__name__)
 
-TASK_KINDS = ("glue", "synthetic_nli", "cifar10", "digits", "cifar100", "tiny_imagenet", "squad")
+TASK_KINDS = ("glue", "synthetic_nli", "cifar10", "digits", "cifar100", "tiny_imagenet", "squad", "e2e", "dart", "webnlg")
 IMAGE_KINDS = ("cifar10", "digits", "cifar100", "tiny_imagenet")
 SPLIT_SCHEMES = ("glue", "read")
 
@@ -123,6 +124,19 @@ def validate_task_cfg(task_cfg) -> None:
                               "train-v1.1.json and dev-v1.1.json; or task.data_dir=null to use task.hf_dataset)")
         if task_cfg.get("split_scheme", None) is not None:
             raise ConfigError("task.split_scheme", "not used by squad (train / the official dev set); leave it unset")
+    elif kind in ("e2e", "dart", "webnlg"):
+        _string(task_cfg, "data_dir", optional=False)  # its files are checked when the task loads (DataError naming each)
+        gen = task_cfg.get("generation") or {}
+        for key in ("num_beams", "max_new_tokens"):
+            value = gen.get(key)
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise ConfigError(f"task.generation.{key}", f"must be a positive integer, got {value!r}")
+        for key in gen:
+            if key not in ("num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size", "repetition_penalty"):
+                raise ConfigError(f"task.generation.{key}", "unknown key (num_beams, max_new_tokens, length_penalty, "
+                                  "no_repeat_ngram_size, repetition_penalty)")
+        if task_cfg.get("split_scheme", None) is not None:
+            raise ConfigError("task.split_scheme", f"not used by {kind} (the official train / dev / test files); leave it unset")
     else:  # image tasks
         if kind in ("cifar10", "cifar100"):
             _string(task_cfg, "root", optional=False)
@@ -153,6 +167,8 @@ def load_task(task_cfg, seed: int) -> TaskData:
         from .vision import load_cifar10 as loader
     elif kind == "squad":
         from .squad import load_squad as loader
+    elif kind in ("e2e", "dart", "webnlg"):
+        from .nlg import load_nlg as loader
     elif kind == "cifar100":
         from .images import load_cifar100 as loader
     elif kind == "tiny_imagenet":
