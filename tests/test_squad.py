@@ -153,3 +153,23 @@ def test_essential_report_reads_squad_f1_curves(tmp_path):
     (curve,) = essential.build_curves(load_runs([root]))
     assert (curve.model, curve.task) == ("bert_base", "squad") and curve.dense_score == pytest.approx(0.88)
     assert essential.essential_and_knee(curve.all_points()) == (pytest.approx(0.4), pytest.approx(0.6))
+
+
+def test_datasets_layout_gives_the_same_examples_as_the_json(tmp_path):
+    """task.data_dir=null reads `datasets` (rajpurkar/squad's columns; here a local copy of them)."""
+    from squad_fixtures import squad_doc
+
+    rows = [{"id": qa["id"], "title": art["title"], "context": p["context"], "question": qa["question"],
+             "answers": {"text": [a["text"] for a in qa["answers"]], "answer_start": [a["answer_start"] for a in qa["answers"]]}}
+            for art in squad_doc()["data"] for p in art["paragraphs"] for qa in p["qas"]]
+    hf = tmp_path / "squad_hf"
+    hf.mkdir()
+    for split in ("train", "validation"):
+        (hf / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    from_hf = load_task(compose(["task=squad", f"task.hf_dataset={hf}"]).task, seed=0)
+    from_json = load_task(compose(["task=squad", f"task.data_dir={make_squad(tmp_path / 'sq')}"]).task, seed=0)
+    for split in ("train", "validation"):
+        assert [(e.guid, e.question, e.context, e.answers, e.answer_starts) for e in from_hf.splits[split]] == \
+               [(e.guid, e.question, e.context, e.answers, e.answer_starts) for e in from_json.splits[split]]
+    with pytest.raises(DataError, match=f"task.hf_dataset={tmp_path / 'nothing'}"):
+        load_task(compose(["task=squad", f"task.hf_dataset={tmp_path / 'nothing'}"]).task, seed=0)
