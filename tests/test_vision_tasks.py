@@ -159,3 +159,29 @@ def test_a_local_checkpoint_gets_a_new_head_and_its_own_processor(tmp_path):
     assert bundle.module.classifier.out_features == 10
     batch = bundle.collate([task.splits["train"][i] for i in range(4)])
     assert bundle.logits(batch).shape == (4, 10)
+
+
+def test_near_zero_weight_fractions_per_layer_as_figure_7(tmp_path):
+    """ES Figure 7's statistic on a tiny ViT against a reference written here: each block Linear
+    weight's rows scaled to unit L2 norm, the fraction with |w| < t; head and patch embedding excluded."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from sparse_ft.models.weight_stats import block_linear_weights, main, near_zero_fractions
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                                num_attention_heads=2, intermediate_size=64, num_labels=3))
+    weights = block_linear_weights(model)
+    assert len(weights) == 12 and not any("classifier" in n or "patch" in n for n in weights)
+    got = near_zero_fractions(weights, 0.02)
+    small = total = 0
+    for name, w in weights.items():
+        rows = w / np.sqrt((w ** 2).sum(axis=1, keepdims=True))
+        n = int((np.abs(rows) < 0.02).sum())
+        assert got["per_layer"][name] == pytest.approx(n / w.size)
+        small, total = small + n, total + w.size
+    assert got["overall"] == pytest.approx(small / total) and 0 < got["overall"] < 1
+    raw = near_zero_fractions(weights, 0.02, normalize="none")["overall"]
+    assert raw == pytest.approx(sum(int((np.abs(w) < 0.02).sum()) for w in weights.values()) / total)
+    assert main(["model=tiny_vit", "--threshold", "0.02", "--out", str(tmp_path / "f7.png"), "--json", str(tmp_path / "f7.json")]) == 0
+    assert (tmp_path / "f7.png").read_bytes()[:4] == b"\x89PNG" and "tiny_vit" in json.loads((tmp_path / "f7.json").read_text())
