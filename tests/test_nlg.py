@@ -154,3 +154,22 @@ def test_pst_report_reads_bleu_on_the_nlg_tasks(tmp_path):
     sec = pst.section(load_runs([root]), out, plots=False)
     assert "| gpt2_medium | webnlg | PST | 90 | 90.00 | 66.00" in sec.markdown
     assert sec.claims[0].verdict == HOLDS and "PST 66.00, MvP 62.00, MaP 60.00 (PST − best +4.00 points) on gpt2_medium/webnlg" in sec.claims[0].ours
+
+
+def test_e2e_from_datasets_groups_like_the_csv(tmp_path):
+    """task.data_dir=null reads `datasets` (tuetschek/e2e_nlg's columns; here a local copy of them)."""
+    import json
+
+    from nlg_fixtures import E2E_ROWS
+
+    hf = tmp_path / "e2e_hf"
+    hf.mkdir()
+    for split in ("train", "validation", "test"):
+        (hf / f"{split}.jsonl").write_text("\n".join(json.dumps({"meaning_representation": mr, "human_reference": ref})
+                                                     for mr, ref in E2E_ROWS))
+    a = load_task(compose(["task=e2e", "task.data_dir=null", f"task.hf_dataset={hf}"]).task, seed=0)
+    b = load_task(compose(["task=e2e", f"task.data_dir={make_e2e(tmp_path / 'csv')}"]).task, seed=0)
+    for split in ("train", "validation", "test"):
+        assert [(e.source, e.target, e.references) for e in a.splits[split]] == [(e.source, e.target, e.references) for e in b.splits[split]]
+    with pytest.raises(ConfigError, match="task.data_dir"):  # DART / WebNLG read only the official files
+        validate(compose(["model=tiny_gpt2", "task=dart", "task.data_dir=null"]))

@@ -125,7 +125,9 @@ def validate_task_cfg(task_cfg) -> None:
         if task_cfg.get("split_scheme", None) is not None:
             raise ConfigError("task.split_scheme", "not used by squad (train / the official dev set); leave it unset")
     elif kind in ("e2e", "dart", "webnlg"):
-        _string(task_cfg, "data_dir", optional=False)  # its files are checked when the task loads (DataError naming each)
+        _string(task_cfg, "data_dir", optional=kind == "e2e")  # its files are checked when the task loads (DataError naming each)
+        if task_cfg.get("data_dir") is None:
+            _string(task_cfg, "hf_dataset", optional=False)
         gen = task_cfg.get("generation") or {}
         for key in ("num_beams", "max_new_tokens"):
             value = gen.get(key)

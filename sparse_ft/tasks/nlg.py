@@ -5,8 +5,11 @@ learns to continue it with the text, the loss on the text only. Training uses ev
 reference) pair; evaluation has one example per table with all its references, decodes a text
 (greedy or beam search, ``task.generation``) and scores it against them.
 
-Official files from ``task.data_dir`` (no Hugging Face fallback is wired: ``task.data_dir`` is
-required, and a missing file fails naming it):
+Official files from ``task.data_dir`` (a missing file fails naming it); for ``e2e`` also, with
+``task.data_dir=null``, the Hugging Face dataset ``task.hf_dataset`` (``tuetschek/e2e_nlg``, the
+official E2E data: splits train / validation / test, columns ``meaning_representation`` and
+``human_reference``, one row per reference, grouped per MR as the CSVs are). DART and WebNLG have
+no ``datasets`` path wired (their hub copies re-split or re-format the official files):
 
 * ``e2e``: the E2E NLG Challenge CSVs ``trainset.csv``, ``devset.csv``, ``testset_w_refs.csv``
   (header ``mr,ref``; one row per reference, rows of the same MR grouped). Prompt: the MR as
@@ -132,20 +135,36 @@ def linearise(triples) -> str:
     return " | ".join(" : ".join(str(x).strip() for x in t) for t in triples)
 
 
-def _read_e2e(path: Path) -> list[tuple[str, list[str]]]:
+def _group(pairs) -> list[tuple[str, list[str]]]:
     groups: OrderedDict[str, list[str]] = OrderedDict()
+    for mr, ref in pairs:
+        refs = groups.setdefault(mr.strip(), [])
+        if ref and ref.strip():
+            refs.append(ref.strip())
+    return list(groups.items())
+
+
+def _read_e2e_hf(name: str, split: str) -> list[tuple[str, list[str]]]:
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(name, split=split)
+        return _group(zip(ds["meaning_representation"], ds["human_reference"]))
+    except Exception as err:
+        raise DataError(f"task.hf_dataset={name}: split {split!r} could not be loaded ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}); set task.data_dir to a folder with "
+                        f"{', '.join(FILES['e2e'].values())}") from err
+
+
+def _read_e2e(path: Path) -> list[tuple[str, list[str]]]:
     try:
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or "mr" not in reader.fieldnames:
                 raise DataError(f"{path}: expected the E2E CSV header 'mr,ref', got {reader.fieldnames}")
-            for row in reader:
-                refs = groups.setdefault(row["mr"].strip(), [])
-                if row.get("ref"):
-                    refs.append(row["ref"].strip())
+            return _group((row["mr"], row.get("ref")) for row in reader)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{path}: not a readable E2E CSV ({type(err).__name__}: {err})") from err
-    return list(groups.items())
 
 
 def _read_dart(path: Path) -> list[tuple[str, list[str]]]:
@@ -180,14 +199,19 @@ READERS = {"e2e": _read_e2e, "dart": _read_dart, "webnlg": _read_webnlg}
 
 def load_nlg(task_cfg, seed: int | None = None) -> TaskData:
     kind = task_cfg.get("kind")
-    data_dir = Path(str(task_cfg.get("data_dir")))
+    hub = task_cfg.get("data_dir") is None  # e2e only (validated)
+    data_dir = None if hub else Path(str(task_cfg.get("data_dir")))
     splits, files, uid = {}, {}, 0
     for split, fname in FILES[kind].items():
-        path = data_dir / fname
-        if not path.exists():
-            raise DataError(f"{path}: missing; task.data_dir={data_dir} should hold the official {kind} files "
-                            f"({', '.join(FILES[kind].values())})")
-        tables = READERS[kind](path)
+        if hub:
+            path = f"{task_cfg.get('hf_dataset')}[{split}]"
+            tables = _read_e2e_hf(task_cfg.get("hf_dataset"), split)
+        else:
+            path = data_dir / fname
+            if not path.exists():
+                raise DataError(f"{path}: missing; task.data_dir={data_dir} should hold the official {kind} files "
+                                f"({', '.join(FILES[kind].values())})")
+            tables = READERS[kind](path)
         if not tables:
             raise DataError(f"{path}: holds no {kind} table")
         bare = [i for i, (_, refs) in enumerate(tables) if not refs]
@@ -211,7 +235,7 @@ def load_nlg(task_cfg, seed: int | None = None) -> TaskData:
         files[split] = str(path)
     metric = NLGMetric(kind, {ex.uid: ex for exs in splits.values() for ex in exs})
     info = {
-        "source": "official files",
+        "source": f"Hugging Face dataset {task_cfg.get('hf_dataset')}" if hub else "official files",
         "files": files,
         "split_scheme": f"train = (table, reference) pairs of {FILES[kind]['train']}; validation = {FILES[kind]['validation']}; "
         f"test = {FILES[kind]['test']} (labelled: scored once at the end)",
