@@ -185,3 +185,23 @@ def test_near_zero_weight_fractions_per_layer_as_figure_7(tmp_path):
     assert raw == pytest.approx(sum(int((np.abs(w) < 0.02).sum()) for w in weights.values()) / total)
     assert main(["model=tiny_vit", "--threshold", "0.02", "--out", str(tmp_path / "f7.png"), "--json", str(tmp_path / "f7.json")]) == 0
     assert (tmp_path / "f7.png").read_bytes()[:4] == b"\x89PNG" and "tiny_vit" in json.loads((tmp_path / "f7.json").read_text())
+
+
+def test_tiny_imagenet_from_datasets(tmp_path):
+    """task.data_dir=null reads `datasets` (zh-plus/tiny-imagenet's image/label columns; here a local parquet copy)."""
+    from datasets import ClassLabel, Dataset, Features, Image
+    from PIL import Image as PILImage
+
+    feats = Features({"image": Image(), "label": ClassLabel(names=["n01443537", "n01629819"])})
+    rng = np.random.default_rng(0)
+    pics = [PILImage.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(4)]
+    hf = tmp_path / "tin_hf"
+    hf.mkdir()
+    Dataset.from_dict({"image": pics, "label": [0, 1, 1, 0]}, features=feats).to_parquet(str(hf / "train.parquet"))
+    Dataset.from_dict({"image": pics[:2], "label": [1, 0]}, features=feats).to_parquet(str(hf / "valid.parquet"))
+    task = load_task(compose(["task=tiny_imagenet", f"task.hf_dataset={hf}", "task.augment=false"]).task, seed=0)
+    assert task.sizes() == {"train": 4, "validation": 2} and task.label_names == ["n01443537", "n01629819"]
+    x, y = task.splits["validation"][0]
+    assert x.shape == (3, 64, 64) and y == 1
+    with pytest.raises(DataError, match="task.hf_dataset"):
+        load_task(compose(["task=tiny_imagenet", f"task.hf_dataset={tmp_path / 'none'}"]).task, seed=0)

@@ -12,7 +12,8 @@ convention (ViT / DINO, ``models/hf_vision.py``) can undo it.
 * ``tiny_imagenet``: 200 classes of 64x64 images. From ``task.data_dir``, the official
   ``tiny-imagenet-200`` folder (``wnids.txt``, ``train/<wnid>/images/*.JPEG``, ``val/images/*.JPEG``
   + ``val/val_annotations.txt``), or, with ``task.data_dir=null``, the Hugging Face dataset
-  ``task.hf_dataset`` (splits ``train`` / ``valid``, columns ``image`` / ``label``). ``train``
+  ``task.hf_dataset`` (splits ``train`` / ``valid`` (or ``validation``), columns ``image`` / ``label``
+with the class names in the label feature). ``train``
   (100k) and ``validation`` = the official val set (10k; the official test set has no labels).
   Classes are the wnids in sorted order (as torchvision's ImageFolder orders them).
 
@@ -207,11 +208,13 @@ def _tiny_imagenet_hf(task_cfg, augment):
         raise DataError(f"task.hf_dataset={name}: could not be loaded ({type(err).__name__}: {err}); "
                         "set task.data_dir to the official tiny-imagenet-200 folder instead") from err
     tf = lambda train_: image_transforms(64, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, train_, augment)  # noqa: E731
-    missing = [s for s in ("train", "valid") if s not in ds]
+    val = "valid" if "valid" in ds else "validation"  # zh-plus/tiny-imagenet names it "valid"
+    missing = [s for s in ("train", val) if s not in ds]
     if missing:
-        raise DataError(f"task.hf_dataset={name}: has no split {missing[0]!r} (expected train, valid)")
+        raise DataError(f"task.hf_dataset={name}: has no split {missing[0]!r} (expected train and valid or validation; "
+                        f"it has {sorted(ds)})")
     names = list(ds["train"].features["label"].names)
-    return {"train": HFImages(ds["train"], tf(True)), "validation": HFImages(ds["valid"], tf(False))}, names, f"Hugging Face dataset {name}"
+    return {"train": HFImages(ds["train"], tf(True)), "validation": HFImages(ds[val], tf(False))}, names, f"Hugging Face dataset {name}"
 
 
 def load_tiny_imagenet(task_cfg, seed: int | None = None) -> TaskData:
