@@ -173,3 +173,13 @@ def test_e2e_from_datasets_groups_like_the_csv(tmp_path):
         assert [(e.source, e.target, e.references) for e in a.splits[split]] == [(e.source, e.target, e.references) for e in b.splits[split]]
     with pytest.raises(ConfigError, match="task.data_dir"):  # DART / WebNLG read only the official files
         validate(compose(["model=tiny_gpt2", "task=dart", "task.data_dir=null"]))
+
+
+def test_fish_sparse_delta_on_gpt2_rebuilds_the_final_checkpoint(tmp_path):
+    from sparse_ft.apply_delta import rebuild
+
+    run = tmp_path / "r"
+    run_inprocess(run, ["model=tiny_gpt2", "task=e2e", f"task.data_dir={make_e2e(tmp_path / 'e')}", "method=fish",
+                        "task.generation.max_new_tokens=4", "task.generation.num_beams=1", "trainer.max_steps=2", "trainer.batch_size=4"])
+    out = rebuild(run, tmp_path / "rebuilt")
+    assert out.read_bytes() == (run / "checkpoints" / "final" / "model.safetensors").read_bytes()

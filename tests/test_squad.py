@@ -173,3 +173,13 @@ def test_datasets_layout_gives_the_same_examples_as_the_json(tmp_path):
                [(e.guid, e.question, e.context, e.answers, e.answer_starts) for e in from_json.splits[split]]
     with pytest.raises(DataError, match=f"task.hf_dataset={tmp_path / 'nothing'}"):
         load_task(compose(["task=squad", f"task.hf_dataset={tmp_path / 'nothing'}"]).task, seed=0)
+
+
+def test_fish_sparse_delta_on_the_span_head_rebuilds_the_final_checkpoint(tmp_path):
+    from sparse_ft.apply_delta import rebuild
+
+    run = tmp_path / "r"
+    run_inprocess(run, ["model=tiny_bert", "task=squad", f"task.data_dir={make_squad(tmp_path / 'sq')}", "task.max_length=64",
+                        "task.doc_stride=16", "method=fish", "trainer.max_steps=2", "trainer.batch_size=4"])
+    out = rebuild(run, tmp_path / "rebuilt")
+    assert out.read_bytes() == (run / "checkpoints" / "final" / "model.safetensors").read_bytes()

@@ -205,3 +205,13 @@ def test_tiny_imagenet_from_datasets(tmp_path):
     assert x.shape == (3, 64, 64) and y == 1
     with pytest.raises(DataError, match="task.hf_dataset"):
         load_task(compose(["task=tiny_imagenet", f"task.hf_dataset={tmp_path / 'none'}"]).task, seed=0)
+
+
+def test_fish_sparse_delta_on_vit_rebuilds_the_final_checkpoint(tmp_path, cifar100_root):
+    from sparse_ft.apply_delta import rebuild
+
+    run = tmp_path / "r"
+    run_inprocess(run, ["model=tiny_vit", "task=cifar100", f"task.root={cifar100_root}", "task.verify_md5=false", "method=fish",
+                        "trainer.max_steps=2", "trainer.batch_size=8"])
+    out = rebuild(run, tmp_path / "rebuilt")
+    assert out.read_bytes() == (run / "checkpoints" / "final" / "model.safetensors").read_bytes()

@@ -147,10 +147,11 @@ def conv1d_to_linear(module) -> int:
     return len(swaps)
 
 
-def build_causal_lm_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle:
+def load_lm_module(model_cfg):
+    """`AutoModelForCausalLM` from the model config, Conv1D as Linear with model.linear_layers;
+    (module, source, number of converted layers)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(model_cfg)
     overrides = dict(model_cfg.get("config") or {})
     if model_cfg.get("random_init"):
         model_type = overrides.pop("model_type", None)
@@ -170,6 +171,12 @@ def build_causal_lm_bundle(model_cfg, task: TaskData, max_length: int) -> ModelB
         source = path
     setattr(module, NEW_PARAMS_ATTR, [])
     converted = conv1d_to_linear(module) if model_cfg.get("linear_layers", False) else 0
+    return module, source, converted
+
+
+def build_causal_lm_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle:
+    tokenizer = load_tokenizer(model_cfg)
+    module, source, converted = load_lm_module(model_cfg)
     eos, pad = special_ids(tokenizer)
     module.config.pad_token_id = pad
     predict, gen = make_generate(tokenizer, dict(task.info.get("generation") or {}))

@@ -141,13 +141,10 @@ def best_spans(start: torch.Tensor, end: torch.Tensor, offsets: torch.Tensor, ma
     return torch.stack([start_char, end_char, best], dim=1)
 
 
-def build_qa_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle:
+def load_qa_module(model_cfg):
+    """`AutoModelForQuestionAnswering` from the model config (random init or weights); (module, source)."""
     from transformers import AutoConfig, AutoModelForQuestionAnswering
 
-    doc_stride = int(task.info.get("doc_stride", 128))
-    max_answer = int(task.info.get("max_answer_length", 30))
-    tokenizer = load_tokenizer(model_cfg)
-    check_question_lengths(tokenizer, task, max_length, doc_stride)  # before the model loads
     overrides = dict(model_cfg.get("config") or {})
     if model_cfg.get("random_init"):
         model_type = overrides.pop("model_type", None)
@@ -167,6 +164,15 @@ def build_qa_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle:
             raise _hub_error("model.name_or_path", spec, err) from err
         setattr(module, NEW_PARAMS_ATTR, sorted(newly_initialized(module, info.get("missing_keys"), path)))
         source = path
+    return module, source
+
+
+def build_qa_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle:
+    doc_stride = int(task.info.get("doc_stride", 128))
+    max_answer = int(task.info.get("max_answer_length", 30))
+    tokenizer = load_tokenizer(model_cfg)
+    check_question_lengths(tokenizer, task, max_length, doc_stride)  # before the model loads
+    module, source = load_qa_module(model_cfg)
 
     def predict(mod, batch):
         start, end = _qa_logits(mod, batch)
