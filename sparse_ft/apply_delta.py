@@ -53,10 +53,24 @@ def build_base(run_dir: Path, base: dict):
         raise DeltaError(f"{run_dir}: the delta records no base model (the run had no config.yaml)")
     model_cfg = OmegaConf.create(base["model"])
     task = SimpleNamespace(**base["task"], label_names=[])
-    if model_cfg.arch == "vision":
+    from .models.hf_vision import is_hf_vision
+
+    if is_hf_vision(model_cfg):  # ViT / DINO (transformers)
+        from .models.hf_vision import load_module as load_image_classifier
+
+        module, source, _ = load_image_classifier(model_cfg, task.num_labels)
+    elif model_cfg.arch == "vision":
         from .models.vision import build_module
 
         module, source = build_module(model_cfg, task.num_labels), str(model_cfg.name_or_path)
+    elif model_cfg.arch == "causal_lm":  # GPT-2 for the NLG tasks
+        from .models.causal_lm import load_lm_module
+
+        module, source, _ = load_lm_module(model_cfg)
+    elif str(base["task"].get("head", "")).endswith("ForQuestionAnswering"):  # SQuAD's span head
+        from .models.qa import load_qa_module
+
+        module, source = load_qa_module(model_cfg)
     else:
         from .models.text import load_module, load_tokenizer
 

@@ -244,7 +244,9 @@ def validate_launch(cfg, launched_by_torchrun: bool | None = None, argv: list[st
 
 
 def task_modality(task_cfg) -> str:
-    return "image" if task_cfg.get("kind") in ("cifar10", "digits") else "text"
+    from .tasks import IMAGE_KINDS
+
+    return "image" if task_cfg.get("kind") in IMAGE_KINDS else "text"
 
 
 def validate(cfg) -> None:
@@ -266,7 +268,7 @@ def validate(cfg) -> None:
     except ValueError as err:
         key, _, message = str(err).partition("=")
         raise ConfigError(key, message) from err
-    check_fits(cfg.model, task_modality(cfg.task))
+    check_fits(cfg.model, task_modality(cfg.task), cfg.task.get("kind"))
     if cfg.model.get("drop_last_layers") is not None:
         _number(cfg.model, "drop_last_layers", "model", low=0, integer=True)
     from .train.local_sgd import validate_distributed
@@ -279,6 +281,9 @@ def validate(cfg) -> None:
         raise ConfigError("measurement.alone", f"{measurement.get('alone')!r} must be true or false")
     if not isinstance(cfg.trainer.get("sparse_checkpoints", False), bool):
         raise ConfigError("trainer.sparse_checkpoints", f"{cfg.trainer.get('sparse_checkpoints')!r} must be true or false")
+    from .models import check_method_fits
+
+    check_method_fits(cfg.model, cfg.method.name, cfg.task.get("kind"), cfg.method)
     method = method_class(cfg.method.name)
     method.validate(cfg.method)
     job = cfg.get("job", "train")

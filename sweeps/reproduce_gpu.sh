@@ -12,7 +12,13 @@
 #   READ Table 1, 3 epochs, seed 1 (42 runs)       ~15     read_glue_table1
 #   READ memory/energy on T5-base shapes (5 runs)   <0.5   reproduce_cpu_memory on CUDA (one process per job)
 #   RoBERTa-large dense on GLUE (8 runs) + ERE     ~10 + ~3 ere_glue (20 compress jobs per run)
-#   total                                          ~95 A100-hours
+#   ES Fig 3/6, ViT-B & DINO-B, 5 sparsities (30)  ~7      essential_vision (estimate)
+#   ES on SQuAD v1.1, bert-base (10 runs)          ~7      essential_squad (estimate)
+#   PST Table 3, GPT-2 medium at 90% (9 runs)      ~12     pst_nlg (estimate)
+#   total                                          ~121 A100-hours
+# The ViT/SQuAD/GPT-2 sweeps read CIFAR-10/100 under $SPARSE_FT_DATA (task.root), Tiny-ImageNet and
+# SQuAD through datasets (zh-plus/tiny-imagenet, rajpurkar/squad; or task.data_dir=<official folder>
+# via EXTRA) and the official E2E/DART/WebNLG files under $SPARSE_FT_DATA/{e2e,dart,webnlg}.
 set -euo pipefail
 OUT=${1:-outputs/reproduce_gpu}
 PY=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
@@ -30,5 +36,9 @@ sweep dense_large model=roberta_large method=dense task=cola,sst2,mrpc,stsb,qqp,
 for run in "$OUT"/dense_large/[0-9]*; do
   [[ -d "$run" ]] && sweep "ere_$(basename "$run")" +sweep=ere_glue source="$run"
 done
+
+sweep essential_vision +sweep=essential_vision model=vit_base,dino_base method.sparsity=0.0,0.2,0.4,0.6,0.8
+sweep essential_squad  +sweep=essential_squad
+sweep pst_nlg          +sweep=pst_nlg method.sparsity=0.9
 
 if [[ -z "$ONLY" ]]; then "$PY" -m sparse_ft.report "$OUT" --reproduce --out docs/reproduction_gpu; fi

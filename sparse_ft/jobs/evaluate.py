@@ -56,6 +56,8 @@ def evaluate_job(rc: RunContext) -> float | None:
         seed_everything(cfg.seed)
         setup = build_setup(cfg, telemetry, device)
         summary["data"] = setup.task.sizes()
+        if setup.task.info.get("not_available"):  # NLG metrics this machine cannot compute, each with why
+            summary["metrics_not_available"] = dict(setup.task.info["not_available"])
         load_weights_into(setup.bundle.module, path)
         evaluator = Evaluator(setup.bundle, setup.task, setup.features, device, cfg.trainer.eval_batch_size, dist_info)
         with telemetry.phase("eval"):

@@ -70,6 +70,8 @@ def train_job(rc: RunContext) -> float | None:
         setup = build_setup(cfg, telemetry, device, test_splits=cfg.trainer.predict == "test")
         task, features = setup.task, setup.features
         summary["data"] = task.sizes()
+        if task.info.get("not_available"):  # NLG metrics this machine cannot compute, each with why
+            summary["metrics_not_available"] = dict(task.info["not_available"])
         base = setup.bundle.module
         # the initial weights for params.updated: on disk, memory-mapped when counted (none resident)
         initial = InitialWeights(base, run_dir / INITIAL_FILE) if dist_info.is_main else None

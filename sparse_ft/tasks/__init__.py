@@ -7,6 +7,10 @@ dispatches on ``task.kind``:
 * ``synthetic_nli`` — deterministic generated sentence-pair task (``synthetic.py``)
 * ``cifar10``       — torchvision CIFAR-10 (``vision.py``)
 * ``digits``        — scikit-learn's bundled digits, as 3x32x32 images (``vision.py``)
+* ``cifar100``      — torchvision CIFAR-100 (``images.py``)
+* ``tiny_imagenet`` — Tiny-ImageNet, the official folder or Hugging Face datasets (``images.py``)
+* ``squad``         — SQuAD v1.1 extractive QA, official JSON or Hugging Face datasets (``squad.py``)
+* ``e2e`` / ``dart`` / ``webnlg`` — data-to-text generation from the official files (``nlg.py``)
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from .base import DataError, TaskData, TextExample
 
 logger = logging.getLogger(__name__)
 
-TASK_KINDS = ("glue", "synthetic_nli", "cifar10", "digits")
+TASK_KINDS = ("glue", "synthetic_nli", "cifar10", "digits", "cifar100", "tiny_imagenet", "squad", "e2e", "dart", "webnlg")
+IMAGE_KINDS = ("cifar10", "digits", "cifar100", "tiny_imagenet")
 SPLIT_SCHEMES = ("glue", "read")
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "TaskData",
     "TextExample",
     "TASK_KINDS",
+    "IMAGE_KINDS",
     "SPLIT_SCHEMES",
     "load_task",
     "validate_task_cfg",
@@ -104,11 +110,49 @@ def validate_task_cfg(task_cfg) -> None:
             raise ConfigError("task.seed_data", f"must be an integer, got {task_cfg.get('seed_data')!r}")
         if task_cfg.get("split_scheme", None) not in (None, "glue"):
             raise ConfigError("task.split_scheme", "synthetic_nli has fixed train/validation/test splits; leave it unset")
+    elif kind == "squad":
+        for key in ("doc_stride", "max_answer_length"):
+            _positive_int(task_cfg, key, optional=False)
+        if task_cfg.get("doc_stride", 128) >= task_cfg.get("max_length", 384):
+            raise ConfigError("task.doc_stride", f"{task_cfg.get('doc_stride')} must be smaller than task.max_length={task_cfg.get('max_length')}")
+        _string(task_cfg, "data_dir", optional=True)
+        data_dir = task_cfg.get("data_dir")
+        if data_dir is None:
+            _string(task_cfg, "hf_dataset", optional=False)
+        elif not os.path.isdir(data_dir):
+            raise ConfigError("task.data_dir", f"{data_dir!r} is not an existing directory (expected a folder with the official "
+                              "train-v1.1.json and dev-v1.1.json; or task.data_dir=null to use task.hf_dataset)")
+        if task_cfg.get("split_scheme", None) is not None:
+            raise ConfigError("task.split_scheme", "not used by squad (train / the official dev set); leave it unset")
+    elif kind in ("e2e", "dart", "webnlg"):
+        _string(task_cfg, "data_dir", optional=kind == "e2e")  # its files are checked when the task loads (DataError naming each)
+        if task_cfg.get("data_dir") is None:
+            _string(task_cfg, "hf_dataset", optional=False)
+        gen = task_cfg.get("generation") or {}
+        for key in ("num_beams", "max_new_tokens"):
+            value = gen.get(key)
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise ConfigError(f"task.generation.{key}", f"must be a positive integer, got {value!r}")
+        for key in gen:
+            if key not in ("num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size", "repetition_penalty"):
+                raise ConfigError(f"task.generation.{key}", "unknown key (num_beams, max_new_tokens, length_penalty, "
+                                  "no_repeat_ngram_size, repetition_penalty)")
+        if task_cfg.get("split_scheme", None) is not None:
+            raise ConfigError("task.split_scheme", f"not used by {kind} (the official train / dev / test files); leave it unset")
     else:  # image tasks
-        if kind == "cifar10":
+        if kind in ("cifar10", "cifar100"):
             _string(task_cfg, "root", optional=False)
+        if kind == "tiny_imagenet":
+            _string(task_cfg, "data_dir", optional=True)
+            data_dir = task_cfg.get("data_dir")
+            if data_dir is None:
+                _string(task_cfg, "hf_dataset", optional=False)
+            elif not os.path.isdir(data_dir):
+                raise ConfigError("task.data_dir", f"{data_dir!r} is not an existing directory (expected the official "
+                                  "tiny-imagenet-200 folder; or task.data_dir=null to use task.hf_dataset)")
         _bool(task_cfg, "download")
         _bool(task_cfg, "augment")
+        _bool(task_cfg, "verify_md5")
         if task_cfg.get("split_scheme", None) is not None:
             raise ConfigError("task.split_scheme", f"not used by {kind} (fixed splits); leave it unset")
 
@@ -123,6 +167,14 @@ def load_task(task_cfg, seed: int) -> TaskData:
         from .synthetic import load_synthetic_nli as loader
     elif kind == "cifar10":
         from .vision import load_cifar10 as loader
+    elif kind == "squad":
+        from .squad import load_squad as loader
+    elif kind in ("e2e", "dart", "webnlg"):
+        from .nlg import load_nlg as loader
+    elif kind == "cifar100":
+        from .images import load_cifar100 as loader
+    elif kind == "tiny_imagenet":
+        from .images import load_tiny_imagenet as loader
     else:
         from .vision import load_digits_task as loader
     task = loader(task_cfg, seed)

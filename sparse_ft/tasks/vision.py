@@ -118,6 +118,7 @@ def load_cifar10(task_cfg, seed: int | None = None) -> TaskData:
         "split_scheme": "train = CIFAR-10 train (50k); validation = the official CIFAR-10 test set "
         "(10k), as in the papers; no separate test split",
         "augment": augment,
+        "normalize": {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)},
         "original_sizes": original,
         "max_train_samples": task_cfg.get("max_train_samples"),
         "max_eval_samples": task_cfg.get("max_eval_samples"),

@@ -101,7 +101,8 @@ class SparseDelta:
 
             model_cfg = OmegaConf.to_container(ctx.model_cfg, resolve=True) if not isinstance(ctx.model_cfg, dict) else dict(ctx.model_cfg)
             run_dir = ctx.run_dir
-            info = {"model": model_cfg, "task": {**head_info(module), "modality": "image" if model_cfg.get("arch") == "vision" else "text"}, "seed": ctx.seed}
+            info = {"model": model_cfg, "task": {**head_info(module), "modality": "image" if model_cfg.get("arch") == "vision" else "text",
+                                                 "head": type(module).__name__}, "seed": ctx.seed}  # head: e.g. a QA span head
             if model_cfg.get("random_init", model_cfg.get("arch") == "vision"):  # no base to fetch: keep it
                 from ...train.checkpoint import save_tensors
 

@@ -33,6 +33,9 @@ from ..registry import register
 from .side import new_params
 
 ADAPTER = "default"
+# target_modules=null for an architecture peft has no default for: the attention query/value
+# projections, as peft's BERT default (transformers 5 names them q_proj / v_proj in ViT / DINO)
+DEFAULT_TARGETS = {"vit": ["q_proj", "v_proj"]}
 
 
 @dataclass
@@ -40,7 +43,7 @@ class LoraOptions(MethodOptions):
     r: int = option(8, "rank of the update B·A (the READ paper's grid: 8, 32)", low=1)
     alpha: float = option(16.0, "scaling α: the update is (α/r)·B·A", low=0, low_open=True)
     dropout: float = option(0.0, "dropout on the LoRA branch's input", low=0, high=1, high_open=True)
-    target_modules: list | None = option(None, "module names to adapt; null = peft's default for the architecture (BERT query/value, T5 q/v, OPT q_proj/v_proj)")
+    target_modules: list | None = option(None, "module names to adapt; null = peft's default for the architecture (BERT query/value, T5 q/v, OPT q_proj/v_proj; ViT/DINO q_proj/v_proj, the query/value projections)")
     bias: str = option("none", "none | all | lora_only: which biases train (peft's `bias`)", choices=("none", "all", "lora_only"))
     train_head: bool = option(True, "train the newly initialised task head in full (peft modules_to_save)")
     init_from: str | None = option(None, "a finished run directory to start from (its final weights); a pruning run's mask "
@@ -78,7 +81,8 @@ class Lora(Method):
         heads = sorted({n.rsplit(".", 1)[0] for n in new_params(module, self.name)}) if self.opts.train_head else []
         config = LoraConfig(
             r=self.opts.r, lora_alpha=self.opts.alpha, lora_dropout=self.opts.dropout, bias=self.opts.bias,
-            target_modules=list(self.opts.target_modules) if self.opts.target_modules else None,
+            target_modules=list(self.opts.target_modules) if self.opts.target_modules else
+            DEFAULT_TARGETS.get(getattr(getattr(module, "config", None), "model_type", None)),
             modules_to_save=heads or None,
         )
         try:
