@@ -29,7 +29,7 @@ def compress_job(rc: RunContext) -> float | None:
         seed_everything(cfg.seed)  # the source run's seed: the same base (and new-head init) as it had
         method = build_method(cfg.method)
         setup = build_setup(cfg, telemetry, device)
-        summary["data"] = setup.task.sizes()
+        summary["data"] = {**setup.task.sizes(), "majority_class_score": setup.task.majority_class_scores()}
         module = setup.bundle.module
         base = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
         dense_bytes = dense_fp32_bytes(module)

@@ -55,7 +55,7 @@ def evaluate_job(rc: RunContext) -> float | None:
     with rc.monitored(device) as telemetry:
         seed_everything(cfg.seed)
         setup = build_setup(cfg, telemetry, device)
-        summary["data"] = setup.task.sizes()
+        summary["data"] = {**setup.task.sizes(), "majority_class_score": setup.task.majority_class_scores()}
         load_weights_into(setup.bundle.module, path)
         evaluator = Evaluator(setup.bundle, setup.task, setup.features, device, cfg.trainer.eval_batch_size, dist_info)
         with telemetry.phase("eval"):

@@ -76,7 +76,7 @@ def train_job(rc: RunContext) -> float | None:
         method = build_method(cfg.method)
         setup = build_setup(cfg, telemetry, device, test_splits=cfg.trainer.predict == "test")
         task, features = setup.task, setup.features
-        summary["data"] = task.sizes()
+        summary["data"] = {**task.sizes(), "majority_class_score": task.majority_class_scores()}
         base = setup.bundle.module
         initial = snapshot(base)  # keyed by the base model's names: survives any wrapping
         base_total = sum(p.numel() for p in base.parameters())
