@@ -15,14 +15,14 @@ pytest.importorskip("matplotlib")
 from sparse_ft.report import main as report_main  # noqa: E402
 from sparse_ft.report.collect import load_runs  # noqa: E402
 from sparse_ft.report.costs import HEADER, cost_rows, cost_table  # noqa: E402
-from sparse_ft.report.papers import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, fish  # noqa: E402
+from sparse_ft.report.papers import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, UNDECIDABLE, fish  # noqa: E402
 from sparse_ft.report.reproduce import write_reproduction  # noqa: E402
 
 MiB = 1 << 20
 
 
 def _run(root: Path, name: str, method: str, main: float, seed: int = 1, method_cfg: dict | None = None,
-         task: str = "synthetic_nli", model: str = "minilm", extra: dict | None = None) -> Path:
+         task: str = "synthetic_nli", model: str = "minilm", extra: dict | None = None, majority: float = 0.5) -> Path:
     run = root / name
     run.mkdir(parents=True)
     config = {"job": "train", "seed": seed, "model": {"name": model}, "task": {"name": task},
@@ -43,22 +43,25 @@ def _run(root: Path, name: str, method: str, main: float, seed: int = 1, method_
                    # smaller, but they do not restore the result: never the artifact column's choice
                    "mask.safetensors": {"bytes": 20, "ratio_to_dense_fp32": 0.005},
                    "checkpoints/last/manifest.json": {"bytes": 2, "ratio_to_dense_fp32": 0.0005}}}}
+    summary["data"] = {"train": 64, "validation": 32, "majority_class_score": {"validation": majority}}
     for k, v in (extra or {}).items():
         summary[k] = v
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     return run
 
 
-def _fish_grid(root: Path, fish_wins: bool = True) -> None:
+def _fish_grid(root: Path, fish_wins: bool = True, majority: float = 0.5) -> None:
     for seed in (1, 2, 3):
-        _run(root, f"dense{seed}", "dense", 0.90, seed)
+        jitter = (seed - 2) * 0.002  # a small spread over seeds
+        _run(root, f"dense{seed}", "dense", 0.90 + jitter, seed, majority=majority)
         for d in (0.001, 0.005, 0.02):
             hi, lo = 0.895, 0.80
-            _run(root, f"fish{d}_{seed}", "fish", hi if fish_wins else lo, seed, {"density": d, "num_samples": 256})
-            _run(root, f"rand{d}_{seed}", "random_mask", lo if fish_wins else hi, seed, {"density": d})
-    for n, score in ((0, 0.80), (8, 0.85), (32, 0.895), (128, 0.897), (1024, 0.898)):
-        _run(root, f"samples{n}", "fish", score, 1, {"density": 0.005, "num_samples": n},
-             extra={"method_report": {"mask_by_type": {"bert.pooler.dense.weight": 80, "classifier.weight": 20}}})
+            _run(root, f"fish{d}_{seed}", "fish", (hi if fish_wins else lo) + jitter, seed, {"density": d, "num_samples": 256},
+                 majority=majority)
+            _run(root, f"rand{d}_{seed}", "random_mask", (lo if fish_wins else hi) - jitter, seed, {"density": d}, majority=majority)
+        for n, score in ((0, 0.80), (8, 0.85), (32, 0.895), (128, 0.897), (1024, 0.898)):
+            _run(root, f"samples{n}_{seed}", "fish", score + jitter, seed, {"density": 0.005, "num_samples": n}, majority=majority,
+                 extra={"method_report": {"mask_by_type": {"bert.pooler.dense.weight": 80, "classifier.weight": 20}}})
 
 
 def test_cost_table_has_every_figure_with_units_and_says_why_one_is_missing(tmp_path):
@@ -103,6 +106,21 @@ def test_fish_claims_follow_the_scores(tmp_path, fish_wins):
     assert verdicts["at"] == expected and verdicts["beats"] == expected
     assert verdicts["Fisher"] == HOLDS  # N = 32 within 1 point of the best N and above N = 0
     assert "0 (random mask)" in sec.markdown and "bert.pooler.dense.weight: 80.0%" in sec.markdown
+    assert "| minilm | synthetic_nli | 50.00 |" in sec.markdown  # the majority-class control beside the claims
+
+
+def test_fish_claims_undecidable_when_the_proxy_cannot_tell(tmp_path):
+    # dense (90.0) only 5 points above the majority class (85.0): nothing can be decided
+    _fish_grid(tmp_path / "floor", True, majority=0.85)
+    sec = fish.section(load_runs([tmp_path / "floor"]), tmp_path, plots=False)
+    assert [c.verdict for c in sec.claims] == [UNDECIDABLE] * 3
+    assert all("dense only 5.0 points above the majority class" in c.ours for c in sec.claims)
+    # one seed of each: fewer than 3 seeds
+    for name, method, main, cfg in (("d", "dense", 0.9, {}), ("f", "fish", 0.895, {"density": 0.005, "num_samples": 256}),
+                                    ("r", "random_mask", 0.8, {"density": 0.005})):
+        _run(tmp_path / "one", name, method, main, 1, cfg)
+    claims = fish.section(load_runs([tmp_path / "one"]), tmp_path, plots=False).claims
+    assert claims[0].verdict == claims[1].verdict == UNDECIDABLE and "fewer than 3 seeds" in claims[1].ours
 
 
 def test_fish_section_absent_or_not_measurable(tmp_path):

@@ -21,6 +21,7 @@ from .costs import costs_markdown
 from .papers import VERDICTS, Claim, Section, build_sections
 from .paper import CITATIONS
 from .render import md_table
+from .verdicts import RULES
 
 README = "README.md"
 
@@ -75,6 +76,7 @@ def render(runs: Sequence[Run], sections: Sequence[Section], paths: Sequence[Pat
         "for every pair scores accuracy 68.38, F1 81.22, main 74.80 — one epoch of MiniLM fine-tuning lands a "
         "couple of points above that, so a \"within 1 point\" verdict there is a weak test; the sections give "
         "the scores so this can be read off.", "",
+        RULES, "",
         *_provenance(runs, paths, out_dir), "",
         f"## Verdicts ({_verdict_counts(claims)})", "",
         headline_table(claims) if claims else "_No claim could be evaluated from these runs._", "",
