@@ -165,6 +165,26 @@ def majority_score(runs: Sequence[Any], scale: float = 100.0, split: str | None 
     return None
 
 
+def dense_reference(runs: Sequence[Any], model: Any, task: Any) -> list[Any]:
+    """The completed dense fine-tuning runs of `model` × `task` (the reference of the gate)."""
+    from .aggregate import is_dense_method
+
+    return [r for r in runs if getattr(r, "completed", False) and r.main is not None and is_dense_method(r.method)
+            and str(r.model) == str(model) and str(r.task) == str(task)]
+
+
+def controls_line(runs: Sequence[Any], model: Any, task: Any, scale: float) -> str:
+    """"majority class X; dense m ± s (n=k), Y points above it" for one model × task."""
+    dense = dense_reference(runs, model, task)
+    maj = majority_score(dense or [r for r in runs if str(r.model) == str(model) and str(r.task) == str(task)], scale)
+    st = stats(r.main * scale for r in dense)
+    parts = [f"majority class {'n/a (not recorded)' if maj is None else f'{maj:.2f}'}",
+             f"dense {'n/a (no run)' if st is None else st}"]
+    if maj is not None and st is not None:
+        parts[-1] += f", {st.mean - maj:+.1f} points above it"
+    return f"{model}/{task}: " + "; ".join(parts)
+
+
 def measured_alone(run: Any) -> tuple[bool, str]:
     """Is the run's memory/time comparable with others measured the same way (alone, own process)?"""
     m = (getattr(run, "summary", None) or {}).get("measurement") or {}
