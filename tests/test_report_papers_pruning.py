@@ -68,14 +68,14 @@ def _omp(root: Path, name: str, measured: float, main: float, seed: int = 1, con
 
 
 def _known_curve(root: Path) -> None:
-    """Dense 80.0 (two seeds); OMP drops 0.0, 0.5, 1.5, 20 points at measured 10.0/29.87/49.9/70.1%.
+    """Dense 80.0 (three seeds, ±0.1 point); OMP drops 0.0, 0.5, 1.5, 20 points at measured 10.0/29.87/49.9/70.1%.
     The configured sparsities are deliberately different (0.2/0.6/0.8/0.9): the report must use
     the measured ones."""
-    _write(root, "dense1", "dense", 0.79, seed=1, trainable_fraction=1.0)
-    _write(root, "dense2", "dense", 0.81, seed=2, trainable_fraction=1.0)
+    for seed in (1, 2, 3):
+        _write(root, f"dense{seed}", "dense", 0.80 + (seed - 2) / 1000, seed=seed, trainable_fraction=1.0)
     for i, (measured, configured, main) in enumerate([(0.100, 0.2, 0.80), (0.2987, 0.6, 0.795), (0.499, 0.8, 0.785), (0.701, 0.9, 0.60)]):
-        for seed in (1, 2):
-            _omp(root, f"omp{i}_{seed}", measured, main + (seed - 1.5) / 100, seed=seed, configured=configured)
+        for seed in (1, 2, 3):
+            _omp(root, f"omp{i}_{seed}", measured, main + (seed - 2) / 1000, seed=seed, configured=configured)
 
 
 # ----------------------------------------------------------------------------- essential sparsity
@@ -114,13 +114,16 @@ def test_essential_section_reads_measured_sparsity_and_writes_es_and_knee(tmp_pa
 
 def test_essential_claim_holds_above_30_and_is_not_measurable_on_a_short_grid(tmp_path):
     root = tmp_path / "holds"
-    _write(root, "dense", "dense", 0.80)
     _omp(root, "a", 0.0, 0.802)  # OMP at measured 0 counts as dense too
-    _omp(root, "b", 0.4, 0.795)
-    _omp(root, "c", 0.6, 0.70)
+    for seed in (1, 2, 3):
+        j = (seed - 2) / 1000
+        _write(root, f"dense{seed}", "dense", 0.80 + j, seed=seed)
+        _omp(root, f"b{seed}", 0.4, 0.795 + j, seed=seed)
+        _omp(root, f"c{seed}", 0.6, 0.70 + j, seed=seed)
     sec = essential.section(load_runs([root]), tmp_path, plots=False)
     assert sec.claims[0].verdict == HOLDS and "ES 40.0%, knee 60.0%" in sec.claims[0].ours
     assert sec.files == []  # plots=False
+    assert "bert_base/synthetic_nli: majority class 50.00; dense" in sec.markdown  # the control beside the claim
 
     short = tmp_path / "short"
     _write(short, "dense", "dense", 0.80)
@@ -133,6 +136,26 @@ def test_essential_claim_holds_above_30_and_is_not_measurable_on_a_short_grid(tm
     _omp(nodense, "b", 0.5, 0.80)
     sec = essential.section(load_runs([nodense]), tmp_path, plots=False)
     assert sec.claims[0].verdict == NOT_MEASURABLE and "n/a: no dense or 0% run" in sec.markdown
+
+
+def test_essential_claim_undecidable_at_the_majority_class_in_seed_noise_or_with_few_seeds(tmp_path):
+    def grid(root, majority=0.5, spread=0.001, seeds=(1, 2, 3)):
+        for seed in seeds:
+            j = (seed - 2) * spread
+            _write(root, f"dense{seed}", "dense", 0.80 + j, seed=seed, majority=majority)
+            _write(root, f"b{seed}", "omp", 0.785 - j, seed, sparsity=0.2, majority=majority,  # drop 1.5 points at 20%: the knee
+                   method_cfg={"sparsity": 0.2, "scope": "global", "pattern": "unstructured", "score": "magnitude"})
+    grid(tmp_path / "ok")
+    assert essential.section(load_runs([tmp_path / "ok"]), tmp_path, plots=False).claims[0].verdict == DOES_NOT_HOLD
+    grid(tmp_path / "floor", majority=0.78)  # dense only 2 points above the majority class
+    claim = essential.section(load_runs([tmp_path / "floor"]), tmp_path, plots=False).claims[0]
+    assert claim.verdict == UNDECIDABLE and "dense only 2.0 points above the majority class" in claim.ours
+    grid(tmp_path / "noise", spread=0.02)  # ±2 points over seeds: a 1.5-point drop is within the noise
+    claim = essential.section(load_runs([tmp_path / "noise"]), tmp_path, plots=False).claims[0]
+    assert claim.verdict == UNDECIDABLE and "within seed noise" in claim.ours
+    grid(tmp_path / "few", seeds=(1, 2))
+    claim = essential.section(load_runs([tmp_path / "few"]), tmp_path, plots=False).claims[0]
+    assert claim.verdict == UNDECIDABLE and "fewer than 3 seeds" in claim.ours
 
 
 def test_random_init_runs_are_tabled_but_never_judged(tmp_path):
