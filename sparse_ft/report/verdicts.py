@@ -154,7 +154,7 @@ def majority_score(runs: Sequence[Any], scale: float = 100.0, split: str | None 
     computed on (`split`: default the first recorded of validation / validation_matched), from
     `data.majority_class_score.<split>` recorded at run time; None when no run has it. The runs of
     one model × task share their data, so the first run that has it is taken."""
-    keys = [split] if split else ["validation", "validation_matched"]
+    keys = [split] if split and split != "validation" else ["validation", "validation_matched"]
     for r in runs:
         summary = getattr(r, "summary", None) or {}
         scores = (summary.get("data") or {}).get("majority_class_score") or {}
@@ -163,6 +163,17 @@ def majority_score(runs: Sequence[Any], scale: float = 100.0, split: str | None 
             if isinstance(v, (int, float)):
                 return float(v) * scale
     return None
+
+
+def reported_scores(runs: Sequence[Any], scale: float = 1.0) -> tuple[list[float], str]:
+    """The scores a claim is decided on, and their split: the held-out test split's main metric
+    (`metrics.test.main`; with `task.split_scheme=read` the official dev set, the setting having
+    been selected on the validation split carved from train) when every run has it, else
+    `metrics.main` on the validation split."""
+    tests = [getattr(r, "test_main", None) for r in runs]
+    if runs and all(t is not None for t in tests):
+        return [t * scale for t in tests], "test"
+    return [r.main * scale for r in runs if r.main is not None], "validation"
 
 
 def dense_reference(runs: Sequence[Any], model: Any, task: Any) -> list[Any]:
