@@ -154,6 +154,11 @@ def test_accuracy_claim_undecidable_at_the_floor_with_one_seed_or_unlike_memory(
     grid(tmp_path / "floor", majority=0.785)  # dense only 1.5 points above the majority class
     acc = claim(section(tmp_path / "floor"), "accuracy")
     assert acc.verdict == UNDECIDABLE and "dense only 1.5 points above the majority class" in acc.ours
+    assert "control: no head_only run" in acc.ours
+    make_run(tmp_path / "floor", "head", "head_only", main=0.66, model="minilm", random_init=False)
+    sec = section(tmp_path / "floor")
+    assert "control: frozen backbone + trained head 66.0" in claim(sec, "accuracy").ours
+    assert "| minilm | mrpc | Head only (control) |" in sec.markdown
     grid(tmp_path / "one", seeds=(42,))
     assert "fewer than 3 seeds (READ 1, LoRA 1)" in claim(section(tmp_path / "one"), "accuracy").ours
     # memory measured beside other jobs (or not recorded) decides neither claim

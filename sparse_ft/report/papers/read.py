@@ -54,9 +54,9 @@ from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
 log = logging.getLogger(__name__)
 
 PAPER = "READ"
-METHODS = ("dense", "bitfit", "prompt_tuning", "ia3", "adapter", "lora", "lst", "read", "read_large")
+METHODS = ("dense", "head_only", "bitfit", "prompt_tuning", "ia3", "adapter", "lora", "lst", "read", "read_large")
 PETL = ("prompt_tuning", "ia3", "adapter", "lora", "lst", "read", "read_large")
-LABELS = {"dense": "Full FT", "bitfit": "BitFit", "prompt_tuning": "Prompt tuning", "ia3": "(IA)³", "adapter": "Adapter",
+LABELS = {"dense": "Full FT", "head_only": "Head only (control)", "bitfit": "BitFit", "prompt_tuning": "Prompt tuning", "ia3": "(IA)³", "adapter": "Adapter",
           "lora": "LoRA", "lst": "LST", "read": "READ", "read_large": "READ-large"}
 BASELINES = ("lora", "adapter", "bitfit")  # the accuracy claim's comparison
 RATIO_TARGET = 0.5    # READ / dense at most this: memory (paper 0.44) and energy (paper 0.16)
@@ -66,7 +66,7 @@ ESTIMATORS = {"kwh_counter": "GPU energy counter", "kwh_power_integral": "GPU po
               "kwh_util_estimate": "READ utilisation estimate", "cpu_kwh": "CPU RAPL"}
 FIGURE_ENERGY = "read_energy_vs_score.png"
 FIGURE_MEMORY = "read_memory_vs_score.png"
-_COLOURS = {"dense": "tab:gray", "bitfit": "tab:olive", "prompt_tuning": "tab:pink", "ia3": "tab:cyan", "adapter": "tab:green",
+_COLOURS = {"dense": "tab:gray", "head_only": "tab:brown", "bitfit": "tab:olive", "prompt_tuning": "tab:pink", "ia3": "tab:cyan", "adapter": "tab:green",
             "lora": "tab:orange", "lst": "tab:purple", "read": "tab:blue", "read_large": "tab:red"}
 
 
@@ -368,6 +368,9 @@ def accuracy_claim(cells: Sequence[Cell], scale: float) -> Claim:
         parts.append(f"READ {fmt_num(statistics.fmean(rs), 1)} vs best {LABELS[best.method]} {fmt_num(statistics.fmean(bs), 1)} on {split} "
                      f"({gap:+.1f} points, {_where(read)}; {decision.text}); peak training memory READ "
                      f"{fmt_num(mem_of(mread) / GB, 2) if mread is not None and mem_of(mread) else 'n/a'} GB vs {mems} GB ({where_mem})")
+        floor = by.get("head_only")
+        parts[-1] += (f"; control: frozen backbone + trained head {fmt_num(statistics.fmean(reported_scores(floor.runs, scale)[0]), 1)}"
+                      if floor is not None and floor.scores else "; control: no head_only run (frozen backbone + head)")
         why_mem = _not_alone([c for c in (mread, *mothers) if c is not None])
         if why_mem:
             parts[-1] += f" [memory {why_mem}]"
