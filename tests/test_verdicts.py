@@ -100,3 +100,27 @@ def test_task_majority_class_scores_use_the_main_metric():
                    test_split=None, main_metric="accuracy", metric_fn=glue_metric("sst2"))
     assert sst.majority_class_scores() == {"validation": 0.75}
     assert np.isclose(V.stats([1.0, 2.0, 3.0]).std, 1.0)
+
+
+class _Cfg:
+    """A completed run as select_lr / Reported read it."""
+
+    def __init__(self, lr, main, test=None, seed=1, method="fish", density=0.005):
+        self.completed, self.main, self.test_main = True, main, test
+        self.model, self.task, self.method, self.seed = "minilm", "sst2", method, seed
+        self.config = {"model": {"name": "minilm"}, "task": {"name": "sst2"}, "method": {"name": method, "density": density},
+                       "trainer": {"lr": lr, "epochs": 1}, "seed": seed}
+        self.summary = {"data": {"majority_class_score": {"validation": 0.52, "test": 0.509}}}
+
+
+def test_select_lr_keeps_the_best_mean_validation_lr_per_setting_and_reports_the_test_score():
+    runs = [_Cfg(1e-4, 0.80, 0.70, s) for s in (1, 2, 3)] + [_Cfg(1e-3, 0.85, 0.60, s) for s in (1, 2, 3)]
+    runs += [_Cfg(1e-4, 0.75, 0.74, 1, density=0.02), _Cfg(1e-3, 0.70, 0.90, 1, density=0.02)]  # another setting
+    kept = V.select_lr(runs)
+    assert {(r.config["method"]["density"], r.config["trainer"]["lr"]) for r in kept} == {(0.005, 1e-3), (0.02, 1e-4)}
+    assert len(kept) == 4  # the three seeds of the selected lr, and the other setting's one
+    rep = V.for_claims(runs)
+    assert sorted(r.main for r in rep) == [0.6, 0.6, 0.6, 0.74]  # test scores, never used to select
+    assert {r.reported_split for r in rep} == {"test"} and V.majority_score(rep) == pytest.approx(50.9)
+    only_val = V.for_claims([_Cfg(1e-3, 0.85)])
+    assert only_val[0].main == 0.85 and V.majority_score(only_val) == pytest.approx(52.0)

@@ -20,6 +20,11 @@ Memory and time claims are decided only on runs measured alone: ``measurement.pr
 and ``measurement.concurrent_jobs == 1`` in summary.json; a run that does not record them is of
 unknown conditions and so not comparable (``measured_alone``).
 
+Hyper-parameters: a section first keeps, per setting, the lr whose mean validation score is the
+best (`select_lr`, the READ paper's rule: the validation split is carved from train with
+`task.split_scheme=read`), then reads each run's held-out score (`Reported`: the official dev set
+there); `for_claims` does both.
+
 Scores here are in points (×100 where the metric is a fraction; callers pass their scale).
 """
 
@@ -150,19 +155,79 @@ def combine(decisions: Sequence[Decision]) -> str:
 
 
 def majority_score(runs: Sequence[Any], scale: float = 100.0, split: str | None = None) -> float | None:
-    """The majority-class score (in points) of the evaluation split the runs' `metrics.main` is
-    computed on (`split`: default the first recorded of validation / validation_matched), from
+    """The majority-class score (in points) of the evaluation split the runs' `main` is computed on
+    (`split`; default: a `Reported` run's split, else the first recorded of validation /
+    validation_matched), from
     `data.majority_class_score.<split>` recorded at run time; None when no run has it. The runs of
     one model × task share their data, so the first run that has it is taken."""
-    keys = [split] if split and split != "validation" else ["validation", "validation_matched"]
     for r in runs:
         summary = getattr(r, "summary", None) or {}
+        split_r = split or getattr(r, "reported_split", None)
+        keys = [split_r] if split_r and split_r != "validation" else ["validation", "validation_matched"]
         scores = (summary.get("data") or {}).get("majority_class_score") or {}
         for key in keys:
             v = scores.get(key)
             if isinstance(v, (int, float)):
                 return float(v) * scale
     return None
+
+
+def _setting_key(run: Any) -> str:
+    """Everything that makes a run's setting except its lr and seed (the lr is what the grid searches)."""
+    import json
+
+    cfg = getattr(run, "config", None) or {}
+    keep = {k: cfg.get(k) for k in ("model", "task", "method", "job", "source")}
+    trainer = dict(cfg.get("trainer") or {}) if isinstance(cfg.get("trainer"), dict) else {}
+    trainer.pop("lr", None)
+    keep["trainer"] = trainer
+    return json.dumps([str(run.model), str(run.task), str(run.method), keep], sort_keys=True, default=str)
+
+
+def select_lr(runs: Sequence[Any]) -> list[Any]:
+    """The lr grid's selection (the READ paper's rule): per setting (everything but trainer.lr and
+    the seed), keep the runs of the lr whose mean validation main score (`metrics.main`) is the
+    highest; ties: more seeds, then the smaller lr. Runs without a score pass through."""
+    groups: dict[str, dict[Any, list]] = {}
+    out = []
+    for r in runs:
+        if not getattr(r, "completed", False) or r.main is None:
+            out.append(r)
+            continue
+        lr = ((getattr(r, "config", None) or {}).get("trainer") or {}).get("lr")
+        groups.setdefault(_setting_key(r), {}).setdefault(lr, []).append(r)
+    for by_lr in groups.values():
+        best = min(by_lr.items(), key=lambda kv: (-statistics.fmean(x.main for x in kv[1]), -len(kv[1]),
+                                                  kv[0] if isinstance(kv[0], (int, float)) else math.inf))
+        out += best[1]
+    return out
+
+
+class Reported:
+    """A run whose `main` is the score a claim reports: `metrics.test.main` (with
+    `task.split_scheme=read` the official dev set; synthetic tasks: their labelled test split)
+    where the run has it, else `metrics.main`; everything else is the run's own."""
+
+    def __init__(self, run: Any):
+        self._run = run
+        self.reported_split = "test" if run.test_main is not None else "validation"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._run, name)
+
+    @property
+    def main(self) -> float | None:
+        return self._run.test_main if self._run.test_main is not None else self._run.main
+
+    @property
+    def validation_main(self) -> float | None:
+        return self._run.main
+
+
+def for_claims(runs: Sequence[Any]) -> list[Any]:
+    """The runs a section's tables and claims read: the lr grid selected on validation
+    (`select_lr`), each run's score the held-out one (`Reported`)."""
+    return [Reported(r) for r in select_lr(runs)]
 
 
 def reported_scores(runs: Sequence[Any], scale: float = 1.0) -> tuple[list[float], str]:

@@ -50,7 +50,7 @@ from typing import Any, Sequence
 from ..aggregate import is_dense_method
 from ..collect import Run, training_runs
 from ..render import fmt_cell, fmt_num, md_table
-from ..verdicts import MIN_SEEDS, controls_line, UNDECIDABLE, decide_difference, majority_score, reference_gate, stats
+from ..verdicts import MIN_SEEDS, UNDECIDABLE, controls_line, decide_difference, for_claims, majority_score, reference_gate, stats
 from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
 
 log = logging.getLogger(__name__)
@@ -453,6 +453,7 @@ def _cosine_claim(points: Sequence[CosinePoint], curves: Sequence[Curve]) -> Cla
 # ----------------------------------------------------------------------------- section
 def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
     runs = training_runs(runs)  # evaluate/compress runs re-score a source run: not results of their own
+    runs = for_claims(runs)  # the lr selected on validation per setting; scores on the held-out split (report.verdicts)
     if not any(_is_omp(r) for r in runs):
         return None
     out_dir = Path(out_dir)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from ..aggregate import is_dense_method
 from ..collect import Run, training_runs
 from ..render import fmt_cell, md_table
-from ..verdicts import combine, decide_difference, majority_score
+from ..verdicts import combine, decide_difference, for_claims, majority_score
 from . import NOT_MEASURABLE, Claim, Section
 
 PAPER = "FISH"
@@ -220,6 +220,7 @@ def controls_table(grid: dict, scale: float) -> str:
 
 def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
     runs = training_runs(runs)  # evaluate/compress runs re-score a source run: not results of their own
+    runs = for_claims(runs)  # the lr selected on validation per setting; scores on the held-out split (report.verdicts)
     grid, samples = collect(runs)
     grid = {k: v for k, v in grid.items() if any(m != "dense" for m in v)}
     masked = [r for r in runs if r.completed and r.method in ("fish", "random_mask")]

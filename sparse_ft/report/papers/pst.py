@@ -37,7 +37,7 @@ from typing import Sequence
 
 from ..collect import Run, training_runs
 from ..render import fmt_cell, fmt_num, md_table
-from ..verdicts import combine, controls_line, decide_difference, dense_reference, majority_score
+from ..verdicts import combine, controls_line, decide_difference, dense_reference, for_claims, majority_score
 from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
 
 log = logging.getLogger(__name__)
@@ -247,6 +247,7 @@ def _figure(cells: Sequence[Cell], scale: float):
 
 def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
     runs = training_runs(runs)  # evaluate/compress runs re-score a source run: not results of their own
+    runs = for_claims(runs)  # the lr selected on validation per setting; scores on the held-out split (report.verdicts)
     if not any(method_of(r) is not None for r in runs):
         return None
     out_dir = Path(out_dir)
