@@ -23,6 +23,8 @@ JOBS=${JOBS:-2}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=${WANDB_MODE:-disabled} OMP_NUM_THREADS=1
 
 source "$(dirname "$0")/sweep_lib.sh"
+mkdir -p "$OUT"
+START=$(date +%s)
 
 half_a() {  # FISH and its baselines, ERE, IMP
 sweep dense        +sweep=reproduce_cpu_dense task.data_dir="$GLUE"
@@ -59,4 +61,5 @@ for m in dense read lora adapter lst; do
 sweep "memory_$m"  +sweep=reproduce_cpu_memory task.data_dir="$GLUE" method=$m
 done
 
+echo "$START $(date +%s)" >> "$OUT/reproduce_wall.txt"  # the report's provenance sums these
 if [[ -z "$ONLY" ]]; then "$PY" -m sparse_ft.report "$OUT" --reproduce --out docs/reproduction; fi

@@ -138,6 +138,7 @@ def test_reproduction_report_from_run_dirs_and_the_cli(tmp_path, capsys):
         for s, main in ((0.0, 0.90), (0.5, 0.895), (0.9, 0.70)):
             _run(runs, f"omp{s}_{seed}", "omp", main + (seed - 2) / 1000, seed,
                  {"sparsity": s, "scope": "global", "pattern": "unstructured", "score": "magnitude"}, extra={"sparsity": {"overall": s}})
+    (runs / "reproduce_wall.txt").write_text("1000 4600\n5000 8600\n")  # two invocations of the script
     out = tmp_path / "docs"
     rep = write_reproduction([runs], out)
     text = rep.path.read_text()
@@ -147,6 +148,7 @@ def test_reproduction_report_from_run_dirs_and_the_cli(tmp_path, capsys):
     ess = next(c for c in rep.claims if c.paper == "ESS" and c.claim.startswith("OMP sparsity"))
     assert "| ESS | OMP sparsity" in text and ess.verdict == HOLDS  # ES 50% ≥ 30%, 3 seeds, outside seed noise
     assert "undecidable on this proxy" in text and "Welch t-interval" in text  # the rules are stated
+    assert "Reproduction wall time: 2.00 h over 2 invocation(s)" in text
     # the CLI modes
     assert report_main([str(runs), "--costs", "--out", str(tmp_path / "c"), "-q"]) == 0
     assert (tmp_path / "c" / "costs.md").read_text().startswith("# Costs of every method")
