@@ -51,6 +51,12 @@ def test_dense_at_the_majority_class_is_undecidable():
     assert d.verdict == V.UNDECIDABLE and "majority-class score" in d.text
 
 
+def test_dense_at_the_ceiling_is_undecidable():
+    # the generated NLI task: dense 99.5, FISH 100.0
+    d = V.decide_difference([100.0, 100.0, 99.9], [99.5, 99.4, 99.6], -1.0, majority=50.0)
+    assert d.verdict == V.UNDECIDABLE and "dense at the ceiling (99.5" in d.text
+
+
 def test_difference_within_seed_noise_is_undecidable():
     d = V.decide_difference([80.0, 82.0, 78.0], [79.0, 81.5, 78.5], 0.0, reference=DENSE, majority=50.9)
     assert d.verdict == V.UNDECIDABLE and "within seed noise" in d.text

@@ -6,7 +6,8 @@ a point of LoRA") gets "holds" or "does not hold on this proxy" only when the pr
 1. the reference (dense fine-tuning of the same model × task) scores at least
    ``MIN_POINTS_ABOVE_MAJORITY`` points above the majority-class score of the evaluation split
    (``data.majority_class_score`` in the runs' summary.json: the best score a constant prediction
-   reaches under the task's main metric); a proxy at its floor cannot tell methods apart;
+   reaches under the task's main metric) and below ``MAX_REFERENCE`` points; a proxy at its floor
+   or at its ceiling (the generated NLI task: dense 99.5) cannot tell methods apart;
 2. each side has at least ``MIN_SEEDS`` seeds, and
 3. the difference the claim is about is larger than the seed noise: the claim "mean(a) − mean(b)
    > threshold" holds when the whole two-sided ``CONFIDENCE`` Welch t-interval of the difference
@@ -42,6 +43,7 @@ NOT_MEASURABLE = "not measurable here"
 VERDICTS = (HOLDS, DOES_NOT_HOLD, UNDECIDABLE, NOT_MEASURABLE)
 
 MIN_POINTS_ABOVE_MAJORITY = 10.0  # the reference must clear the majority-class score by this many points
+MAX_REFERENCE = 98.0  # points: a reference at or above this is at the ceiling (a saturated proxy cannot rank methods)
 MIN_SEEDS = 3  # per side of a score comparison
 CONFIDENCE = 0.95  # two-sided Welch t-interval of the difference of two means
 
@@ -49,7 +51,7 @@ RULES = (
     f"**Verdict rules** (`sparse_ft/report/verdicts.py`): a score claim gets *{HOLDS}* or *{DOES_NOT_HOLD}* "
     f"only when (1) the dense reference of that model × task scores ≥ {MIN_POINTS_ABOVE_MAJORITY:g} points above "
     f"the majority-class score of the evaluation split (`data.majority_class_score`, the best constant "
-    f"prediction under the task's main metric), (2) every side has ≥ {MIN_SEEDS} seeds, and (3) the "
+    f"prediction under the task's main metric) and below {MAX_REFERENCE:g} (a saturated proxy cannot rank methods), (2) every side has ≥ {MIN_SEEDS} seeds, and (3) the "
     f"{100 * CONFIDENCE:g}% Welch t-interval of the difference of the two means lies wholly on one side of the "
     f"claim's threshold; otherwise *{UNDECIDABLE}*, with the reason. Figures are mean ± sample std over seeds. "
     f"Memory and time claims use only runs measured alone (`measurement.process = own`, "
@@ -104,6 +106,8 @@ def reference_gate(reference: Stats | None, majority: float | None, name: str = 
         return f"no {name} reference run"
     if majority is None:
         return "majority-class score of the evaluation split unknown (no data.majority_class_score in the runs)"
+    if reference.mean >= MAX_REFERENCE:
+        return f"{name} at the ceiling ({reference.mean:.1f} ≥ {MAX_REFERENCE:g}: the proxy is saturated)"
     above = reference.mean - majority
     if above < MIN_POINTS_ABOVE_MAJORITY:
         return (f"{name} only {above:.1f} points above the majority class ({majority:.2f}; "
