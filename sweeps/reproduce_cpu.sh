@@ -12,8 +12,8 @@
 # trainer.resume=auto).
 # Wall time, estimated from one measured SST-2 run (dense MiniLM, 2,000 training rows, 1 epoch, batch 32, one
 # thread, this session's loaded 2-core machine): 188 s wall (train 132 s, eval of 1,000 + 872 rows 47 s), 68 s of
-# CPU. The reproduction is ~242 such runs (229 training runs; Diff Pruning ~2x, IMP 3 rounds, the ERE source ~4x;
-# 21 compress jobs ~0.3x each): with two jobs side by side ~2.5-3 h on an idle 2-core machine (one core per job,
+# CPU. The reproduction is ~238 such runs (228 training runs; Diff Pruning ~2x, IMP 3 rounds; 21 compress jobs
+# ~0.3x each): with two jobs side by side ~2.5-3 h on an idle 2-core machine (one core per job,
 # ~70-90 s a run), up to ~6.5 h at the measured load (188 s a run), plus ~10 min of memory jobs.
 set -euo pipefail
 OUT=${1:-outputs/reproduce}
@@ -26,15 +26,14 @@ source "$(dirname "$0")/sweep_lib.sh"
 mkdir -p "$OUT"
 START=$(date +%s)
 
-half_a() {  # FISH and its baselines, ERE, IMP
+half_a() {  # dense, FISH and its baselines, ERE (compressing dense's job 0: lr 5e-5, seed 1), IMP
 sweep dense        +sweep=reproduce_cpu_dense task.data_dir="$GLUE"
 sweep fish         +sweep=reproduce_cpu_fish task.data_dir="$GLUE"
 sweep fish_samples +sweep=reproduce_cpu_fish_samples task.data_dir="$GLUE"
 sweep fish_baselines +sweep=reproduce_cpu_fish_baselines task.data_dir="$GLUE"
-sweep ere_source   +sweep=reproduce_cpu_ere_source task.data_dir="$GLUE"
-sweep ere          +sweep=reproduce_cpu_ere source="$OUT/ere_source/0" method.rank_prior=0,4,8,16,64 method.bits=2,4,8  # r = 0: the rank-0 control
-sweep ere_bitq     +sweep=reproduce_cpu_ere source="$OUT/ere_source/0" method=bitq method.bits=2,4,8
-sweep ere_lra      +sweep=reproduce_cpu_ere source="$OUT/ere_source/0" method=lra method.rank=4,16,64
+sweep ere          +sweep=reproduce_cpu_ere source="$OUT/dense/0" method.rank_prior=0,4,8,16,64 method.bits=2,4,8  # r = 0: the rank-0 control
+sweep ere_bitq     +sweep=reproduce_cpu_ere source="$OUT/dense/0" method=bitq method.bits=2,4,8
+sweep ere_lra      +sweep=reproduce_cpu_ere source="$OUT/dense/0" method=lra method.rank=4,16,64
 sweep imp          +sweep=reproduce_cpu_imp task.data_dir="$GLUE"
 sweep fish_warmup  +sweep=reproduce_cpu_fish_warmup trainer.num_threads=1
 }

@@ -23,7 +23,7 @@ def sweep_lines(script: str, source: Path, glue: Path) -> list[tuple[str, list[s
             continue
         line = line.split("  #", 1)[0]
         line = (line.replace('"${data[@]}"', f"task.data_dir={glue}").replace('"$GLUE"', str(glue))
-                .replace('"$OUT/essential/0"', str(source)).replace('"$OUT/ere_source/0"', str(source))
+                .replace('"$OUT/essential/0"', str(source)).replace('"$OUT/dense/0"', str(source))
                 .replace("method=$m", "method=dense"))
         words = shlex.split(line)
         out.append((words[1], words[2:]))
