@@ -157,9 +157,10 @@ def test_claims_undecidable_when_the_source_sits_near_the_majority_class(tmp_pat
     ere = {"alpha": 0.5, "budget_fraction": None, "stiefel": True, "bits": 4}
     compress_run(root, src, "ere", {**ere, "rank_prior": 64}, 3.1, 0.797, 0.858, majority=0.748, fidelity=(0.975, 0.0123))
     compress_run(root, src, "ere", {**ere, "rank_prior": 0}, 0.4, 0.70, 0.81, majority=0.748, fidelity=(0.80, 0.31))
+    compress_run(root, src, "bitq", {"bits": 4, "axis": "row"}, 12.6, 0.79, 0.85, majority=0.748)
     sec = builder("ere")(load_runs([root]), tmp_path / "out", plots=False)
-    storage, score, _ = sec.claims
-    assert storage.verdict == score.verdict == UNDECIDABLE
+    storage, score, baselines = sec.claims
+    assert storage.verdict == score.verdict == baselines.verdict == UNDECIDABLE
     assert "the uncompressed source only 8.2 points above the majority class (74.80" in storage.ours
     # fidelity beside the score, and the rank-0 control
     row = next(line for line in sec.markdown.splitlines() if line.startswith("| ERE | 64 |"))

@@ -395,12 +395,16 @@ def claims(points: Sequence[Point]) -> list[Claim]:
                          + (f" ({'; '.join(losses[:3])}{' …' if len(losses) > 3 else ''})" if losses else ""))
             verdicts.append(k == n)
     where = ", ".join(_on(g, points) for g in groups)
+    gates = [f"{g[0]} / {g[1]}: {why}" for g in groups for why in [source_gate(_by(points, group=g))] if why]
+    if parts and gates:
+        where += "; undecidable: " + "; ".join(gates)
+        verdicts.append(None)
     out.append(Claim(
         PAPER, "BITQ and LRA alone need more storage than ERE for the same score (ERE beats them at equal storage)",
         "Table 1: BITQ, LRA larger than ERE",
         ("; ".join(parts) + f"; {where}") if parts else
         "n/a: no BITQ/LRA compress run with an ERE run of the same source at no more storage",
-        (HOLDS if all(verdicts) else DOES_NOT_HOLD) if parts else NOT_MEASURABLE))
+        _verdict(verdicts) if parts else NOT_MEASURABLE))
     return out
 
 
