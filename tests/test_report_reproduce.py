@@ -22,11 +22,12 @@ MiB = 1 << 20
 
 
 def _run(root: Path, name: str, method: str, main: float, seed: int = 1, method_cfg: dict | None = None,
-         task: str = "synthetic_nli", model: str = "minilm", extra: dict | None = None, majority: float = 0.5) -> Path:
+         task: str = "synthetic_nli", model: str = "minilm", extra: dict | None = None, majority: float = 0.5,
+         lr: float = 1e-3, test: float | None = None) -> Path:
     run = root / name
     run.mkdir(parents=True)
     config = {"job": "train", "seed": seed, "model": {"name": model}, "task": {"name": task},
-              "method": {"name": method, **(method_cfg or {})}, "trainer": {"lr": 1e-3, "epochs": 1}}
+              "method": {"name": method, **(method_cfg or {})}, "trainer": {"lr": lr, "epochs": 1}}
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     summary = {"status": "completed", "job": "train", "task": task, "method": method, "model": model, "seed": seed,
                "git_commit": "abc1234def", "num_threads": 2, "versions": {"torch": "2.14.1"},
@@ -43,7 +44,9 @@ def _run(root: Path, name: str, method: str, main: float, seed: int = 1, method_
                    # smaller, but they do not restore the result: never the artifact column's choice
                    "mask.safetensors": {"bytes": 20, "ratio_to_dense_fp32": 0.005},
                    "checkpoints/last/manifest.json": {"bytes": 2, "ratio_to_dense_fp32": 0.0005}}}}
-    summary["data"] = {"train": 64, "validation": 32, "majority_class_score": {"validation": majority}}
+    summary["data"] = {"train": 64, "validation": 32, "majority_class_score": {"validation": majority, "test": majority}}
+    if test is not None:
+        summary["metrics"]["test"] = {"accuracy": test, "main": test}
     for k, v in (extra or {}).items():
         summary[k] = v
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -129,6 +132,20 @@ def test_fish_section_absent_or_not_measurable(tmp_path):
     _run(tmp_path, "f", "fish", 0.9, 1, {"density": 0.02, "num_samples": 256})
     sec = fish.section(load_runs([tmp_path]), tmp_path, plots=False)
     assert [c.verdict for c in sec.claims] == [NOT_MEASURABLE] * 3
+
+
+def test_fish_section_selects_the_lr_on_validation_and_reports_the_held_out_score(tmp_path):
+    # two lrs per setting: the one better on validation is kept, and its test scores are what the claims read
+    for seed in (1, 2, 3):
+        j = (seed - 2) * 0.002
+        for lr, (val, test) in ((1e-4, (0.70, 0.99)), (1e-3, (0.90, 0.85))):  # 1e-4's test score must never be read
+            _run(tmp_path, f"dense_{lr}_{seed}", "dense", val + j, seed, lr=lr, test=test + j)
+        for lr, (val, test) in ((1e-3, (0.88, 0.845)), (3e-3, (0.60, 0.99))):
+            _run(tmp_path, f"fish_{lr}_{seed}", "fish", val + j, seed, {"density": 0.005, "num_samples": 256}, lr=lr, test=test + j)
+            _run(tmp_path, f"rand_{lr}_{seed}", "random_mask", val - 0.2 + j, seed, {"density": 0.005}, lr=lr, test=test - 0.2 + j)
+    at, beats, _ = fish.section(load_runs([tmp_path]), tmp_path, plots=False).claims
+    assert at.verdict == HOLDS and "FISH 0.5% 84.50 ± 0.20 (n=3) vs dense 85.00 ± 0.20 (n=3)" in at.ours
+    assert beats.verdict == HOLDS and "FISH 84.50 ± 0.20 (n=3) vs random 64.50" in beats.ours
 
 
 def test_reproduction_report_from_run_dirs_and_the_cli(tmp_path, capsys):
