@@ -110,6 +110,11 @@ def test_fish_claims_follow_the_scores(tmp_path, fish_wins):
     assert verdicts["Fisher"] == HOLDS  # N = 32 within 1 point of the best N and above N = 0
     assert "0 (random mask)" in sec.markdown and "bert.pooler.dense.weight: 80.0%" in sec.markdown
     assert "| minilm | synthetic_nli | 50.00 |" in sec.markdown  # the majority-class control beside the claims
+    assert "BitFit score" not in sec.markdown  # none run
+    _run(tmp_path, "bitfit", "bitfit", 0.85, 1)
+    _run(tmp_path, "dp", "diff_pruning", 0.87, 1, {"density": 0.005})
+    sec = fish.section(load_runs([tmp_path]), tmp_path, plots=False)
+    assert "| minilm | synthetic_nli | 85.00 ± — (1) | 87.00 ± — (1) at 0.5% |" in sec.markdown
 
 
 def test_fish_claims_undecidable_when_the_proxy_cannot_tell(tmp_path):

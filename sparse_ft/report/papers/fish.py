@@ -202,6 +202,21 @@ def samples_claim(samples: dict, scale: float, grid: dict | None = None) -> Clai
     return Claim(PAPER, claim, paper, "n/a: no samples ablation with N = 32 and two other N", NOT_MEASURABLE)
 
 
+def baselines_table(runs: Sequence[Run], grid: dict, scale: float) -> str:
+    """BitFit and Diff Pruning beside FISH (the paper's Table 1 baselines), per model × task of the grid."""
+    rows = []
+    for key in grid:
+        cells = []
+        for method in ("bitfit", "diff_pruning"):
+            mine = [r for r in runs if r.completed and r.main is not None and r.method == method and (r.model, r.task) == key]
+            dens = sorted({_opt(r, "density") for r in mine if _opt(r, "density") is not None})
+            cells.append(fmt_cell((r.main for r in mine), scale, 2) + (f" at {', '.join(f'{100 * d:g}%' for d in dens)}" if dens else "")
+                         if mine else "n/a: not run")
+        if any(not c.startswith("n/a") for c in cells):
+            rows.append([key[0], key[1], *cells])
+    return md_table(["model", "task", "BitFit score", "Diff Pruning score"], rows, "llrr") if rows else ""
+
+
 def controls_table(grid: dict, scale: float) -> str:
     """The floors each claim is read against: the majority class of the evaluation split, the
     random mask (the method's own floor) and the spread of dense over seeds."""
@@ -232,6 +247,9 @@ def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section |
         parts += ["Scores ×100, mean ± sample std (n seeds).", "", density_table(grid, scale), "",
                   "Controls: the majority-class score of the evaluation split and the random-mask floor.", "",
                   controls_table(grid, scale), ""]
+        beside = baselines_table(runs, grid, scale)
+        if beside:
+            parts += ["The paper's other baselines beside FISH (no claim of their own here):", "", beside, ""]
     if samples:
         parts += ["### Fisher samples ablation", "", samples_table(samples, scale), ""]
     masks = mask_table(runs)
