@@ -9,7 +9,8 @@
 # below run side by side (JOBS=2, the default; JOBS=1 runs them one after the other), then the memory jobs run
 # alone, one process per method. A sweep whose directory already holds a report.md is skipped, so an interrupted
 # reproduction continues where it stopped (a job interrupted inside a sweep resumes from its checkpoint:
-# trainer.resume=auto).
+# trainer.resume=auto). The sweep names are those of the earlier MRPC / NLI reproduction: start from an OUT
+# that holds none of its directories (they would count as done).
 # Wall time, estimated from one measured SST-2 run (dense MiniLM, 2,000 training rows, 1 epoch, batch 32, one
 # thread, this session's loaded 2-core machine): 188 s wall (train 132 s, eval of 1,000 + 872 rows 47 s), 68 s of
 # CPU. The reproduction is ~238 such runs (228 training runs; Diff Pruning ~2x, IMP 3 rounds; 21 compress jobs
