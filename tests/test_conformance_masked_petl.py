@@ -456,6 +456,21 @@ def test_bitfit_moves_only_the_bias_terms_and_the_head(tmp_path):
     assert len(changed & biases) > len(biases) // 2, "the biases should train"
 
 
+def test_head_only_moves_only_the_new_head(tmp_path):
+    bundle, feats = bundle_of()
+    before = {n: p.detach().clone() for n, p in bundle.module.named_parameters()}
+    heads = head(bundle.module)  # the test's own list of the parameters outside the pretrained body
+    assert heads
+    m = method("head_only")
+    m.prepare(bundle.module, ctx_of(tmp_path, bundle, feats))
+    assert m.trainable_count() == sum(before[n].numel() for n in heads)
+    train_steps(m, bundle, feats)
+    changed = {n for n, p in bundle.module.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and changed <= heads  # the backbone stays bit-identical
+    with pytest.raises(Exception, match="method.classifier_in_mask"):
+        method("head_only", "method.classifier_in_mask=false")
+
+
 def test_fish_mask_is_the_top_k_of_the_mean_squared_per_example_gradient(tmp_path):
     bundle, feats = bundle_of(n=12)
     module = bundle.module

@@ -161,7 +161,6 @@ def test_bit_packing_is_exact_and_tight():
 @pytest.mark.parametrize("cls,values,key", [
     (EREOptions, {"bits": 1}, "bits"),
     (EREOptions, {"bits": 9}, "bits"),
-    (EREOptions, {"rank_prior": 0}, "rank_prior"),
     (EREOptions, {"rank_prior": -4}, "rank_prior"),
     (EREOptions, {"rank_prior": 8, "budget_fraction": 0.05}, "budget_fraction"),  # both
     (EREOptions, {"rank_prior": None}, "rank_prior"),  # neither
@@ -310,6 +309,16 @@ def test_a_budget_too_small_for_the_raw_tensors_fails_naming_budget_fraction(tmp
     method = build_method(OmegaConf.create({"name": "ere", "rank_prior": None, "budget_fraction": 0.001, "device": "cpu"}))
     with pytest.raises(ConfigError, match=r"^method\.budget_fraction"):
         method.compress(base, tuned, tmp_path)
+
+
+def test_rank_zero_is_the_no_residual_control(tmp_path):
+    base, tuned = tiny_pair()
+    result = build_method(OmegaConf.create({"name": "ere", "rank_prior": 0, "device": "cpu"})).compress(base, tuned, tmp_path)
+    assert set(result.report["ranks"].values()) == {0}
+    for k in ("q.weight", "ffn.weight", "conv.weight", "emb.weight"):  # every matrix residual dropped
+        assert torch.equal(result.reconstructed[k], base[k]), k
+    for k in ("classifier.weight", "q.bias"):  # the tensors stored as they are stay
+        assert torch.equal(result.reconstructed[k], tuned[k]), k
 
 
 def test_fewer_bits_and_lower_ranks_give_smaller_artifacts(tmp_path):

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -136,6 +137,26 @@ def test_compress_evaluates_the_reconstruction_and_reports_storage(finished, tmp
     assert s["source"]["main"] == json.loads((finished / "summary.json").read_text())["metrics"]["main"]
     assert s["source"]["score_drop"] == pytest.approx(s["source"]["main"] - s["metrics"]["main"])
     assert s["method_report"] == {"factor": 0.5}
+    # fidelity to θ' on the selection split: halving the weights changes the output distributions
+    fid = s["fidelity"]
+    assert fid["split"] == "validation" and fid["examples"] == s["data"]["validation"]
+    assert 0.0 <= fid["agreement"] <= 1.0 and fid["kl_mean"] > 0.0 and fid["kl_max"] >= fid["kl_mean"]
+
+
+def test_output_fidelity_is_argmax_agreement_and_the_mean_kl():
+    from scipy.special import softmax
+    from scipy.stats import entropy
+
+    from sparse_ft.jobs.compress import output_fidelity
+
+    rng = np.random.default_rng(0)
+    ref, other = rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
+    fid = output_fidelity(ref, other)
+    kl = [entropy(p, q) for p, q in zip(softmax(ref, axis=1), softmax(other, axis=1))]  # scipy: Σ p log(p/q)
+    assert fid["kl_mean"] == pytest.approx(np.mean(kl)) and fid["kl_max"] == pytest.approx(np.max(kl))
+    assert fid["agreement"] == pytest.approx(np.mean(ref.argmax(1) == other.argmax(1))) and fid["examples"] == 50
+    same = output_fidelity(ref, ref + 5.0)  # a shift of every logit leaves the distribution as it is
+    assert same["agreement"] == 1.0 and same["kl_mean"] == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("args, key", [

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sparse_ft.report.collect import load_runs
-from sparse_ft.report.papers import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, VERDICTS, builder
+from sparse_ft.report.papers import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, UNDECIDABLE, VERDICTS, builder
 from sparse_ft.report.papers import ere as ere_section
 
 DENSE = 90_866_440  # MiniLM's dense fp32 checkpoint
@@ -40,7 +40,8 @@ def source_run(root: Path, acc=0.80, f1=0.86, name="src") -> Path:
 
 
 def compress_run(root: Path, source: Path, method: str, opts: dict, pct: float, acc: float, f1: float,
-                 name: str | None = None, source_main: float | None = None) -> Path:
+                 name: str | None = None, source_main: float | None = None, majority: float = 0.5,
+                 fidelity: tuple[float, float] | None = None) -> Path:
     size = int(pct / 100 * DENSE)
     artifact = f"{method}.safetensors"
     config = {"job": "compress", "source": str(source), "seed": 42, "model": {"name": "minilm"},
@@ -50,12 +51,14 @@ def compress_run(root: Path, source: Path, method: str, opts: dict, pct: float, 
         src_main = json.loads((source / "summary.json").read_text())["metrics"]["main"]
     m = _metrics(acc, f1)
     summary = {"status": "completed", "job": "compress", "task": "mrpc", "method": method, "model": "minilm", "seed": 42,
-               "data": {"train": 3668, "validation": 408}, "metrics": m,
+               "data": {"train": 3668, "validation": 408, "majority_class_score": {"validation": majority}}, "metrics": m,
                "source": {"path": str(source), "method": "dense", "main": src_main, "score_drop": src_main - m["main"]},
                "storage": {"dense_fp32_bytes": DENSE, "artifacts": {artifact: {"bytes": size, "ratio_to_dense_fp32": size / DENSE}}},
                "method_report": {"method": method, "artifact": artifact, "bytes": {"total": size},
                                  "dense_fp32_bytes": DENSE, "storage_ratio": size / DENSE},
                "time": {"wall_s": {"setup": 9.0, "compress": 12.5, "eval": 8.0, "total": 30.0}}}
+    if fidelity is not None:
+        summary["fidelity"] = {"split": "validation", "agreement": fidelity[0], "kl_mean": fidelity[1], "examples": 408}
     tag = name or f"{method}_" + "_".join(f"{k}{v}" for k, v in opts.items())
     return _write(root / tag, config, summary)
 
@@ -145,6 +148,24 @@ def test_a_source_no_longer_on_disk_uses_the_score_the_compress_run_copied(tmp_p
     (p,) = ere_section.collect_points(load_runs([root]))
     assert p.source_score == pytest.approx(83.0) and p.drop == pytest.approx(0.0)
     assert p.source_f1 is None and p.f1_drop is None  # the F1 of a missing source is unknown, not 0
+
+
+def test_claims_undecidable_when_the_source_sits_near_the_majority_class(tmp_path):
+    # MRPC: predicting "paraphrase" everywhere scores main 74.80; the source's 83.0 is 8.2 points above it
+    root = tmp_path / "runs"
+    src = source_run(root)
+    ere = {"alpha": 0.5, "budget_fraction": None, "stiefel": True, "bits": 4}
+    compress_run(root, src, "ere", {**ere, "rank_prior": 64}, 3.1, 0.797, 0.858, majority=0.748, fidelity=(0.975, 0.0123))
+    compress_run(root, src, "ere", {**ere, "rank_prior": 0}, 0.4, 0.70, 0.81, majority=0.748, fidelity=(0.80, 0.31))
+    compress_run(root, src, "bitq", {"bits": 4, "axis": "row"}, 12.6, 0.79, 0.85, majority=0.748)
+    sec = builder("ere")(load_runs([root]), tmp_path / "out", plots=False)
+    storage, score, baselines = sec.claims
+    assert storage.verdict == score.verdict == baselines.verdict == UNDECIDABLE
+    assert "the uncompressed source only 8.2 points above the majority class (74.80" in storage.ours
+    # fidelity beside the score, and the rank-0 control
+    row = next(line for line in sec.markdown.splitlines() if line.startswith("| ERE | 64 |"))
+    assert "| 97.50 | 0.0123 |" in row
+    assert "minilm / mrpc: rank 0 scores 75.50 (drop 7.50 pts, 0.4% of dense, agreement with θ' 80.0%)" in sec.markdown
 
 
 def test_no_compress_runs_gives_none(tmp_path):

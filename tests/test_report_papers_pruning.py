@@ -16,7 +16,7 @@ import yaml
 pytest.importorskip("matplotlib")
 
 from sparse_ft.report.collect import load_runs  # noqa: E402
-from sparse_ft.report.papers import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, builder, essential, pst  # noqa: E402
+from sparse_ft.report.papers import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, UNDECIDABLE, builder, essential, pst  # noqa: E402
 
 MODEL, TASK = "bert_base", "synthetic_nli"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -25,7 +25,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def _write(root: Path, name: str, method: str, main: float, seed: int = 1, model: str = MODEL, task: str = TASK,
            sparsity: float | None = None, method_cfg: dict | None = None, trainable_fraction: float = 0.99,
            rounds: list[dict] | None = None, status: str = "completed", random_init: bool = False,
-           mvp_basis: float | None = None, method_report: dict | None = None) -> Path:
+           mvp_basis: float | None = None, method_report: dict | None = None, majority: float = 0.5) -> Path:
     """A run directory with the keys a real run writes (trimmed to what the report reads)."""
     run = root / name
     run.mkdir(parents=True)
@@ -38,7 +38,7 @@ def _write(root: Path, name: str, method: str, main: float, seed: int = 1, model
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     total = 1011426
     summary = {"status": status, "job": "train", "task": task, "method": method, "model": model, "seed": seed,
-               "data": {"train": 2000, "validation": 500, "test": 500},
+               "data": {"train": 2000, "validation": 500, "test": 500, "majority_class_score": {"validation": majority}},
                "metrics": {"validation": {"accuracy": main, "main": main}, "main": main},
                "best": {"step": 5, "main": main},
                "params": {"total": total, "trainable": int(trainable_fraction * total), "updated": 1000, "added": 0,
@@ -68,14 +68,14 @@ def _omp(root: Path, name: str, measured: float, main: float, seed: int = 1, con
 
 
 def _known_curve(root: Path) -> None:
-    """Dense 80.0 (two seeds); OMP drops 0.0, 0.5, 1.5, 20 points at measured 10.0/29.87/49.9/70.1%.
+    """Dense 80.0 (three seeds, ±0.1 point); OMP drops 0.0, 0.5, 1.5, 20 points at measured 10.0/29.87/49.9/70.1%.
     The configured sparsities are deliberately different (0.2/0.6/0.8/0.9): the report must use
     the measured ones."""
-    _write(root, "dense1", "dense", 0.79, seed=1, trainable_fraction=1.0)
-    _write(root, "dense2", "dense", 0.81, seed=2, trainable_fraction=1.0)
+    for seed in (1, 2, 3):
+        _write(root, f"dense{seed}", "dense", 0.80 + (seed - 2) / 1000, seed=seed, trainable_fraction=1.0)
     for i, (measured, configured, main) in enumerate([(0.100, 0.2, 0.80), (0.2987, 0.6, 0.795), (0.499, 0.8, 0.785), (0.701, 0.9, 0.60)]):
-        for seed in (1, 2):
-            _omp(root, f"omp{i}_{seed}", measured, main + (seed - 1.5) / 100, seed=seed, configured=configured)
+        for seed in (1, 2, 3):
+            _omp(root, f"omp{i}_{seed}", measured, main + (seed - 2) / 1000, seed=seed, configured=configured)
 
 
 # ----------------------------------------------------------------------------- essential sparsity
@@ -114,13 +114,16 @@ def test_essential_section_reads_measured_sparsity_and_writes_es_and_knee(tmp_pa
 
 def test_essential_claim_holds_above_30_and_is_not_measurable_on_a_short_grid(tmp_path):
     root = tmp_path / "holds"
-    _write(root, "dense", "dense", 0.80)
     _omp(root, "a", 0.0, 0.802)  # OMP at measured 0 counts as dense too
-    _omp(root, "b", 0.4, 0.795)
-    _omp(root, "c", 0.6, 0.70)
+    for seed in (1, 2, 3):
+        j = (seed - 2) / 1000
+        _write(root, f"dense{seed}", "dense", 0.80 + j, seed=seed)
+        _omp(root, f"b{seed}", 0.4, 0.795 + j, seed=seed)
+        _omp(root, f"c{seed}", 0.6, 0.70 + j, seed=seed)
     sec = essential.section(load_runs([root]), tmp_path, plots=False)
     assert sec.claims[0].verdict == HOLDS and "ES 40.0%, knee 60.0%" in sec.claims[0].ours
     assert sec.files == []  # plots=False
+    assert "bert_base/synthetic_nli: majority class 50.00; dense" in sec.markdown  # the control beside the claim
 
     short = tmp_path / "short"
     _write(short, "dense", "dense", 0.80)
@@ -133,6 +136,26 @@ def test_essential_claim_holds_above_30_and_is_not_measurable_on_a_short_grid(tm
     _omp(nodense, "b", 0.5, 0.80)
     sec = essential.section(load_runs([nodense]), tmp_path, plots=False)
     assert sec.claims[0].verdict == NOT_MEASURABLE and "n/a: no dense or 0% run" in sec.markdown
+
+
+def test_essential_claim_undecidable_at_the_majority_class_in_seed_noise_or_with_few_seeds(tmp_path):
+    def grid(root, majority=0.5, spread=0.001, seeds=(1, 2, 3)):
+        for seed in seeds:
+            j = (seed - 2) * spread
+            _write(root, f"dense{seed}", "dense", 0.80 + j, seed=seed, majority=majority)
+            _write(root, f"b{seed}", "omp", 0.785 - j, seed, sparsity=0.2, majority=majority,  # drop 1.5 points at 20%: the knee
+                   method_cfg={"sparsity": 0.2, "scope": "global", "pattern": "unstructured", "score": "magnitude"})
+    grid(tmp_path / "ok")
+    assert essential.section(load_runs([tmp_path / "ok"]), tmp_path, plots=False).claims[0].verdict == DOES_NOT_HOLD
+    grid(tmp_path / "floor", majority=0.78)  # dense only 2 points above the majority class
+    claim = essential.section(load_runs([tmp_path / "floor"]), tmp_path, plots=False).claims[0]
+    assert claim.verdict == UNDECIDABLE and "dense only 2.0 points above the majority class" in claim.ours
+    grid(tmp_path / "noise", spread=0.02)  # ±2 points over seeds: a 1.5-point drop is within the noise
+    claim = essential.section(load_runs([tmp_path / "noise"]), tmp_path, plots=False).claims[0]
+    assert claim.verdict == UNDECIDABLE and "within seed noise" in claim.ours
+    grid(tmp_path / "few", seeds=(1, 2))
+    claim = essential.section(load_runs([tmp_path / "few"]), tmp_path, plots=False).claims[0]
+    assert claim.verdict == UNDECIDABLE and "fewer than 3 seeds" in claim.ours
 
 
 def test_random_init_runs_are_tabled_but_never_judged(tmp_path):
@@ -203,17 +226,20 @@ def test_imp_omp_mask_cosine_figure(tmp_path):
 
 # ----------------------------------------------------------------------------- PST
 def _pst_grid(root: Path, high: dict[str, float], low: dict[str, float], pst_trainable: float = 0.016,
-              chance: tuple = ()) -> None:
+              chance: tuple = (), majority: float = 0.5) -> None:
     """`pst_trainable`: PST's fraction on the paper's basis (MvP's trainables); of the model's
-    parameters it is 1.75× that (BERT-base: 1.45% vs 2.58%)."""
+    parameters it is 1.75× that (BERT-base: 1.45% vs 2.58%). Three seeds and a dense reference
+    (90.0) so that the score claims can be decided (report.verdicts)."""
+    for seed in (1, 2, 3):
+        _write(root, f"dense_{seed}", "dense", 0.90 + (seed - 2) / 1000, seed=seed, trainable_fraction=1.0, majority=majority)
     for level, scores in ((0.9, high), (0.5, low)):
         for m, main in scores.items():
-            for seed in (1, 2):
+            for seed in (1, 2, 3):
                 frac = pst_trainable * 1.75 if m == "pst" else (2.0 if m == "movement" else 1.0) * 0.99
-                _write(root, f"{m}_{level}_{seed}", m, main + (seed - 1.5) / 1000, seed=seed, sparsity=level,
+                _write(root, f"{m}_{level}_{seed}", m, main + (seed - 2) / 1000, seed=seed, sparsity=level,
                        method_cfg={"sparsity": level, "scope": "layer", "schedule": "cubic"},
                        trainable_fraction=frac, mvp_basis=pst_trainable if m == "pst" else frac / 1.75,
-                       method_report={"at_chance": True} if (m, level, seed) in chance else None)
+                       method_report={"at_chance": True} if (m, level, seed) in chance else None, majority=majority)
 
 
 def test_pst_table_plot_and_claims(tmp_path):
@@ -222,7 +248,7 @@ def test_pst_table_plot_and_claims(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     sec = pst.section(load_runs([root]), out)
-    assert "| bert_base | synthetic_nli | PST | 90 | 90.00 | 83.00 ± 0.07 (2) | 2.800 | 1.600 |" in sec.markdown
+    assert "| bert_base | synthetic_nli | PST | 90 | 90.00 | 83.00 ± 0.10 (3) | 2.800 | 1.600 |" in sec.markdown
     assert (out / pst.PLOT) in sec.files and (out / pst.PLOT).read_bytes()[:8] == PNG
     order, trainable, low = sec.claims
     assert order.verdict == HOLDS and "PST − best +1.00 points" in order.ours
@@ -230,6 +256,23 @@ def test_pst_table_plot_and_claims(tmp_path):
     assert trainable.verdict == HOLDS and trainable.ours.startswith("1.60% of MvP's trainables (2.80% of the model's parameters)")
     assert "(at chance" not in sec.markdown and "[at chance" not in order.ours
     assert low.verdict == HOLDS and "MaP 86.00" in low.ours
+    assert "bert_base/synthetic_nli: majority class 50.00; dense 90.00 ± 0.10 (n=3), +40.0 points above it" in sec.markdown
+
+
+def test_pst_claims_undecidable_when_the_proxy_cannot_tell(tmp_path):
+    # dense 90.0 only 2 points above the majority class (88.0)
+    _pst_grid(tmp_path / "a", {"magnitude": 0.80, "movement": 0.82, "pst": 0.83}, {"magnitude": 0.86, "movement": 0.85},
+              majority=0.88)
+    order, _, low = pst.section(load_runs([tmp_path / "a"]), tmp_path, plots=False).claims
+    assert order.verdict == low.verdict == UNDECIDABLE and "dense only 2.0 points above the majority class" in order.ours
+    # PST and MvP 0.3 points apart with a 2-point spread over seeds: within seed noise
+    root = tmp_path / "b"
+    _pst_grid(root, {"magnitude": 0.70}, {})
+    for m, main in (("movement", 0.820), ("pst", 0.823)):
+        for seed, jitter in ((1, -0.02), (2, 0.0), (3, 0.02)):
+            _write(root, f"{m}_noisy_{seed}", m, main + jitter, seed=seed, sparsity=0.9, method_cfg={"sparsity": 0.9})
+    order = pst.section(load_runs([root]), tmp_path, plots=False).claims[0]
+    assert order.verdict == UNDECIDABLE and "within seed noise" in order.ours
 
 
 def test_pst_claims_flip_when_the_scores_flip(tmp_path):
@@ -286,9 +329,9 @@ def test_pst_trainable_claim_uses_the_papers_basis_and_a_chance_level_mvp_is_nam
     sec = pst.section(load_runs([root]), tmp_path, plots=False)
     order, trainable, low = sec.claims
     assert trainable.verdict == HOLDS and trainable.ours.startswith("1.45% of MvP's trainables (2.54% of the model's")
-    assert "MvP 50.00 [at chance in 1/2 run(s)" in order.ours
-    assert "MvP 50.00 [at chance in 1/2 run(s)" in low.ours
-    assert sec.markdown.count("(at chance: 1/2)") == 2
+    assert "MvP 50.00 [at chance in 1/3 run(s)" in order.ours
+    assert "MvP 50.00 [at chance in 1/3 run(s)" in low.ours
+    assert sec.markdown.count("(at chance: 1/3)") == 2
     # without the paper-basis fraction (a run of an older version) the claim is not measurable
     root2 = tmp_path / "runs2"
     _write(root2, "pst", "pst", 0.80, sparsity=0.9, method_cfg={"sparsity": 0.9}, trainable_fraction=0.0254)

@@ -15,18 +15,19 @@ pytest.importorskip("matplotlib")
 from sparse_ft.report import main as report_main  # noqa: E402
 from sparse_ft.report.collect import load_runs  # noqa: E402
 from sparse_ft.report.costs import HEADER, cost_rows, cost_table  # noqa: E402
-from sparse_ft.report.papers import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, fish  # noqa: E402
+from sparse_ft.report.papers import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, UNDECIDABLE, fish  # noqa: E402
 from sparse_ft.report.reproduce import write_reproduction  # noqa: E402
 
 MiB = 1 << 20
 
 
 def _run(root: Path, name: str, method: str, main: float, seed: int = 1, method_cfg: dict | None = None,
-         task: str = "synthetic_nli", model: str = "minilm", extra: dict | None = None) -> Path:
+         task: str = "synthetic_nli", model: str = "minilm", extra: dict | None = None, majority: float = 0.5,
+         lr: float = 1e-3, test: float | None = None) -> Path:
     run = root / name
     run.mkdir(parents=True)
     config = {"job": "train", "seed": seed, "model": {"name": model}, "task": {"name": task},
-              "method": {"name": method, **(method_cfg or {})}, "trainer": {"lr": 1e-3, "epochs": 1}}
+              "method": {"name": method, **(method_cfg or {})}, "trainer": {"lr": lr, "epochs": 1}}
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     summary = {"status": "completed", "job": "train", "task": task, "method": method, "model": model, "seed": seed,
                "git_commit": "abc1234def", "num_threads": 2, "versions": {"torch": "2.14.1"},
@@ -43,22 +44,27 @@ def _run(root: Path, name: str, method: str, main: float, seed: int = 1, method_
                    # smaller, but they do not restore the result: never the artifact column's choice
                    "mask.safetensors": {"bytes": 20, "ratio_to_dense_fp32": 0.005},
                    "checkpoints/last/manifest.json": {"bytes": 2, "ratio_to_dense_fp32": 0.0005}}}}
+    summary["data"] = {"train": 64, "validation": 32, "majority_class_score": {"validation": majority, "test": majority}}
+    if test is not None:
+        summary["metrics"]["test"] = {"accuracy": test, "main": test}
     for k, v in (extra or {}).items():
         summary[k] = v
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     return run
 
 
-def _fish_grid(root: Path, fish_wins: bool = True) -> None:
+def _fish_grid(root: Path, fish_wins: bool = True, majority: float = 0.5) -> None:
     for seed in (1, 2, 3):
-        _run(root, f"dense{seed}", "dense", 0.90, seed)
+        jitter = (seed - 2) * 0.002  # a small spread over seeds
+        _run(root, f"dense{seed}", "dense", 0.90 + jitter, seed, majority=majority)
         for d in (0.001, 0.005, 0.02):
             hi, lo = 0.895, 0.80
-            _run(root, f"fish{d}_{seed}", "fish", hi if fish_wins else lo, seed, {"density": d, "num_samples": 256})
-            _run(root, f"rand{d}_{seed}", "random_mask", lo if fish_wins else hi, seed, {"density": d})
-    for n, score in ((0, 0.80), (8, 0.85), (32, 0.895), (128, 0.897), (1024, 0.898)):
-        _run(root, f"samples{n}", "fish", score, 1, {"density": 0.005, "num_samples": n},
-             extra={"method_report": {"mask_by_type": {"bert.pooler.dense.weight": 80, "classifier.weight": 20}}})
+            _run(root, f"fish{d}_{seed}", "fish", (hi if fish_wins else lo) + jitter, seed, {"density": d, "num_samples": 256},
+                 majority=majority)
+            _run(root, f"rand{d}_{seed}", "random_mask", (lo if fish_wins else hi) - jitter, seed, {"density": d}, majority=majority)
+        for n, score in ((0, 0.80), (8, 0.85), (32, 0.895), (128, 0.897), (1024, 0.898)):
+            _run(root, f"samples{n}_{seed}", "fish", score + jitter, seed, {"density": 0.005, "num_samples": n}, majority=majority,
+                 extra={"method_report": {"mask_by_type": {"bert.pooler.dense.weight": 80, "classifier.weight": 20}}})
 
 
 def test_cost_table_has_every_figure_with_units_and_says_why_one_is_missing(tmp_path):
@@ -103,6 +109,26 @@ def test_fish_claims_follow_the_scores(tmp_path, fish_wins):
     assert verdicts["at"] == expected and verdicts["beats"] == expected
     assert verdicts["Fisher"] == HOLDS  # N = 32 within 1 point of the best N and above N = 0
     assert "0 (random mask)" in sec.markdown and "bert.pooler.dense.weight: 80.0%" in sec.markdown
+    assert "| minilm | synthetic_nli | 50.00 |" in sec.markdown  # the majority-class control beside the claims
+    assert "BitFit score" not in sec.markdown  # none run
+    _run(tmp_path, "bitfit", "bitfit", 0.85, 1)
+    _run(tmp_path, "dp", "diff_pruning", 0.87, 1, {"density": 0.005})
+    sec = fish.section(load_runs([tmp_path]), tmp_path, plots=False)
+    assert "| minilm | synthetic_nli | 85.00 ± — (1) | 87.00 ± — (1) at 0.5% |" in sec.markdown
+
+
+def test_fish_claims_undecidable_when_the_proxy_cannot_tell(tmp_path):
+    # dense (90.0) only 5 points above the majority class (85.0): nothing can be decided
+    _fish_grid(tmp_path / "floor", True, majority=0.85)
+    sec = fish.section(load_runs([tmp_path / "floor"]), tmp_path, plots=False)
+    assert [c.verdict for c in sec.claims] == [UNDECIDABLE] * 3
+    assert all("dense only 5.0 points above the majority class" in c.ours for c in sec.claims)
+    # one seed of each: fewer than 3 seeds
+    for name, method, main, cfg in (("d", "dense", 0.9, {}), ("f", "fish", 0.895, {"density": 0.005, "num_samples": 256}),
+                                    ("r", "random_mask", 0.8, {"density": 0.005})):
+        _run(tmp_path / "one", name, method, main, 1, cfg)
+    claims = fish.section(load_runs([tmp_path / "one"]), tmp_path, plots=False).claims
+    assert claims[0].verdict == claims[1].verdict == UNDECIDABLE and "fewer than 3 seeds" in claims[1].ours
 
 
 def test_fish_section_absent_or_not_measurable(tmp_path):
@@ -113,19 +139,38 @@ def test_fish_section_absent_or_not_measurable(tmp_path):
     assert [c.verdict for c in sec.claims] == [NOT_MEASURABLE] * 3
 
 
+def test_fish_section_selects_the_lr_on_validation_and_reports_the_held_out_score(tmp_path):
+    # two lrs per setting: the one better on validation is kept, and its test scores are what the claims read
+    for seed in (1, 2, 3):
+        j = (seed - 2) * 0.002
+        for lr, (val, test) in ((1e-4, (0.70, 0.99)), (1e-3, (0.90, 0.85))):  # 1e-4's test score must never be read
+            _run(tmp_path, f"dense_{lr}_{seed}", "dense", val + j, seed, lr=lr, test=test + j)
+        for lr, (val, test) in ((1e-3, (0.88, 0.845)), (3e-3, (0.60, 0.99))):
+            _run(tmp_path, f"fish_{lr}_{seed}", "fish", val + j, seed, {"density": 0.005, "num_samples": 256}, lr=lr, test=test + j)
+            _run(tmp_path, f"rand_{lr}_{seed}", "random_mask", val - 0.2 + j, seed, {"density": 0.005}, lr=lr, test=test - 0.2 + j)
+    at, beats, _ = fish.section(load_runs([tmp_path]), tmp_path, plots=False).claims
+    assert at.verdict == HOLDS and "FISH 0.5% 84.50 ± 0.20 (n=3) vs dense 85.00 ± 0.20 (n=3)" in at.ours
+    assert beats.verdict == HOLDS and "FISH 84.50 ± 0.20 (n=3) vs random 64.50" in beats.ours
+
+
 def test_reproduction_report_from_run_dirs_and_the_cli(tmp_path, capsys):
     runs = tmp_path / "runs"
     _fish_grid(runs)
-    for s, main in ((0.0, 0.90), (0.5, 0.895), (0.9, 0.70)):
-        _run(runs, f"omp{s}", "omp", main, 1, {"sparsity": s, "scope": "global", "pattern": "unstructured", "score": "magnitude"},
-             extra={"sparsity": {"overall": s}})
+    for seed in (1, 2, 3):
+        for s, main in ((0.0, 0.90), (0.5, 0.895), (0.9, 0.70)):
+            _run(runs, f"omp{s}_{seed}", "omp", main + (seed - 2) / 1000, seed,
+                 {"sparsity": s, "scope": "global", "pattern": "unstructured", "score": "magnitude"}, extra={"sparsity": {"overall": s}})
+    (runs / "reproduce_wall.txt").write_text("1000 4600\n5000 8600\n")  # two invocations of the script
     out = tmp_path / "docs"
     rep = write_reproduction([runs], out)
     text = rep.path.read_text()
     assert rep.path == out / "README.md" and (out / "essential_drop_vs_sparsity.png").is_file()
     assert "## Verdicts" in text and "## Costs of every method" in text and "abc1234def" in text
     assert {c.paper for c in rep.claims} == {"FISH", "ESS"}
-    assert "| ESS | OMP sparsity" in text and "**holds**" in text  # ES 50% ≥ 30%
+    ess = next(c for c in rep.claims if c.paper == "ESS" and c.claim.startswith("OMP sparsity"))
+    assert "| ESS | OMP sparsity" in text and ess.verdict == HOLDS  # ES 50% ≥ 30%, 3 seeds, outside seed noise
+    assert "undecidable on this proxy" in text and "Welch t-interval" in text  # the rules are stated
+    assert "Reproduction wall time: 2.00 h over 2 invocation(s)" in text
     # the CLI modes
     assert report_main([str(runs), "--costs", "--out", str(tmp_path / "c"), "-q"]) == 0
     assert (tmp_path / "c" / "costs.md").read_text().startswith("# Costs of every method")

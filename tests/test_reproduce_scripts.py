@@ -23,7 +23,8 @@ def sweep_lines(script: str, source: Path, glue: Path) -> list[tuple[str, list[s
             continue
         line = line.split("  #", 1)[0]
         line = (line.replace('"${data[@]}"', f"task.data_dir={glue}").replace('"$GLUE"', str(glue))
-                .replace('"$OUT/essential/0"', str(source)))
+                .replace('"$OUT/essential/0"', str(source)).replace('"$OUT/dense/0"', str(source))
+                .replace("method=$m", "method=dense"))
         words = shlex.split(line)
         out.append((words[1], words[2:]))
     return out
@@ -47,5 +48,5 @@ def test_every_sweep_of_the_reproduction_composes_and_validates(script, tmp_path
                 # offline: the bundled MiniLM or random-init shapes, data on disk or generated
                 assert cfg.model.name_or_path is None or str(cfg.model.name_or_path).startswith("bundled:"), name
                 validate(cfg)
-    if script == "reproduce_cpu.sh":
-        assert total < 120, f"the CPU reproduction grew to {total} jobs"
+    if script == "reproduce_cpu.sh":  # issue 24: 3 seeds x a 2-value lr grid on SST-2, ~2.5-6.5 h (the script's header)
+        assert total < 260, f"the CPU reproduction grew to {total} jobs"

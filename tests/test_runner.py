@@ -26,7 +26,11 @@ def test_cli_run_writes_the_run_directory_contract(tmp_path):
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "completed"
     assert (s["task"], s["method"], s["model"], s["seed"]) == ("synthetic_nli", "dense", "tiny_bert", 42)
-    assert s["data"] == {"train": 64, "validation": 32, "test": 32}
+    assert {k: s["data"][k] for k in ("train", "validation", "test")} == {"train": 64, "validation": 32, "test": 32}
+    from sparse_ft.tasks.synthetic import DEFAULT_SIZES, generate_split
+
+    labels = [e.label for e in generate_split("validation", DEFAULT_SIZES["validation"])[:32]]  # the first 32 rows kept
+    assert s["data"]["majority_class_score"]["validation"] == max(labels.count(0), labels.count(1)) / 32
     assert set(s["metrics"]) >= {"validation", "test", "main"} and s["metrics"]["main"] == s["metrics"]["validation"]["main"]
     assert s["best"]["step"] in (3, 4, 6) and "validation" in s["best"]["metrics"]
     p = s["params"]

@@ -55,7 +55,7 @@ def evaluate_job(rc: RunContext) -> float | None:
     with rc.monitored(device) as telemetry:
         seed_everything(cfg.seed)
         setup = build_setup(cfg, telemetry, device)
-        summary["data"] = setup.task.sizes()
+        summary["data"] = {**setup.task.sizes(), "majority_class_score": setup.task.majority_class_scores()}
         if setup.task.info.get("not_available"):  # NLG metrics this machine cannot compute, each with why
             summary["metrics_not_available"] = dict(setup.task.info["not_available"])
         load_weights_into(setup.bundle.module, path)

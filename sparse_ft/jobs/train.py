@@ -69,7 +69,7 @@ def train_job(rc: RunContext) -> float | None:
         method = build_method(cfg.method)
         setup = build_setup(cfg, telemetry, device, test_splits=cfg.trainer.predict == "test")
         task, features = setup.task, setup.features
-        summary["data"] = task.sizes()
+        summary["data"] = {**task.sizes(), "majority_class_score": task.majority_class_scores()}
         if task.info.get("not_available"):  # NLG metrics this machine cannot compute, each with why
             summary["metrics_not_available"] = dict(task.info["not_available"])
         base = setup.bundle.module

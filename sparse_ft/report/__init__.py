@@ -17,7 +17,9 @@ PATH):
   ``memory_per_method.png``  (only those with data; report.md says which were skipped).
 
 The flow is one-directional: collect (run dirs → Run) → aggregate (settings, groups,
-selection) → results_csv / render (Markdown) / plots → paper (``--compare paper``).
+selection) → results_csv / render (Markdown) / plots → paper (``--compare paper``). The
+reproduction report's paper sections (``papers``, ``--reproduce``) decide their claims by the rules
+in ``verdicts`` (majority-class gate, seeds, seed noise; "undecidable on this proxy" otherwise).
 """
 
 from .aggregate import (Analysis, Group, Selected, analyse, canon, glue_average, is_dense_method,

@@ -62,3 +62,25 @@ class TaskData:
 
     def sizes(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.splits.items()}
+
+    def majority_class_scores(self) -> dict[str, float]:
+        """Per labeled evaluation/test split, the best main-metric score a constant prediction
+        reaches (the majority class for accuracy): the floor a trained model must clear
+        (``data.majority_class_score`` in summary.json; the report's verdict rules use it).
+        Classification text tasks, or image splits that expose ``targets``; {} otherwise."""
+        if self.problem != "classification":
+            return {}
+        out = {}
+        for split in [*self.eval_splits, *([self.test_split] if self.test_split else [])]:
+            data = self.splits.get(split)
+            if not data or not self.has_labels(split):
+                continue
+            if self.modality == "text":
+                labels = np.asarray([e.label for e in data], dtype=np.int64)
+            elif hasattr(data, "targets"):
+                labels = np.asarray(data.targets, dtype=np.int64)
+            else:
+                continue
+            out[split] = max(float(self.metric_fn(np.full(len(labels), c, dtype=np.int64), labels)["main"])
+                             for c in range(self.num_labels))
+        return out

@@ -7,7 +7,8 @@ homogenised by the rank prior α), U and V quantised round-to-nearest at `bits` 
 columns (polar factor) before θ + U·D·Vᵀ. 1-D tensors that changed and tensors with no pretrained
 counterpart are stored as they are.
 
-Budget: `rank_prior` r gives M = Σ_i r·(n_i + m_i) stored numbers (the paper's), or
+Budget: `rank_prior` r gives M = Σ_i r·(n_i + m_i) stored numbers (the paper's; r = 0 is the report's
+rank-0 control: every matrix residual dropped, the base θ plus the tensors stored as they are), or
 `budget_fraction` f caps the artifact at f × the dense fp32 checkpoint (everything counted: the
 tensors stored as they are, codes, scales, D and the header); exactly one of the two is set.
 
@@ -49,7 +50,8 @@ MIN_PROBE = 8
 @dataclass
 class EREOptions(MethodOptions):
     rank_prior: int | None = option(256, "r: the budget M = Σ_i r·(n_i + m_i) stored numbers (the paper's r; its "
-                                         "headline is r=256, b=4 on RoBERTa-large). null to use budget_fraction", low=0, low_open=True)
+                                         "headline is r=256, b=4 on RoBERTa-large); 0 = the rank-0 control (no low-rank residual: θ plus the tensors stored "
+                                         "as they are). null to use budget_fraction", low=0)
     budget_fraction: float | None = option(None, "cap the artifact at this fraction of the dense fp32 checkpoint's bytes "
                                                  "(everything counted); set rank_prior=null to use it", low=0, low_open=True, high=1)
     alpha: float = option(0.5, "rank prior: r'_i = (1 − α)·r_i + α·r_avg (0 = pure allocation, 1 = uniform ranks)", low=0, high=1)

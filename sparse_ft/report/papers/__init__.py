@@ -9,7 +9,9 @@ the headers), the PNGs it wrote into ``out_dir``, and its claims, each the paper
 beside our measured figure with a verdict. ``None`` means the runs hold nothing for that paper.
 ``report.reproduce`` puts the sections together into ``docs/reproduction/README.md``.
 
-A claim's verdict is one of VERDICTS; "not measurable here" always says why in ``ours`` (e.g.
+A claim's verdict is one of VERDICTS, decided by the rules in ``report.verdicts`` (a score claim is
+"undecidable on this proxy", with the reason, when dense sits near the majority class, a side has
+fewer than 3 seeds or the difference is within seed noise); "not measurable here" always says why in ``ours`` (e.g.
 "n/a: needs a GPU"), never a 0. ``ours`` names what it was measured on (model, task, seeds).
 """
 
@@ -20,10 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-HOLDS = "holds"
-DOES_NOT_HOLD = "does not hold on this proxy"
-NOT_MEASURABLE = "not measurable here"
-VERDICTS = (HOLDS, DOES_NOT_HOLD, NOT_MEASURABLE)
+from ..verdicts import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, UNDECIDABLE, VERDICTS  # noqa: F401 (the rules live there)
 
 # report order; each name is a module in this package
 PAPERS = ("fish", "pst", "essential", "read", "ere")

@@ -7,7 +7,11 @@ on disk, otherwise the `source.main` the compress job copied). Storage is the ar
 disk over the dense fp32 checkpoint's (`storage.artifacts`, `storage.dense_fp32_bytes`).
 
 "Within 1 point" means the reconstruction's main score *and* (where the task reports one) its F1
-are at most 1 point (of 100) below the source run's; an improvement counts as within.
+are at most 1 point (of 100) below the source run's; an improvement counts as within. A claim on a
+model/task whose source scores less than 10 points above the majority class is "undecidable on this
+proxy" (report.verdicts). Beside the score: the reconstruction's fidelity to θ' (agreement of
+predictions, mean KL of the output distributions; summary.json `fidelity`) and the rank-0 control
+(`method.rank_prior=0`: no residual).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, Sequence
 
 from ..collect import Run, as_number, load_run
 from ..render import fmt_num, md_table
+from ..verdicts import UNDECIDABLE, reference_gate, stats
 from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,9 @@ class Point:
     source_f1: float | None
     seconds: float | None  # the compress phase's wall seconds
     n_eval: float | None = None  # validation examples the score is measured on
+    agreement: float | None = None  # share of validation examples whose prediction matches θ''s (summary `fidelity`)
+    kl: float | None = None  # mean KL(p_θ' ‖ p_reconstruction), nats
+    majority: float | None = None  # majority-class score of the validation split (points, scaled like score)
 
     @property
     def drop(self) -> float | None:
@@ -212,12 +220,14 @@ def collect_points(runs: Sequence[Run]) -> list[Point]:
             extra=extra, storage_pct=pct, artifact_bytes=size, score=run.main, source_score=source_main,
             f1=_f1(s), source_f1=_f1(src.summary) if src is not None else None,
             seconds=run.figure("time.wall_s.compress"), n_eval=run.figure("data.validation"),
+            agreement=run.figure("fidelity.agreement"), kl=run.figure("fidelity.kl_mean"),
+            majority=run.figure("data.majority_class_score.validation"),
         ))
     # points: ×100 where every score is a 0–1 fraction
     values = [v for p in points for v in (p.score, p.source_score, p.f1, p.source_f1) if v is not None]
     scale = 100.0 if values and all(abs(v) <= 1.0 for v in values) else 1.0
     for p in points:
-        for attr in ("score", "source_score", "f1", "source_f1"):
+        for attr in ("score", "source_score", "f1", "source_f1", "majority"):
             v = getattr(p, attr)
             setattr(p, attr, None if v is None else v * scale)
     order = {m: i for i, m in enumerate(METHODS)}
@@ -288,6 +298,35 @@ def beats_at_equal_storage(points: Sequence[Point], baseline: str) -> tuple[int,
     return k, n, losses
 
 
+def _verdict(ok: Sequence[bool | None]) -> str:
+    """False anywhere: does not hold; None (undecidable) anywhere else: undecidable; else holds."""
+    return DOES_NOT_HOLD if False in ok else UNDECIDABLE if None in ok else HOLDS
+
+
+def source_gate(points: Sequence[Point]) -> str | None:
+    """report.verdicts' gate on a model/task: the uncompressed source must score ≥ 10 points above
+    the majority class, or a drop "within 1 point" says nothing (None: the source clears it)."""
+    sources = {p.source: p.source_score for p in points if p.source_score is not None}
+    majority = next((p.majority for p in points if p.majority is not None), None)
+    return reference_gate(stats(sources.values()), majority, "the uncompressed source")
+
+
+def rank0_control(points: Sequence[Point]) -> str:
+    """The rank-0 control per model/task (ERE r=0: no residual, θ plus the tensors stored as they
+    are): what a claim's drop must be told apart from."""
+    out = []
+    for g in _groups(points):
+        zero = [p for p in _by(points, method="ere", group=g) if p.rank == 0]
+        if zero:
+            z = zero[0]
+            out.append(f"{g[0]} / {g[1]}: rank 0 scores {fmt_num(z.score, 2)} (drop {fmt_num(z.drop, 2)} pts, "
+                       f"{fmt_pct(z.storage_pct)} of dense, agreement with θ' "
+                       f"{'n/a' if z.agreement is None else f'{100 * z.agreement:.1f}%'})")
+        else:
+            out.append(f"{g[0]} / {g[1]}: rank-0 control not run (`method=ere method.rank_prior=0`)")
+    return "; ".join(out)
+
+
 def claims(points: Sequence[Point]) -> list[Claim]:
     ere = _by(points, method="ere")
     groups = _groups(ere)
@@ -311,11 +350,15 @@ def claims(points: Sequence[Point]) -> list[Claim]:
             texts.append(f"{fmt_pct(best.storage_pct)} of dense fp32 bytes at {best.setting}, the least storage "
                          f"within {TOLERANCE:g} point ({_drop_text(best)}); {_on(g, points)}{at_paper}")
             ok.append(best.storage_pct <= STORAGE_CAP)
+        why = source_gate(_by(points, group=g))
+        if why:
+            texts[-1] += f"; undecidable: {why}"
+            ok[-1] = None
     out.append(Claim(
         PAPER, f"storage {PAPER_STORAGE}% of dense at r={PAPER_R}, b={PAPER_B} (RoBERTa-large GLUE) at nearly "
                f"the uncompressed score (ours holds at ≤ {TOLERANCE:g} point drop with ≤ {STORAGE_CAP:g}% storage)",
         f"{PAPER_STORAGE}% of dense", "; ".join(texts) if texts else "n/a: no ERE compress run",
-        (HOLDS if all(ok) else DOES_NOT_HOLD) if texts else NOT_MEASURABLE))
+        _verdict(ok) if texts else NOT_MEASURABLE))
 
     # 2. score: the drop at the ERE setting the verdict picks (cheapest within; else closest to 6%)
     texts, ok = [], []
@@ -332,12 +375,16 @@ def claims(points: Sequence[Point]) -> list[Claim]:
         texts.append(f"{_drop_text(pick)} at {pick.setting} ({fmt_pct(pick.storage_pct)} of dense){at_paper}; "
                      f"{_on(g, points)}" + ("" if str(g[1]).lower() == "glue" else " (one task, not a GLUE average)"))
         ok.append(pick.within and pick.storage_pct <= STORAGE_CAP)
+        why = source_gate(_by(points, group=g))
+        if why:
+            texts[-1] += f"; undecidable: {why}"
+            ok[-1] = None
     out.append(Claim(
         PAPER, f"GLUE avg {PAPER_ERE} with ERE vs {PAPER_DENSE} uncompressed (r={PAPER_R}, b={PAPER_B}, "
                f"RoBERTa-large; ours holds at ≤ {TOLERANCE:g} point drop with ≤ {STORAGE_CAP:g}% storage)",
         f"{PAPER_ERE} vs {PAPER_DENSE} (−{PAPER_DENSE - PAPER_ERE:.1f})",
         "; ".join(texts) if texts else "n/a: no ERE run with both its own and its source's score",
-        (HOLDS if all(ok) else DOES_NOT_HOLD) if texts else NOT_MEASURABLE))
+        _verdict(ok) if texts else NOT_MEASURABLE))
 
     # 3. ERE vs the baselines at equal storage
     parts, verdicts = [], []
@@ -348,12 +395,16 @@ def claims(points: Sequence[Point]) -> list[Claim]:
                          + (f" ({'; '.join(losses[:3])}{' …' if len(losses) > 3 else ''})" if losses else ""))
             verdicts.append(k == n)
     where = ", ".join(_on(g, points) for g in groups)
+    gates = [f"{g[0]} / {g[1]}: {why}" for g in groups for why in [source_gate(_by(points, group=g))] if why]
+    if parts and gates:
+        where += "; undecidable: " + "; ".join(gates)
+        verdicts.append(None)
     out.append(Claim(
         PAPER, "BITQ and LRA alone need more storage than ERE for the same score (ERE beats them at equal storage)",
         "Table 1: BITQ, LRA larger than ERE",
         ("; ".join(parts) + f"; {where}") if parts else
         "n/a: no BITQ/LRA compress run with an ERE run of the same source at no more storage",
-        (HOLDS if all(verdicts) else DOES_NOT_HOLD) if parts else NOT_MEASURABLE))
+        _verdict(verdicts) if parts else NOT_MEASURABLE))
     return out
 
 
@@ -365,6 +416,9 @@ def settings_table(points: Sequence[Point], multi_group: bool) -> str:
         "source (pts)", "drop (pts)"]
     if has_f1:
         header += ["F1 (pts)", "F1 drop (pts)"]
+    has_fid = any(p.agreement is not None for p in points)
+    if has_fid:
+        header += ["agreement with θ' (%)", "KL(θ' ‖ rec.) (nats)"]
     header += ["compress (s)"]
     rows = []
     for p in points:
@@ -376,9 +430,11 @@ def settings_table(points: Sequence[Point], multi_group: bool) -> str:
             fmt_num(p.score, 2), fmt_num(p.source_score, 2), fmt_num(p.drop, 2)]
         if has_f1:
             row += [fmt_num(p.f1, 2), fmt_num(p.f1_drop, 2)]
+        if has_fid:
+            row += [fmt_num(None if p.agreement is None else 100 * p.agreement, 2), "—" if p.kl is None else f"{p.kl:.3g}"]
         row += [fmt_num(p.seconds, 1)]
         rows.append(row)
-    return md_table(header, rows, ("l" if multi_group else "") + "lrrrrrrr" + ("rr" if has_f1 else "") + "r")
+    return md_table(header, rows, ("l" if multi_group else "") + "lrrrrrrr" + ("rr" if has_f1 else "") + ("rr" if has_fid else "") + "r")
 
 
 def budget_table(points: Sequence[Point]) -> str:
@@ -514,6 +570,11 @@ def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section |
               budget_table(points), "",
               f"Within {TOLERANCE:g} point: the drop of the main score and, where the task reports F1, of F1 are both "
               f"≤ {TOLERANCE:g}. " + floor_note(points), "",
+              "Controls: " + rank0_control(points) + "; majority class of the validation split: " + "; ".join(
+                  f"{g[0]} / {g[1]} {fmt_num(next((p.majority for p in _by(points, group=g) if p.majority is not None), None), 2)}"
+                  for g in _groups(points)) + ". Fidelity (agreement of the reconstruction's predictions with θ''s, and "
+              "the mean KL divergence of their output distributions, from `fidelity` in the compress run's summary.json) "
+              "shows how much of θ' a setting keeps where the score cannot tell.", "",
               "### Paper vs ours", "",
               md_table(["claim", "paper", "ours", "verdict"], [[c.claim, c.paper_value, c.ours, c.verdict] for c in cl]),
               ""]

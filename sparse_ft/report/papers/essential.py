@@ -18,7 +18,10 @@ drop(s) = dense score − score(s), in points (×100 where the metric is a fract
 The ESS claim's verdict uses the magnitude-criterion unstructured curves: it holds when every such
 curve's ES is ≥ 30% (the paper's lower end), does not hold when one is below 30% with its knee
 measured, and is not measurable when there is no curve with at least one pruned point, or when a
-curve ends below 30% still within ε (a lower bound only). Runs of a random-init model
+curve ends below 30% still within ε (a lower bound only). A decided verdict passes report.verdicts'
+rules or becomes "undecidable on this proxy": dense ≥ 10 points above the majority class, ≥ 3 seeds
+at the deciding points, and those points outside the seed noise (holds: every point up to ES has
+the 95% interval of OMP − dense above −ε; does not hold: the knee's interval lies below −ε). Runs of a random-init model
 (`model.random_init=true`, e.g. tiny_bert) are tabled, marked "random init", but neither drawn nor
 judged: a model that never learnt anything scores at chance, so its "drop" says nothing about
 pretrained weights (both claims are "not measurable" when only such runs exist).
@@ -47,6 +50,7 @@ from typing import Any, Sequence
 from ..aggregate import is_dense_method
 from ..collect import Run, training_runs
 from ..render import fmt_cell, fmt_num, md_table
+from ..verdicts import MIN_SEEDS, UNDECIDABLE, controls_line, decide_difference, for_claims, majority_score, reference_gate, stats
 from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
 
 log = logging.getLogger(__name__)
@@ -344,7 +348,34 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
-def _ess_claim(curves: Sequence[Curve]) -> Claim:
+def _noise_check(c: Curve, verdict: str, es: float | None, knee: float | None, runs: Sequence[Run]) -> tuple[str, str]:
+    """report.verdicts on a decided ES verdict: dense ≥ 10 points above the majority class,
+    ≥ 3 seeds per point, and the points that decide it outside the seed noise (holds: every point
+    up to ES has OMP − dense > −ε with its whole interval; does not hold: the knee's interval
+    lies below −ε). Returns (verdict, note)."""
+    if verdict not in (HOLDS, DOES_NOT_HOLD):
+        return verdict, ""
+    same = [r for r in runs if str(r.model) == str(c.model) and str(r.task) == str(c.task)]
+    maj = majority_score(same, c.scale)
+    dense = [x * c.scale for x in c.dense]
+    why = reference_gate(stats(dense), maj)
+    if why:
+        return UNDECIDABLE, f"undecidable: {why}"
+    if knee is not None and verdict == DOES_NOT_HOLD:
+        decisive = [p for p in c.points if abs(p.sparsity - knee) < SPARSITY_BIN]
+    else:
+        decisive = [p for p in c.points if es is not None and p.sparsity <= es + SPARSITY_BIN / 2]
+    few = min([len(dense)] + [len(p.scores) for p in decisive])
+    if few < MIN_SEEDS:
+        return UNDECIDABLE, f"undecidable: fewer than {MIN_SEEDS} seeds at a deciding point ({few})"
+    for p in decisive:
+        d = decide_difference([x * c.scale for x in p.scores], dense, -EPSILON, majority=maj, names=(f"OMP {_pct(p.sparsity)}", "dense"))
+        if d.verdict != verdict:
+            return UNDECIDABLE, f"undecidable at {_pct(p.sparsity)}: {d.text}"
+    return verdict, f"dense {stats(dense)}, majority class {maj:.2f}; deciding points outside seed noise"
+
+
+def _ess_claim(curves: Sequence[Curve], runs: Sequence[Run] = ()) -> Claim:
     claim = "OMP sparsity removable within 1 point of dense (bert-base), knee ≈ 60%"
     primary = [c for c in curves if c.judged and c.criterion == "magnitude" and not c.structured and c.scope == "global"]
     if not primary:
@@ -365,13 +396,18 @@ def _ess_claim(curves: Sequence[Curve]) -> Claim:
         seeds = len(c.seeds)
         if knee is None:
             text = f"ES ≥ {_pct(es)} (no drop > ε up to {_pct(top)}; knee not reached)"
-            verdicts.append(HOLDS if 100 * es >= PAPER_ES_LOW - 1e-9 else NOT_MEASURABLE)
+            v = HOLDS if 100 * es >= PAPER_ES_LOW - 1e-9 else NOT_MEASURABLE
         else:
             text = f"ES {_pct(es)}, knee {_pct(knee)}"
-            verdicts.append(HOLDS if 100 * (es or 0.0) >= PAPER_ES_LOW - 1e-9 else DOES_NOT_HOLD)
-        items.append(f"{text} on {c.model}/{c.task} ({c.series}, {seeds} seed{'s' if seeds != 1 else ''}; ε = 1 point, measured sparsity)")
+            v = HOLDS if 100 * (es or 0.0) >= PAPER_ES_LOW - 1e-9 else DOES_NOT_HOLD
+        v, note = _noise_check(c, v, es, knee, runs)
+        verdicts.append(v)
+        items.append(f"{text} on {c.model}/{c.task} ({c.series}, {seeds} seed{'s' if seeds != 1 else ''}; ε = 1 point, measured sparsity)"
+                     + (f" [{note}]" if note else ""))
     if DOES_NOT_HOLD in verdicts:
         verdict = DOES_NOT_HOLD
+    elif UNDECIDABLE in verdicts:
+        verdict = UNDECIDABLE
     elif NOT_MEASURABLE in verdicts:
         verdict = NOT_MEASURABLE
     else:
@@ -417,6 +453,7 @@ def _cosine_claim(points: Sequence[CosinePoint], curves: Sequence[Curve]) -> Cla
 # ----------------------------------------------------------------------------- section
 def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
     runs = training_runs(runs)  # evaluate/compress runs re-score a source run: not results of their own
+    runs = for_claims(runs)  # the lr selected on validation per setting; scores on the held-out split (report.verdicts)
     if not any(_is_omp(r) for r in runs):
         return None
     out_dir = Path(out_dir)
@@ -495,6 +532,10 @@ def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section |
         md.append("No IMP run with saved round masks: the IMP/OMP mask similarity is not drawn.")
         md.append("")
 
-    claims = [_ess_claim(curves), _cosine_claim(cos_points, curves)]
+    judged = sorted({(str(c.model), str(c.task)) for c in curves if c.judged})
+    if judged:
+        md += ["Controls (the ES claim's gate, `report.verdicts`): " + "; ".join(
+            controls_line(runs, m, t, curves[0].scale) for m, t in judged) + ". The curve's spread over seeds is the ± above.", ""]
+    claims = [_ess_claim(curves, runs), _cosine_claim(cos_points, curves)]
     return Section(title="Essential Sparsity — OMP drop curve, essential sparsity and IMP/OMP masks",
                    markdown="\n".join(md).rstrip() + "\n", files=files, claims=claims)

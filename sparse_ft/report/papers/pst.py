@@ -15,12 +15,15 @@ majority class: the score lr erased the |W| start) is marked "at chance" and nam
 Claims compare methods on the same model × task at the same **measured** sparsity (within
 `MATCH` = 1 percentage point of 90% or 50%):
 
-* "at 90% PST ≥ MvP ≥ MaP": holds when the order holds on every model × task that has all three;
+Score claims are decided by ``report.verdicts`` (a dense run of the same model × task ≥ 10 points
+above the majority class, ≥ 3 seeds, each difference outside the seed noise; else "undecidable"):
+
+* "at 90% PST > MvP > MaP": holds when the order holds on every model × task that has all three;
   ours also gives PST − best(MaP, MvP) (the paper: +0.73 on RoBERTa-large);
 * "PST trains ≈1.5% of the parameters at 90%": on the paper's basis (MvP's trainables); holds
   when our mean lies within a factor 2 of 1.5% (0.75–3%); the fraction depends on the model's
   shape (embeddings, head);
-* "MaP is best at 50%": holds when MaP ≥ max(MvP, PST) on every model × task that has MaP and at
+* "MaP is best at 50%": holds when MaP > each of MvP, PST on every model × task that has MaP and at
   least one of them.
 """
 
@@ -34,6 +37,7 @@ from typing import Sequence
 
 from ..collect import Run, training_runs
 from ..render import fmt_cell, fmt_num, md_table
+from ..verdicts import combine, controls_line, decide_difference, dense_reference, for_claims, majority_score
 from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
 
 log = logging.getLogger(__name__)
@@ -141,21 +145,29 @@ def _seeds(cells: Sequence[Cell]) -> str:
     return f"{'/'.join(map(str, n))} seed{'s' if n != [1] else ''}"
 
 
-def order_claim(cells: Sequence[Cell], scale: float) -> Claim:
-    claim = "at 90% sparsity PST ≥ MvP ≥ MaP on score (PST beats the best of MaP/MvP)"
+def _decide(a: Cell, b: Cell, runs: Sequence[Run], scale: float):
+    dense = dense_reference(runs, a.model, a.task)
+    return decide_difference([x * scale for x in a.scores], [x * scale for x in b.scores], 0.0,
+                             reference=[r.main * scale for r in dense] or None,
+                             majority=majority_score(dense + a.runs + b.runs, scale), names=(LABELS[a.method], LABELS[b.method]))
+
+
+def order_claim(cells: Sequence[Cell], scale: float, runs: Sequence[Run] = ()) -> Claim:
+    claim = "at 90% sparsity PST > MvP > MaP on score (PST beats the best of MaP/MvP)"
     paper = "PST > MvP > MaP; PST +0.73 over the best (RoBERTa-large GLUE avg)"
-    items, ok = [], []
+    items, decisions = [], []
     for (model, task), by in sorted(at_level(cells, HIGH).items()):
         if not all(m in by for m in METHODS):
             continue
         pst, mvp, map_ = (by[m].score * scale for m in ("pst", "movement", "magnitude"))
-        holds = pst >= mvp - 1e-9 and mvp >= map_ - 1e-9
-        ok.append(holds)
+        ds = [_decide(by["pst"], by["movement"], runs, scale), _decide(by["movement"], by["magnitude"], runs, scale)]
+        decisions += ds
         items.append(f"PST {pst:.2f}, MvP {mvp:.2f}{_chance_note(by['movement'])}, MaP {map_:.2f} (PST − best {pst - max(mvp, map_):+.2f} points) "
-                     f"on {model}/{task} at measured {100 * by['pst'].sparsity:.1f}% ({_seeds(list(by.values()))})")
-    if not ok:
+                     f"on {model}/{task} at measured {100 * by['pst'].sparsity:.1f}% ({_seeds(list(by.values()))}): "
+                     + "; ".join(d.text for d in ds))
+    if not decisions:
         return Claim(PAPER, claim, paper, "n/a: no model × task with MaP, MvP and PST runs at ≈90% measured sparsity", NOT_MEASURABLE)
-    return Claim(PAPER, claim, paper, "; ".join(items), HOLDS if all(ok) else DOES_NOT_HOLD)
+    return Claim(PAPER, claim, paper, " | ".join(items), combine(decisions))
 
 
 def _chance_note(cell: Cell) -> str:
@@ -177,21 +189,22 @@ def trainable_claim(cells: Sequence[Cell]) -> Claim:
     return Claim(PAPER, claim, paper, "; ".join(items) + f" (holds within {lo:g}–{hi:g}%)", verdict)
 
 
-def low_sparsity_claim(cells: Sequence[Cell], scale: float) -> Claim:
+def low_sparsity_claim(cells: Sequence[Cell], scale: float, runs: Sequence[Run] = ()) -> Claim:
     claim = "at 50% sparsity MaP is the best of MaP/MvP/PST on score"
     paper = "MaP best at 50%"
-    items, ok = [], []
+    items, decisions = [], []
     for (model, task), by in sorted(at_level(cells, LOW).items()):
         if "magnitude" not in by or len(by) < 2:
             continue
         scores = {m: by[m].score * scale for m in METHODS if m in by}
-        others = max(v for m, v in scores.items() if m != "magnitude")
-        ok.append(scores["magnitude"] >= others - 1e-9)
+        ds = [_decide(by["magnitude"], by[m], runs, scale) for m in METHODS if m in by and m != "magnitude"]
+        decisions += ds
         items.append(", ".join(f"{LABELS[m]} {v:.2f}{_chance_note(by[m])}" for m, v in scores.items())
-                     + f" on {model}/{task} at measured {100 * by['magnitude'].sparsity:.1f}% ({_seeds(list(by.values()))})")
-    if not ok:
+                     + f" on {model}/{task} at measured {100 * by['magnitude'].sparsity:.1f}% ({_seeds(list(by.values()))}): "
+                     + "; ".join(d.text for d in ds))
+    if not decisions:
         return Claim(PAPER, claim, paper, "n/a: no model × task with MaP and MvP or PST at ≈50% measured sparsity", NOT_MEASURABLE)
-    return Claim(PAPER, claim, paper, "; ".join(items), HOLDS if all(ok) else DOES_NOT_HOLD)
+    return Claim(PAPER, claim, paper, " | ".join(items), combine(decisions))
 
 
 def _figure(cells: Sequence[Cell], scale: float):
@@ -234,6 +247,7 @@ def _figure(cells: Sequence[Cell], scale: float):
 
 def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section | None:
     runs = training_runs(runs)  # evaluate/compress runs re-score a source run: not results of their own
+    runs = for_claims(runs)  # the lr selected on validation per setting; scores on the held-out split (report.verdicts)
     if not any(method_of(r) is not None for r in runs):
         return None
     out_dir = Path(out_dir)
@@ -268,6 +282,10 @@ def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section |
                 md += [f"![score vs measured sparsity]({PLOT})", ""]
             except Exception:  # a plot must never cost the tables
                 log.exception("plot %s failed", PLOT)
-    claims = [order_claim(cells, scale), trainable_claim(cells), low_sparsity_claim(cells, scale)]
+    panels = sorted({(c.model, c.task) for c in cells})
+    if panels:
+        md += ["Controls (the score claims' gate, `report.verdicts`): " + "; ".join(controls_line(runs, m, t, scale) for m, t in panels)
+               + ". The spread over seeds is the ± in the table.", ""]
+    claims = [order_claim(cells, scale, runs), trainable_claim(cells), low_sparsity_claim(cells, scale, runs)]
     return Section(title="PST — MaP, MvP and PST: score, measured sparsity and trainable parameters",
                    markdown="\n".join(md).rstrip() + "\n", files=files, claims=claims)

@@ -26,8 +26,14 @@ Claims (verdicts from the runs alone):
 * energy −84% vs full fine-tuning (GPU): the same rule on training energy from the same
   estimator; not measurable where READ or dense has no energy figure (the reason is given);
 * accuracy comparable to LoRA / adapters / BitFit at far lower memory: holds when READ's score is
-  within `COMPARABLE` points of the best of them and its peak memory below each, on every
-  pretrained (not random-init) model × task with READ and at least one of them.
+  within `COMPARABLE` points of the best of them (report.verdicts: dense ≥ 10 points above the
+  majority class, ≥ 3 seeds, the interval of READ − best above −COMPARABLE; scores on the test
+  split where the runs have one, i.e. the official dev set under `task.split_scheme=read`, the
+  setting selected on validation) and its peak memory below each, on every pretrained (not
+  random-init) model × task with READ and at least one of them.
+
+Memory figures decide a claim only when every run involved was measured alone
+(report.verdicts.measured_alone); otherwise the claim is "undecidable on this proxy".
 """
 
 from __future__ import annotations
@@ -42,14 +48,15 @@ from typing import Callable, Sequence
 
 from ..collect import ENERGY_SOURCES, Run, training_runs
 from ..render import fmt_num, md_table
+from ..verdicts import UNDECIDABLE, combine, decide_difference, majority_score, measured_alone, reported_scores
 from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
 
 log = logging.getLogger(__name__)
 
 PAPER = "READ"
-METHODS = ("dense", "bitfit", "prompt_tuning", "ia3", "adapter", "lora", "lst", "read", "read_large")
+METHODS = ("dense", "head_only", "bitfit", "prompt_tuning", "ia3", "adapter", "lora", "lst", "read", "read_large")
 PETL = ("prompt_tuning", "ia3", "adapter", "lora", "lst", "read", "read_large")
-LABELS = {"dense": "Full FT", "bitfit": "BitFit", "prompt_tuning": "Prompt tuning", "ia3": "(IA)³", "adapter": "Adapter",
+LABELS = {"dense": "Full FT", "head_only": "Head only (control)", "bitfit": "BitFit", "prompt_tuning": "Prompt tuning", "ia3": "(IA)³", "adapter": "Adapter",
           "lora": "LoRA", "lst": "LST", "read": "READ", "read_large": "READ-large"}
 BASELINES = ("lora", "adapter", "bitfit")  # the accuracy claim's comparison
 RATIO_TARGET = 0.5    # READ / dense at most this: memory (paper 0.44) and energy (paper 0.16)
@@ -60,7 +67,7 @@ ESTIMATORS = {"kwh_counter": "GPU energy counter", "kwh_power_integral": "GPU po
 FIGURE_ENERGY = "read_energy_vs_score.png"
 FIGURE_MEMORY = "read_memory_vs_score.png"
 FIGURE_SIZE = "read_memory_vs_size.png"  # Figure 4 (right): peak training memory vs backbone size
-_COLOURS = {"dense": "tab:gray", "bitfit": "tab:olive", "prompt_tuning": "tab:pink", "ia3": "tab:cyan", "adapter": "tab:green",
+_COLOURS = {"dense": "tab:gray", "head_only": "tab:brown", "bitfit": "tab:olive", "prompt_tuning": "tab:pink", "ia3": "tab:cyan", "adapter": "tab:green",
             "lora": "tab:orange", "lst": "tab:purple", "read": "tab:blue", "read_large": "tab:red"}
 
 
@@ -278,6 +285,21 @@ def _where(c: Cell) -> str:
     return f"{c.model}{' (random init, real shapes)' if c.random_init else ''} × {c.task}, {seeds} seed{'s' if seeds != 1 else ''}"
 
 
+@dataclass
+class _Verdict:
+    verdict: str
+
+
+def _not_alone(cells: Sequence[Cell]) -> str | None:
+    """Why these cells' memory figures are not comparable (report.verdicts.measured_alone), or None."""
+    for c in cells:
+        for r in c.runs:
+            ok, why = measured_alone(r)
+            if not ok:
+                return f"{LABELS.get(c.method, c.method)}: {why}"
+    return None
+
+
 def memory_claim(cells: Sequence[Cell]) -> Claim:
     found, shared = [], []
     pairs = _pairs(cells)
@@ -307,6 +329,9 @@ def memory_claim(cells: Sequence[Cell]) -> Claim:
         judged.append(job if job is not None else r)
     ours = "; ".join(parts)
     ok = all(r <= RATIO_TARGET for r in judged)
+    why = _not_alone([c for _, read, dense in found for c in (read, dense)])
+    if why:  # report.verdicts: memory is decided only on runs measured alone
+        return Claim(PAPER, claim, "−56%", f"{ours}; undecidable: {why}", UNDECIDABLE)
     return Claim(PAPER, claim, "−56%", ours, HOLDS if ok else DOES_NOT_HOLD)
 
 
@@ -350,23 +375,33 @@ def accuracy_claim(cells: Sequence[Cell], scale: float) -> Claim:
         if read.random_init or any(o.random_init for o in others):
             skipped.append(_where(read))
             continue
-        best = max(others, key=lambda o: o.score)
-        gap = (read.score - best.score) * scale
+        best = max(others, key=lambda o: o.score)  # selected on the validation split
+        (rs, split), (bs, _) = reported_scores(read.runs, scale), reported_scores(best.runs, scale)
+        dense = by.get("dense")
+        decision = decide_difference(rs, bs, -COMPARABLE, reference=reported_scores(dense.runs, scale)[0] if dense else None,
+                                     majority=majority_score(read.runs + best.runs, scale, split), names=("READ", LABELS[best.method]))
+        gap = statistics.fmean(rs) - statistics.fmean(bs)
         mem_by = t5[0] if t5 else by
         mread, mothers = mem_by.get("read"), [mem_by[o.method] for o in others if o.method in mem_by]
         mem_lower = (mread is not None and mem_of(mread) is not None and len(mothers) >= 1  # BitFit has no T5 run (no biases)
                      and all(mem_of(o) is not None and mem_of(mread) < mem_of(o) for o in mothers))
         mems = ", ".join(f"{LABELS[o.method]} {fmt_num(mem_of(o) / GB, 2) if mem_of(o) else 'n/a'}" for o in mothers) or "n/a"
         where_mem = f"memory on {_where(mread)}" if mread is not None and mem_by is not by else "same runs"
-        parts.append(f"READ {fmt_num(read.score * scale, 1)} vs best {LABELS[best.method]} {fmt_num(best.score * scale, 1)} "
-                     f"({gap:+.1f} points, {_where(read)}); peak training memory READ "
+        parts.append(f"READ {fmt_num(statistics.fmean(rs), 1)} vs best {LABELS[best.method]} {fmt_num(statistics.fmean(bs), 1)} on {split} "
+                     f"({gap:+.1f} points, {_where(read)}; {decision.text}); peak training memory READ "
                      f"{fmt_num(mem_of(mread) / GB, 2) if mread is not None and mem_of(mread) else 'n/a'} GB vs {mems} GB ({where_mem})")
-        oks.append(gap >= -COMPARABLE and mem_lower)
+        floor = by.get("head_only")
+        parts[-1] += (f"; control: frozen backbone + trained head {fmt_num(statistics.fmean(reported_scores(floor.runs, scale)[0]), 1)}"
+                      if floor is not None and floor.scores else "; control: no head_only run (frozen backbone + head)")
+        why_mem = _not_alone([c for c in (mread, *mothers) if c is not None])
+        if why_mem:
+            parts[-1] += f" [memory {why_mem}]"
+        oks.append(DOES_NOT_HOLD if not mem_lower and not why_mem else UNDECIDABLE if why_mem else decision.verdict)
     if not parts:
         why = "n/a: READ and LoRA/adapter/BitFit ran only on random-init models (scores meaningless)" if skipped else \
             "n/a: no pretrained model × task with READ and at least one of LoRA, adapter, BitFit scored"
         return Claim(PAPER, claim, paper_value, why, NOT_MEASURABLE)
-    return Claim(PAPER, claim, paper_value, "; ".join(parts), HOLDS if all(oks) else DOES_NOT_HOLD)
+    return Claim(PAPER, claim, paper_value, "; ".join(parts), combine([_Verdict(v) for v in oks]))
 
 
 # --- figures ------------------------------------------------------------------------------------
