@@ -48,5 +48,5 @@ def test_every_sweep_of_the_reproduction_composes_and_validates(script, tmp_path
                 # offline: the bundled MiniLM or random-init shapes, data on disk or generated
                 assert cfg.model.name_or_path is None or str(cfg.model.name_or_path).startswith("bundled:"), name
                 validate(cfg)
-    if script == "reproduce_cpu.sh":  # issue 24: 3 seeds x a 2-value lr grid on SST-2, ~2.5-6.5 h (the script's header)
-        assert total < 260, f"the CPU reproduction grew to {total} jobs"
+    if script == "reproduce_cpu.sh":  # issue 24: 3 seeds x a 2-value lr grid on SST-2 (~2.5-6.5 h, the script's header) + the memory jobs alone (265 in all)
+        assert total < 280, f"the CPU reproduction grew to {total} jobs"
