@@ -389,3 +389,18 @@ def test_the_read_section_draws_memory_vs_size_with_the_ratio_to_dense(tmp_path)
     assert "n/a: no run" in rows[0]  # no LoRA run at T5-small
     # the T5-base claim is judged on T5-base only (the other sizes are in the size table)
     assert "ratio 0.25" in R.memory_claim(R.collect_cells(load_runs([tmp_path]))).ours
+
+
+def test_the_read_bench_builds_every_method_it_measures(glue_dir):
+    """`make bench --only read` builds each method on t5-small shapes without training data (LST's
+    published Fisher init needs data: the bench uses |W| pruning, and random init on the meta device)."""
+    from argparse import Namespace
+
+    from sparse_ft.bench.read import MEMORY_METHODS, T5Setup
+
+    setup = T5Setup(Namespace(glue_dir=glue_dir, batch_size=2, steps=3), layers=1)
+    for name in MEMORY_METHODS:
+        method, wrapped, opt = setup.method(name)
+        assert opt is not None and any(p.requires_grad for p in wrapped.module.parameters()), name
+    method, wrapped, _ = setup.method("lst", meta=True)  # the parameter counts
+    assert sum(p.numel() for p in wrapped.module.parameters() if p.requires_grad) > 0

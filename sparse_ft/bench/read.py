@@ -100,7 +100,11 @@ class T5Setup:
                 bundle = self.build_model()
         else:
             bundle = self.build_model()
-        method = build_method(compose([*self.overrides, f"method={name}"]).method)
+        # LST's published init (Fisher-guided pruning) needs training data this harness does not pass;
+        # |W| pruning (or, on the meta device where nothing can be copied, random init) builds the same
+        # side network shapes, so the memory and parameter figures are the same
+        extra = [f"method.init={'random' if meta else 'magnitude'}"] if name == "lst" else []
+        method = build_method(compose([*self.overrides, f"method={name}", *extra]).method)
         wrapped = method.wrap(bundle, None)
         method.prepare(wrapped.module, None)
         opt = None if meta else build_optimizer(self.cfg.trainer, method.param_groups(float(self.cfg.trainer.weight_decay)))
