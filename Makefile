@@ -34,7 +34,7 @@ report-reproduce: install
 
 # environment.yml mirrors pyproject.toml's pins (tests/test_packaging.py checks it)
 env-file: install
-	$(PYTHON) -m sparse_ft.envfile > environment.yml
+	$(PYTHON) -m sparse_ft.tools.envfile > environment.yml
 
 clean:
 	rm -rf outputs multirun wandb bench.json .pytest_cache

@@ -3,12 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-import sparse_ft.resolvers  # noqa: F401  (registers ${run_stamp:} used in run-directory names)
+import sparse_ft.config.resolvers  # noqa: F401  (registers ${run_stamp:} used in run-directory names)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
-    from sparse_ft.entry import run
+    from sparse_ft.jobs.entry import run
 
     return run(cfg)
 
@@ -16,7 +16,7 @@ def main(cfg: DictConfig):
 if __name__ == "__main__":
     import sys
 
-    from sparse_ft.config import command_line_key_error
+    from sparse_ft.config.validation import command_line_key_error
 
     misspelled = command_line_key_error(sys.argv[1:])  # before Hydra, whose advice (add +) cannot work
     if misspelled is not None:

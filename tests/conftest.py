@@ -26,7 +26,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import sparse_ft.resolvers  # noqa: F401
+    import sparse_ft.config.resolvers  # noqa: F401
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
@@ -36,7 +36,7 @@ def run_inprocess(run_dir: Path, overrides: list[str]) -> dict:
     """Compose like run.py does and call the entry point; returns summary.json."""
     from omegaconf import OmegaConf
 
-    from sparse_ft.entry import run
+    from sparse_ft.jobs.entry import run
 
     cfg = compose(QUICK + overrides)
     OmegaConf.set_struct(cfg, False)

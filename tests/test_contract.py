@@ -114,7 +114,7 @@ def test_a_key_of_another_method_is_noted_once_per_job(tmp_path, caplog):
 
 def _base_module(run: Path) -> torch.nn.Module:
     """The model the run started from, rebuilt as the run built it."""
-    from sparse_ft.entry import seed_everything
+    from sparse_ft.jobs.entry import seed_everything
     from sparse_ft.models import build_model
     from sparse_ft.tasks import load_task
 

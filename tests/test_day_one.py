@@ -168,7 +168,7 @@ def test_misspelled_trainer_key_fails_through_the_cli_naming_the_closest_key(tmp
     ("+logger.projet=x", "logger.projet", "project"),
 ])
 def test_unknown_keys_of_every_checked_group_are_config_errors(override, key, hint):
-    from sparse_ft.config import ConfigError, validate
+    from sparse_ft.config.validation import ConfigError, validate
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
         validate(compose(["model=tiny_bert", "task=synthetic_nli", override]))
@@ -176,7 +176,7 @@ def test_unknown_keys_of_every_checked_group_are_config_errors(override, key, hi
 
 
 def test_known_keys_and_free_form_model_config_pass():
-    from sparse_ft.config import validate
+    from sparse_ft.config.validation import validate
 
     validate(compose(["model=tiny_bert", "task=synthetic_nli", "+model.config.hidden_dropout_prob=0.0", "trainer.lr=1e-3"]))
     cfg = compose(["experiment=fish_distributed", "distributed.allow_single_worker=true"])
@@ -184,7 +184,7 @@ def test_known_keys_and_free_form_model_config_pass():
 
 
 def test_every_preset_and_sweep_uses_only_known_keys():
-    from sparse_ft.config import check_unknown_keys
+    from sparse_ft.config.validation import check_unknown_keys
 
     for preset in sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")):
         check_unknown_keys(compose([f"experiment={preset}"]))
@@ -196,7 +196,7 @@ def test_every_preset_and_sweep_uses_only_known_keys():
 
 
 def test_predict_test_without_test_file_fails_in_validation_naming_the_path(tmp_path):
-    from sparse_ft.config import ConfigError, validate
+    from sparse_ft.config.validation import ConfigError, validate
 
     glue = write_mrpc(tmp_path / "glue", with_test=False)
     cfg = compose(["model=tiny_bert", "task=mrpc", f"task.data_dir={glue}", "trainer.predict=test"])
@@ -221,7 +221,7 @@ def test_predict_test_without_test_file_exits_2_before_training(tmp_path):
 
 
 def test_local_sgd_without_torchrun_fails_with_the_torchrun_command(monkeypatch):
-    from sparse_ft.config import ConfigError, validate, validate_launch
+    from sparse_ft.config.validation import ConfigError, validate, validate_launch
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("RANK", raising=False)
@@ -276,7 +276,7 @@ def test_num_threads_is_validated_and_applied():
     from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from sparse_ft.config import ConfigError, validate
+    from sparse_ft.config.validation import ConfigError, validate
     from sparse_ft.train.threads import configure_threads
 
     assert compose([]).trainer.num_threads == "auto"
@@ -399,7 +399,7 @@ def test_sparse_checkpoints_cli_writes_the_rebuilt_checkpoint_bit_for_bit(tmp_pa
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from sparse_ft.sparse_checkpoints import main
+    from sparse_ft.artifacts.sparse_checkpoints import main
 
     run = tmp_path / "run"
     s = run_inprocess(run, ["experiment=fish_checkpointing", "task=digits", "model=tiny_resnet", "task.max_train_samples=64",
@@ -414,7 +414,7 @@ def test_sparse_checkpoints_cli_writes_the_rebuilt_checkpoint_bit_for_bit(tmp_pa
             and torch.equal(a[k].reshape(-1).view(torch.uint8), b[k].reshape(-1).view(torch.uint8)) for k in a)
 
     # the command line, as the README gives it: writes <run>/checkpoints/sparse/rebuilt_0001.safetensors
-    proc = subprocess.run([sys.executable, "-m", "sparse_ft.sparse_checkpoints", str(run), "1"], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "sparse_ft.artifacts.sparse_checkpoints", str(run), "1"], cwd=REPO, capture_output=True,
                           text=True, timeout=120, env={**os.environ, **ENV})
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout)
@@ -434,20 +434,20 @@ def test_sparse_checkpoints_cli_writes_the_rebuilt_checkpoint_bit_for_bit(tmp_pa
 
 
 def test_sparse_checkpoints_and_apply_delta_help():
-    for module in ("sparse_ft.sparse_checkpoints", "sparse_ft.apply_delta"):
+    for module in ("sparse_ft.artifacts.sparse_checkpoints", "sparse_ft.artifacts.apply_delta"):
         proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120,
                               env={**os.environ, **ENV})
         assert proc.returncode == 0 and "usage: python -m " + module in proc.stdout, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
     text = (REPO / "README.md").read_text()
-    assert "python -m sparse_ft.apply_delta" in text and "--out" in text
+    assert "python -m sparse_ft.artifacts.apply_delta" in text and "--out" in text
 
 
 # --- item 4: the whole grid of a sweep, before it runs ----------------------------------------------
 
 
 def test_sweep_plan_lists_the_paper_grid_with_resolved_values():
-    from sparse_ft.sweep_plan import describe
+    from sparse_ft.config.sweep_plan import describe
 
     info = describe(["+sweep=fish_glue_table1"], limit=91)
     assert info["jobs"] == 1200
@@ -465,7 +465,7 @@ def test_sweep_plan_lists_the_paper_grid_with_resolved_values():
 
 
 def test_sweep_plan_fast_composition_equals_hydras():
-    from sparse_ft.sweep_plan import Planner, _resolved
+    from sparse_ft.config.sweep_plan import Planner, _resolved
 
     with Planner(["+sweep=fish_glue_table1", "trainer.max_steps=3"]) as planner:
         jobs = planner.plan().jobs
@@ -476,7 +476,7 @@ def test_sweep_plan_fast_composition_equals_hydras():
 
 
 def test_sweep_plan_cli_on_a_command_line_grid():
-    proc = subprocess.run([sys.executable, "-m", "sparse_ft.sweep_plan", "-m", "method=dense,fish", "seed=1,2", "model=tiny_bert",
+    proc = subprocess.run([sys.executable, "-m", "sparse_ft.config.sweep_plan", "-m", "method=dense,fish", "seed=1,2", "model=tiny_bert",
                            "trainer.lr=1e-3,1e-4", "--limit", "5"], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, **ENV})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -485,10 +485,10 @@ def test_sweep_plan_cli_on_a_command_line_grid():
     assert "showing the first 5 (--limit 5)" in out
     assert "#4  method=fish seed=1 model=tiny_bert trainer.lr=0.001" in out and "#5" not in out  # as Hydra numbers and writes them
     assert "    method.density = 0.005" in out and "    trainer.lr = 0.001" in out and "    trainer.lr = 0.0001" in out
-    bad = subprocess.run([sys.executable, "-m", "sparse_ft.sweep_plan", "method=no_such,fish"], cwd=REPO, capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "-m", "sparse_ft.config.sweep_plan", "method=no_such,fish"], cwd=REPO, capture_output=True, text=True,
                          timeout=120, env={**os.environ, **ENV})
     assert bad.returncode == 2 and "no_such" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_readme_documents_the_sweep_plan():
-    assert "python -m sparse_ft.sweep_plan +sweep=fish_glue_table1" in (REPO / "README.md").read_text()
+    assert "python -m sparse_ft.config.sweep_plan +sweep=fish_glue_table1" in (REPO / "README.md").read_text()

@@ -131,7 +131,7 @@ def test_sweep_dry_run_and_every_value_composes(sweep):
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    from sparse_ft.config import validate
+    from sparse_ft.config.validation import validate
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         hcfg = hydra_compose(config_name="config", overrides=[f"+sweep={sweep}"], return_hydra_config=True)
@@ -157,7 +157,7 @@ def test_distributed_preset_follows_the_paper():
 
 
 def test_bad_distributed_values_are_config_errors():
-    from sparse_ft.config import ConfigError, validate
+    from sparse_ft.config.validation import ConfigError, validate
 
     for override, key in (("distributed.local_steps=0", "distributed.local_steps"), ("distributed.reduce=max", "distributed.reduce")):
         with pytest.raises(ConfigError, match=key):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sparse_ft.config import validate
+from sparse_ft.config.validation import validate
 from sparse_ft.core.errors import ConfigError
 from sparse_ft.models import build_model
 from sparse_ft.tasks import load_task

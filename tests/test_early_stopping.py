@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import compose, run_inprocess
-from sparse_ft.config import ConfigError, validate
+from sparse_ft.config.validation import ConfigError, validate
 
 # lr 1e-12: the weights do not move, so the validation metric plateaus from the first evaluation
 PLATEAU = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=64", "task.max_eval_samples=16",

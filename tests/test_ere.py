@@ -277,7 +277,7 @@ def test_decompress_cli_writes_the_weights_compress_returned(tmp_path):
     base, tuned = tiny_pair()
     result = build_method(OmegaConf.create({"name": "ere", "rank_prior": 4, "device": "cpu"})).compress(base, tuned, tmp_path)
     save_file({k: v.clone() for k, v in base.items()}, str(tmp_path / "base.safetensors"))
-    proc = subprocess.run([sys.executable, "-m", "sparse_ft.ere", "decompress", str(tmp_path), str(tmp_path / "out"),
+    proc = subprocess.run([sys.executable, "-m", "sparse_ft.artifacts.ere", "decompress", str(tmp_path), str(tmp_path / "out"),
                            "--base", str(tmp_path / "base.safetensors")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = load_file(str(tmp_path / "out" / "model.safetensors"))
@@ -288,7 +288,7 @@ def test_decompress_cli_writes_the_weights_compress_returned(tmp_path):
 
 @pytest.mark.parametrize("name,opts", METHODS[1:])
 def test_decompress_api_matches_and_a_wrong_base_is_refused(name, opts, tmp_path):
-    from sparse_ft.ere import decompress, main
+    from sparse_ft.artifacts.ere import decompress, main
 
     base, tuned = tiny_pair()
     result = build_method(OmegaConf.create({"name": name, "device": "cpu", **opts})).compress(base, tuned, tmp_path)
@@ -362,7 +362,7 @@ def test_budget_fraction_trims_ranks_when_the_written_file_is_over_the_cap(tmp_p
     assert sum(result.report["ranks"].values()) < sum(method._alloc.ranks)
     tensors, meta = read_artifact(tmp_path / "ere.safetensors")
     assert {k: e["rank"] for k, e in meta["entries"].items() if e["code"] == "lowrank_q"} == result.report["ranks"]
-    from sparse_ft.ere import decompress
+    from sparse_ft.artifacts.ere import decompress
 
     save_file({k: v.clone() for k, v in base.items()}, str(tmp_path / "base.safetensors"))
     weights = decompress(tmp_path / "ere.safetensors", tmp_path / "base.safetensors")

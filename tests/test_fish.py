@@ -100,7 +100,7 @@ def initial_weights(run: Path) -> dict:
     """The run's initial weights, rebuilt independently: same seed, same builders as entry."""
     from omegaconf import OmegaConf
 
-    from sparse_ft.entry import seed_everything
+    from sparse_ft.jobs.entry import seed_everything
     from sparse_ft.models import build_model
     from sparse_ft.tasks import load_task
 
@@ -111,7 +111,7 @@ def initial_weights(run: Path) -> dict:
 
 
 def apply_delta_cli(run: Path, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "sparse_ft.apply_delta", str(run), str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "sparse_ft.artifacts.apply_delta", str(run), str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return load_file(str(out / "model.safetensors"))
 
@@ -258,7 +258,7 @@ def test_sweep_dry_run_and_every_swept_value_composes_and_validates(sweep):
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    from sparse_ft.config import validate
+    from sparse_ft.config.validation import validate
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         hcfg = hydra_compose(config_name="config", overrides=[f"+sweep={sweep}"], return_hydra_config=True)

@@ -224,7 +224,7 @@ def test_evaluate_and_compress_runs_are_named_and_labelled_after_their_source(fi
     assert (c["job"], c["task"], c["method"], c["model"]) == ("compress", "synthetic_nli", "toy_shrink", "tiny_bert")
     assert c["source"]["method"] == "random_mask"
     # the name Hydra gives a compress run's directory (conf/config.yaml: ${run_name:...}), from the defaults' groups
-    from sparse_ft.resolvers import run_name
+    from sparse_ft.config.resolvers import run_name
 
     assert run_name("compress", str(finished_masked), "rte", "toy_shrink", "bert_large") == "synthetic_nli_toy_shrink_tiny_bert_compress"
     assert run_name("train", None, "rte", "fish", "bert_large") == "rte_fish_bert_large"

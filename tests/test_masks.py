@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import compose
-from sparse_ft.config import ConfigError
+from sparse_ft.config.validation import ConfigError
 from sparse_ft.methods import MethodContext, build_method, method_class
 from sparse_ft.methods.masked.masking import (
     MASK_FILE,
@@ -222,7 +222,7 @@ def test_sampled_linear_weight_gradients_equal_the_masked_dense_ones(model):
     """The masked entries of ∂L/∂W computed as dot products (sampled_grads.py) equal those of the
     dense weight gradient, and no dense weight gradient is formed for those Linear weights."""
     from conftest import compose
-    from sparse_ft.entry import seed_everything
+    from sparse_ft.jobs.entry import seed_everything
     from sparse_ft.methods.masked.selection import named_params, random_mask
     from sparse_ft.methods.masked.sparse_update import SparseUpdate
     from sparse_ft.models import build_model

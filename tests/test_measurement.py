@@ -122,7 +122,7 @@ def test_best_weights_refuse_a_frozen_tensor_first_written_after_the_best(tmp_pa
 
 
 def test_initial_weights_stay_on_disk_and_count_updated_exactly(tmp_path):
-    from sparse_ft.accounting import InitialWeights
+    from sparse_ft.core.accounting import InitialWeights
 
     torch.manual_seed(0)
     module = nn.Sequential(nn.Linear(2048, 4096), nn.Linear(4096, 8))  # 33.6 MB of fp32
@@ -176,7 +176,7 @@ def test_a_job_alone_in_a_fresh_process_is_comparable_and_one_beside_another_job
 
 def test_measurement_alone_refuses_a_used_process_and_a_parallel_launcher(tmp_path, monkeypatch):
     from conftest import compose
-    from sparse_ft.config import ConfigError, validate
+    from sparse_ft.config.validation import ConfigError, validate
     from sparse_ft.telemetry import measurement
     from sparse_ft.train import threads
 

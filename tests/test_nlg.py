@@ -7,7 +7,7 @@ import torch
 from conftest import compose, run_inprocess
 from nlg_fixtures import make_dart, make_e2e, make_webnlg
 
-from sparse_ft.config import ConfigError, validate
+from sparse_ft.config.validation import ConfigError, validate
 from sparse_ft.tasks import DataError, load_task
 from sparse_ft.tasks.nlg import corpus_scores
 
@@ -179,7 +179,7 @@ def test_e2e_from_datasets_groups_like_the_csv(tmp_path):
 
 
 def test_fish_sparse_delta_on_gpt2_rebuilds_the_final_checkpoint(tmp_path):
-    from sparse_ft.apply_delta import rebuild
+    from sparse_ft.artifacts.apply_delta import rebuild
 
     run = tmp_path / "r"
     run_inprocess(run, ["model=tiny_gpt2", "task=e2e", f"task.data_dir={make_e2e(tmp_path / 'e')}", "method=fish",

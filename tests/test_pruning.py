@@ -36,7 +36,7 @@ def bits_zero(t: torch.Tensor) -> torch.Tensor:
 
 def base_state(run: Path) -> dict[str, torch.Tensor]:
     """The weights the run started from (the model rebuilt as the run built it)."""
-    from sparse_ft.entry import seed_everything
+    from sparse_ft.jobs.entry import seed_everything
     from sparse_ft.models import build_model
     from sparse_ft.tasks import load_task
 
@@ -50,7 +50,7 @@ class Setup:
     """A tiny BERT, its encoded training split and a MethodContext: methods driven by hand."""
 
     def __init__(self, run_dir: Path, total_steps: int = 10):
-        from sparse_ft.entry import seed_everything
+        from sparse_ft.jobs.entry import seed_everything
         from sparse_ft.methods.base import MethodContext
         from sparse_ft.models import build_model
         from sparse_ft.tasks import load_task
@@ -654,7 +654,7 @@ def test_pruning_sweeps_compose_and_every_swept_value_validates(sweep):
     from hydra import initialize_config_dir
 
     from conftest import REPO
-    from sparse_ft.config import check_unknown_keys, validate
+    from sparse_ft.config.validation import check_unknown_keys, validate
 
     text = (REPO / "sweeps" / f"{sweep}.yaml").read_text()
     assert text.startswith("# @package _global_") and "A100-hours" in text and ("Figure" in text or "Table" in text)
@@ -681,7 +681,7 @@ def test_pruning_sweeps_compose_and_every_swept_value_validates(sweep):
 def test_inspect_weights_reports_near_zero_weights_per_module_type(tmp_path, capsys):
     from safetensors.torch import save_file
 
-    from sparse_ft.inspect import main
+    from sparse_ft.tools.inspect_weights import main
 
     w = torch.tensor([0.0, 0.001, -0.005, 0.5, -0.2, 0.02, 0.009, 1.0])
     save_file({"enc.layer.0.ffn.weight": w.view(2, 4), "enc.layer.1.ffn.weight": -w.view(2, 4), "emb.weight": torch.ones(3, 2)}, str(tmp_path / "w.safetensors"))

@@ -98,7 +98,7 @@ def test_the_trained_model_is_the_merged_one(tmp_path):
 
 
 def test_init_from_bad_input_names_the_key(tmp_path):
-    from sparse_ft.config import validate
+    from sparse_ft.config.validation import validate
 
     with pytest.raises(ConfigError, match="method.init_from.*no such run directory"):  # before any model loads
         validate(compose([*TINY, "method=lora", f"method.init_from={tmp_path / 'missing'}"]))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from sparse_ft import report as rep
-from sparse_ft.callbacks import ReportOnMultirunEnd, failed_runs
+from sparse_ft.jobs.hydra_callbacks import ReportOnMultirunEnd, failed_runs
 from sparse_ft.report import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,7 +246,7 @@ def test_no_run_dirs_exits_nonzero(tmp_path: Path, capsys) -> None:
 
 
 def test_import_does_not_pull_torch() -> None:
-    code = ("import sys, sparse_ft.report, sparse_ft.report.paper, sparse_ft.report.plots, sparse_ft.callbacks; "
+    code = ("import sys, sparse_ft.report, sparse_ft.report.paper, sparse_ft.report.plots, sparse_ft.jobs.hydra_callbacks; "
             "bad = [m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -344,7 +344,7 @@ def test_callback_in_a_real_hydra_multirun(tmp_path: Path) -> None:
         hydra:
           callbacks:
             report:
-              _target_: sparse_ft.callbacks.ReportOnMultirunEnd
+              _target_: sparse_ft.jobs.hydra_callbacks.ReportOnMultirunEnd
     """))
     sweep_dir = tmp_path / "sw"
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}

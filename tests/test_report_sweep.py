@@ -44,7 +44,7 @@ def test_exit_comes_after_the_report(sweep: Path) -> None:
     that name it) does the same, so whichever Hydra calls first, the report exists."""
     from omegaconf import OmegaConf
 
-    from sparse_ft.callbacks import ReportOnMultirunEnd, SweepExitStatus
+    from sparse_ft.jobs.hydra_callbacks import ReportOnMultirunEnd, SweepExitStatus
 
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
     for callback in (ReportOnMultirunEnd(exit_on_failure=True), SweepExitStatus()):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from sparse_ft.config import validate
-from sparse_ft.sweep_plan import Planner
+from sparse_ft.config.validation import validate
+from sparse_ft.config.sweep_plan import Planner
 
 SCRIPTS = ["reproduce_cpu.sh", "reproduce_gpu.sh"]
 

@@ -111,7 +111,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 def test_preempted_sparse_checkpoint_run_resumes_and_replays_bit_for_bit(tmp_path, monkeypatch):
     from conftest import run_inprocess
-    from sparse_ft.sparse_checkpoints import SUBDIR, replay
+    from sparse_ft.artifacts.sparse_checkpoints import SUBDIR, replay
 
     monkeypatch.syspath_prepend(str(HELPERS))
     threads = torch.get_num_threads()

@@ -7,7 +7,7 @@
   PID that holds it; a lock left by a dead process is taken over;
 - a completed run directory is never modified: relaunched with the same settings it is skipped,
   with other ones the job exits 2 naming them;
-- `python -m sparse_ft.sweep_plan` validates every job as run.py would;
+- `python -m sparse_ft.config.sweep_plan` validates every job as run.py would;
 - a command rejected by validation leaves no run directory behind.
 """
 
@@ -189,7 +189,7 @@ def test_a_stop_signal_during_the_pre_flight_leaves_a_completed_run_as_it_was(tm
     (["+trainer.lerning_rate=1,2"], "trainer.lerning_rate", [0, 1]),
 ])
 def test_sweep_plan_validates_every_job_as_run_py_would(capsys, grid, key, jobs):
-    from sparse_ft.sweep_plan import main
+    from sparse_ft.config.sweep_plan import main
 
     assert main([*grid, "model=tiny_bert", "--limit", "0"]) == 2
     err = capsys.readouterr().err

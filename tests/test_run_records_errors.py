@@ -157,16 +157,16 @@ def test_a_full_disk_names_the_file_being_written(tmp_path):
 
 def test_atomic_writes_on_a_full_disk_name_their_target(tmp_path, monkeypatch):
     from sparse_ft.core.errors import StorageError
-    from sparse_ft.train import checkpoint
+    from sparse_ft.core import io
 
     def full_temp(path):
         tmp = Path(path).parent / ".full.tmp"
         tmp.symlink_to("/dev/full")
         return tmp
 
-    monkeypatch.setattr(checkpoint, "atomic_path", full_temp)
+    monkeypatch.setattr(io, "atomic_path", full_temp)
     with pytest.raises(StorageError, match=str(tmp_path / "summary.json")):
-        checkpoint.atomic_write_text(tmp_path / "summary.json", "x" * 100_000)
+        io.atomic_write_text(tmp_path / "summary.json", "x" * 100_000)
     assert not (tmp_path / ".full.tmp").exists() and not (tmp_path / "summary.json").exists()
 
 
@@ -305,7 +305,7 @@ def test_counts_in_the_eval_log_line_are_integers(tmp_path, caplog):
 
 
 def test_misspelled_key_names_the_closest_valid_key_first(tmp_path):
-    from sparse_ft.config import command_line_key_error
+    from sparse_ft.config.validation import command_line_key_error
 
     err = command_line_key_error(["model=tiny_bert", "trainer.lerning_rate=1e-3"])
     assert str(err).startswith("trainer.lerning_rate: unknown key. did you mean trainer.lr=1e-3 ('lr')?"), str(err)

@@ -204,7 +204,7 @@ def test_run_directories_never_collide_for_simultaneous_starts(tmp_path):
 
 def test_every_config_option_composes():
     """Each YAML of each group composes into a config that passes validation (no weights loaded)."""
-    from sparse_ft.config import ConfigError, task_modality, validate
+    from sparse_ft.config.validation import ConfigError, task_modality, validate
     from sparse_ft.models import NLG_KINDS, TASK_ARCHS
 
     conf = REPO / "conf"
@@ -227,7 +227,7 @@ def test_every_config_option_composes():
 
 
 def test_environment_yml_mirrors_pyproject():
-    from sparse_ft.envfile import render
+    from sparse_ft.tools.envfile import render
 
     assert (REPO / "environment.yml").read_text() == render(REPO / "pyproject.toml")
 

@@ -288,7 +288,7 @@ def test_preempt_signals_must_be_signals(names, ok):
     """SIG_IGN / SIG_DFL are handler constants: once accepted, SIG_IGN (= 1) made the trainer take over SIGHUP."""
     from conftest import compose
 
-    from sparse_ft.config import validate
+    from sparse_ft.config.validation import validate
     from sparse_ft.core.errors import ConfigError
 
     cfg = compose([f"trainer.preempt_signals=[{','.join(names)}]"])

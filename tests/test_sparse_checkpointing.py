@@ -24,7 +24,7 @@ TINY = ["experiment=fish_checkpointing", "task=digits", "model=tiny_resnet", "ta
 
 
 def _check_replay(run):
-    from sparse_ft.sparse_checkpoints import SUBDIR, replay
+    from sparse_ft.artifacts.sparse_checkpoints import SUBDIR, replay
 
     d = run / SUBDIR
     dense = sorted(d.glob("dense_*.safetensors"))

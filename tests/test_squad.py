@@ -8,7 +8,7 @@ import pytest
 from conftest import compose, run_inprocess
 from squad_fixtures import make_squad
 
-from sparse_ft.config import ConfigError, validate
+from sparse_ft.config.validation import ConfigError, validate
 from sparse_ft.tasks import DataError, load_task
 from sparse_ft.tasks.squad import QAExample, SquadMetric, exact_match_score, f1_score, normalize_answer, squad_scores
 
@@ -176,7 +176,7 @@ def test_datasets_layout_gives_the_same_examples_as_the_json(tmp_path):
 
 
 def test_fish_sparse_delta_on_the_span_head_rebuilds_the_final_checkpoint(tmp_path):
-    from sparse_ft.apply_delta import rebuild
+    from sparse_ft.artifacts.apply_delta import rebuild
 
     run = tmp_path / "r"
     run_inprocess(run, ["model=tiny_bert", "task=squad", f"task.data_dir={make_squad(tmp_path / 'sq')}", "task.max_length=64",

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sparse_ft.config import ConfigError
+from sparse_ft.config.validation import ConfigError
 from sparse_ft.tasks import DataError, TaskData, load_task, validate_task_cfg
 from sparse_ft.tasks import glue as G
 from sparse_ft.tasks import synthetic as S

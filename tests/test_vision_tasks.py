@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from vision_fixtures import make_cifar100, make_tiny_imagenet
 
-from sparse_ft.config import ConfigError, validate
+from sparse_ft.config.validation import ConfigError, validate
 from sparse_ft.tasks import DataError, load_task
 
 
@@ -208,7 +208,7 @@ def test_tiny_imagenet_from_datasets(tmp_path):
 
 
 def test_fish_sparse_delta_on_vit_rebuilds_the_final_checkpoint(tmp_path, cifar100_root):
-    from sparse_ft.apply_delta import rebuild
+    from sparse_ft.artifacts.apply_delta import rebuild
 
     run = tmp_path / "r"
     run_inprocess(run, ["model=tiny_vit", "task=cifar100", f"task.root={cifar100_root}", "task.verify_md5=false", "method=fish",

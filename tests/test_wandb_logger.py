@@ -334,7 +334,7 @@ def test_group_and_name(monkeypatch):
 
 
 def test_logger_none_and_bad_config_values(tmp_path):
-    from sparse_ft.config import ConfigError
+    from sparse_ft.config.validation import ConfigError
     from sparse_ft.loggers import NullLogger, build_logger
 
     none = build_logger(compose(["model=tiny_bert", "task=synthetic_nli"]), tmp_path / "run")

@@ -192,7 +192,7 @@ def _run_inprocess(run_dir: Path, overrides: list[str]) -> dict:
     """Compose like `python run.py <overrides>` and run the entry point here; returns summary.json."""
     from omegaconf import OmegaConf
 
-    from ..entry import run
+    from ..jobs.entry import run
     from .harness import compose
 
     cfg = compose(overrides)

@@ -18,7 +18,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import sparse_ft.resolvers  # noqa: F401
+    import sparse_ft.config.resolvers  # noqa: F401
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)

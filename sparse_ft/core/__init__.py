@@ -1,1 +1,2 @@
-"""The bottom layer: error types and typed option schemas. Nothing here imports upward."""
+"""The bottom layer: error types, typed option schemas, file writes (`io`) and parameter/storage
+accounting. Nothing here imports upward."""

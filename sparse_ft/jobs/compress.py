@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..accounting import dense_fp32_bytes, storage_block
+from ..core.accounting import dense_fp32_bytes, storage_block
 from ..models.bundle import to_device
 from ..methods import build_method
 from ..train import distributed as D
@@ -23,7 +23,7 @@ from .data import build_setup
 from .evaluate import load_weights_into
 from .source import source_summary, weights_of
 
-log = logging.getLogger("sparse_ft.entry")
+log = logging.getLogger("sparse_ft.jobs.entry")
 
 
 def split_logits(bundle, data, batch_size: int, device) -> np.ndarray:

@@ -39,11 +39,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import __version__
 from ..core.errors import ConfigError, StorageError
-from ..results import RunWriter
+from .run_records import RunWriter
 from ..train import distributed as D
 from ..train.preemption import SignalGuard, Terminated  # noqa: F401  (Terminated: re-exported)
 
-log = logging.getLogger("sparse_ft.entry")
+log = logging.getLogger("sparse_ft.jobs.entry")
 
 
 WORKER_ERRORS = "worker_errors"  # <run>/worker_errors/rank<r>.json: a failed rank's error, for rank 0's summary
@@ -75,7 +75,7 @@ def record_worker_error(run_dir: Path, rank: int, err: BaseException) -> None:
     """A failing rank's error, for rank 0 (written atomically; never raises)."""
     import traceback
 
-    from ..train.checkpoint import atomic_write_text
+    from ..core.io import atomic_write_text
 
     try:
         tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
@@ -286,7 +286,7 @@ class RunContext:
             log.info("CPU threads: %d (trainer.num_threads=%s)", summary["num_threads"], cfg.trainer.get("num_threads", "auto"))
             if self.is_main:
                 # the effective config: what runs, after the job resolved its source and batch sizes
-                from ..train.checkpoint import writing
+                from ..core.io import writing
 
                 with writing(run_dir / "config.yaml"):
                     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from ..models.bundle import ModelBundle
 from ..tasks.base import TaskData
 
-log = logging.getLogger("sparse_ft.entry")
+log = logging.getLogger("sparse_ft.jobs.entry")
 
 
 @dataclass

@@ -5,7 +5,7 @@ memory and time figures that are put side by side.
     python -m sparse_ft.jobs.each_process method=dense,read model=t5_base_shapes hydra.sweep.dir=outputs/mem
 
 Takes the arguments of `python run.py -m`. The jobs are those Hydra's BasicSweeper would launch
-(`sparse_ft.sweep_plan`, same order and numbering); job i runs as `python run.py <its overrides>
+(`sparse_ft.config.sweep_plan`, same order and numbering); job i runs as `python run.py <its overrides>
 hydra.run.dir=<sweep dir>/<i> measurement.alone=true` and must finish before job i+1 starts. Why
 not Hydra: its basic launcher runs every job in one process (memory an earlier job freed but the
 allocator kept, and cached kernels, end up in later jobs' peaks), and `submitit_local` / `joblib`
@@ -38,7 +38,7 @@ def plan_jobs(overrides: list[str]) -> tuple[list[list[str]], Path]:
     """Each job's overrides (Hydra's order) and the sweep directory (`hydra.sweep.dir`, resolved once)."""
     from omegaconf import OmegaConf
 
-    from ..sweep_plan import Planner
+    from ..config.sweep_plan import Planner
 
     with Planner(overrides) as planner:
         jobs = planner.plan().jobs

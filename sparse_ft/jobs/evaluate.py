@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..accounting import dense_fp32_bytes, storage_block
+from ..core.accounting import dense_fp32_bytes, storage_block
 from ..core.errors import ConfigError
 from ..train import distributed as D
 from ..train.evaluator import Evaluator
@@ -18,7 +18,7 @@ from .context import RunContext, seed_everything
 from .data import build_setup
 from .source import source_method, source_run_dir, weights_of
 
-log = logging.getLogger("sparse_ft.entry")
+log = logging.getLogger("sparse_ft.jobs.entry")
 
 
 def load_weights_into(module: torch.nn.Module, path: Path) -> None:

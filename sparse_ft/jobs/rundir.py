@@ -6,7 +6,7 @@ before it starts.
   start time; a second process fails at once naming them. A lock file left by a dead process is
   taken over (flock is free), and the log says so.
 - Hydra writes `.hydra/{config,hydra,overrides}.yaml` (and opens `run.log`) before our code runs.
-  `snapshot()` (called by the `sparse_ft.callbacks.GuardRunDirs` Hydra callback before Hydra
+  `snapshot()` (called by the `sparse_ft.jobs.hydra_callbacks.GuardRunDirs` Hydra callback before Hydra
   writes anything) keeps those files' old bytes, so a job refused before it starts (a completed
   run relaunched, a run directory in use, a resume with other settings, a config error) can put
   them back (`restore`) or, when Hydra created the directory for this launch, remove it
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..core.errors import ConfigError
 
-log = logging.getLogger("sparse_ft.entry")
+log = logging.getLogger("sparse_ft.jobs.entry")
 
 LOCK_FILE = ".lock"
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")

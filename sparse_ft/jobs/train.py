@@ -8,19 +8,20 @@ import logging
 
 from omegaconf import OmegaConf
 
-from ..accounting import InitialWeights, dense_fp32_bytes, optimizer_block, param_block, storage_block
+from ..core.accounting import InitialWeights, dense_fp32_bytes, optimizer_block, param_block, storage_block
 from ..core.errors import ConfigError
 from ..methods import MethodContext, build_method
 from ..train import distributed as D
 from ..train.callbacks import build_user_callbacks
-from ..train.checkpoint import read_checkpoint_dir, save_tensors
+from ..core.io import save_tensors
+from ..train.checkpoint import read_checkpoint_dir
 from ..train.state import steps_per_epoch, total_steps
 from ..train.trainer import Trainer
 from .context import RunContext, seed_everything
 from .data import build_setup
 from .resume import find_resume  # noqa: F401  (checked by RunContext before anything loads)
 
-log = logging.getLogger("sparse_ft.entry")
+log = logging.getLogger("sparse_ft.jobs.entry")
 
 INITIAL_FILE = ".initial_weights.pt"  # the base model's initial parameters while the job runs (deleted at its end)
 
@@ -117,7 +118,7 @@ def train_job(rc: RunContext) -> float | None:
             local = LocalSGDCallback(dist_cfg, dist_info, bundle.module)
             callbacks.append(local)
         if sparse_ckpt:  # on every rank (epoch ends stay collective); rank 0 writes
-            from ..sparse_checkpoints import SparseCheckpointer
+            from ..artifacts.sparse_checkpoints import SparseCheckpointer
 
             checkpointer = SparseCheckpointer(run_dir, bundle.module, dense_copies=bool(cfg.trainer.get("sparse_checkpoints_dense", False)),
                                               write=dist_info.is_main)

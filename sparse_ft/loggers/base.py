@@ -1,4 +1,4 @@
-"""The experiment-tracker interface that `entry.py` drives, and the no-op tracker (`logger=none`).
+"""The experiment-tracker interface that `jobs/entry.py` drives, and the no-op tracker (`logger=none`).
 
 A tracker is a mirror of the run directory (metrics.jsonl, summary.json, energy.csv): it is never
 the only copy of anything, so it must never take a run down. Every method of a tracker is

@@ -521,7 +521,7 @@ def submission_filename(task: TaskData, split: str) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    from ..train.checkpoint import atomic_write_text
+    from ..core.io import atomic_write_text
 
     atomic_write_text(path, text)
 

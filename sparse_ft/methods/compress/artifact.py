@@ -1,6 +1,6 @@
 """The residual artifact shared by ERE, BITQ and LRA: one safetensors file, its JSON metadata in the
 safetensors header, and the one decoder that both `compress()` (for the reconstruction it
-returns) and `python -m sparse_ft.ere decompress` use — so the two always give the same tensors.
+returns) and `python -m sparse_ft.artifacts.ere decompress` use — so the two always give the same tensors.
 
 Every key of θ' gets one entry in `metadata["sparse_ft_residual"]["entries"]` (in θ' order):
 
@@ -118,7 +118,7 @@ def plan_entries(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], 
 
 def dense_fp32_bytes(tuned: dict[str, torch.Tensor], plan: Plan | None = None) -> int:
     """Bytes of a dense fp32 checkpoint of `tuned` (tied tensors once; integers at their size), the
-    same count as sparse_ft.accounting.dense_fp32_bytes."""
+    same count as sparse_ft.core.accounting.dense_fp32_bytes."""
     total = 0
     for key, t in tuned.items():
         if plan is not None and plan.kinds.get(key) == "alias":
@@ -146,7 +146,7 @@ def base_keys(meta: dict) -> list[str]:
 
 def write_artifact(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> int:
     """Write the artifact atomically; returns its size on disk (the storage it costs)."""
-    from ...train.checkpoint import save_tensors
+    from ...core.io import save_tensors
 
     return save_tensors(tensors, Path(path), {META_KEY: json.dumps(meta, separators=(",", ":"))})
 

@@ -3,7 +3,7 @@
 The driver sorts θ' into tensors that are unchanged (not stored), tied repeats (stored once),
 tensors stored as they are (1-D ones that changed, new heads with no pretrained counterpart: fp32,
 counted) and matrices whose residual Δ = θ' − θ a subclass codes (`encode`). It writes one
-artifact (artifact.py), decodes it with the same function `python -m sparse_ft.ere decompress`
+artifact (artifact.py), decodes it with the same function `python -m sparse_ft.artifacts.ere decompress`
 uses, and reports bytes, per-layer errors and timings.
 """
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def device_option():
     return option("auto", "where the residuals are factorised (auto: cuda when available); the reconstruction is "
-                          "always decoded on the CPU, exactly as `python -m sparse_ft.ere decompress` decodes it")
+                          "always decoded on the CPU, exactly as `python -m sparse_ft.artifacts.ere decompress` decodes it")
 
 
 def svd_option():

@@ -47,7 +47,7 @@ def head_info(module: nn.Module) -> dict:
 class SparseDelta:
     """The sparse fine-tuned checkpoint: for every parameter only its changed entries (int32 flat
     indices + values), new tensors (the task head) in full, changed buffers (BatchNorm statistics)
-    in full, and the base model it applies to. `python -m sparse_ft.apply_delta RUN_DIR OUT_DIR`
+    in full, and the base model it applies to. `python -m sparse_ft.artifacts.apply_delta RUN_DIR OUT_DIR`
     rebuilds the full weights.
 
     Captured in `prepare`, while the module still holds the initial weights: it fingerprints every
@@ -104,7 +104,7 @@ class SparseDelta:
             info = {"model": model_cfg, "task": {**head_info(module), "modality": "image" if model_cfg.get("arch") == "vision" else "text",
                                                  "head": type(module).__name__}, "seed": ctx.seed}  # head: e.g. a QA span head
             if model_cfg.get("random_init", model_cfg.get("arch") == "vision"):  # no base to fetch: keep it
-                from ...train.checkpoint import save_tensors
+                from ...core.io import save_tensors
 
                 save_tensors(module.state_dict(), Path(run_dir) / BASE_FILE)
                 base = {"kind": "file", "file": BASE_FILE, "path": str((Path(run_dir) / BASE_FILE).resolve()), "id": "random init", **info}
@@ -152,7 +152,7 @@ class SparseDelta:
 
     def write(self, module: nn.Module, run_dir: Path, explicit: dict | None = None) -> dict:
         """Write `delta.safetensors`; returns storage entries {artifact: bytes}."""
-        from ...train.checkpoint import save_tensors
+        from ...core.io import save_tensors
 
         sparse, full = self.entries(module, explicit)
         tensors = {}

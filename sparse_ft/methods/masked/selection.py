@@ -128,7 +128,7 @@ def random_mask(numels: dict[str, int], k: int, seed: int) -> dict[str, torch.Te
 
 
 def save_mask(path: Path, module: nn.Module, mask: dict[str, torch.Tensor], info: dict) -> int:
-    from ...train.checkpoint import save_tensors
+    from ...core.io import save_tensors
 
     shapes = {n: list(p.shape) for n, p in named_params(module).items()}
     meta = {"format": MASK_FORMAT, "shapes": json.dumps(shapes), "info": json.dumps(info)}

@@ -184,7 +184,7 @@ class Adapter(Method):
         return {k: v.detach().clone() for k, v in self.model.backbone.state_dict().items()}
 
     def finalize(self, module: nn.Module, run_dir: Path) -> dict:
-        from ...train.checkpoint import save_tensors
+        from ...core.io import save_tensors
 
         tensors = {k: v.detach() for k, v in self.model.adapters.state_dict().items()}
         return {self.side_file: save_tensors(tensors, Path(run_dir) / self.side_file, {"method": self.name, "options": repr(self.opts)})}

@@ -103,7 +103,7 @@ class PeftMethod(Method):
         return out
 
     def finalize(self, module: nn.Module, run_dir: Path) -> dict:
-        from ...train.checkpoint import save_tensors
+        from ...core.io import save_tensors
 
         return {self.side_file: save_tensors(self.added_state(), Path(run_dir) / self.side_file, {"method": self.name, "options": repr(self.opts)})}
 

@@ -378,7 +378,7 @@ class SideMethod(Method):
         return {k: v.detach() for k, v in self.model.side.state_dict().items()}
 
     def finalize(self, module: nn.Module, run_dir: Path) -> dict:
-        from ...train.checkpoint import save_tensors
+        from ...core.io import save_tensors
 
         meta = {"method": self.name, "options": repr(self.opts)}
         return {self.side_file: save_tensors(self.side_state(), Path(run_dir) / self.side_file, meta)}

@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 
 from ...core.options import MethodOptions, option
-from ...train.checkpoint import atomic_write_text
+from ...core.io import atomic_write_text
 from ..base import MethodContext, Stage
 from ..registry import register
 from .base import PruningMethod, normalise_modules

@@ -169,7 +169,7 @@ def unpack_state(state: dict, device=None) -> dict[str, torch.Tensor]:
 
 def save_masks(path: Path, keep: dict[str, torch.Tensor], info: dict | None = None) -> int:
     """`prune_mask.safetensors`: one packed-bit tensor per pruned weight, shapes in the metadata."""
-    from ...train.checkpoint import save_tensors
+    from ...core.io import save_tensors
 
     meta = {"format": MASK_FORMAT, "shapes": json.dumps({n: list(k.shape) for n, k in keep.items()}), "info": json.dumps(info or {})}
     return save_tensors({n: pack(k) for n, k in keep.items()}, Path(path), meta)
@@ -190,7 +190,7 @@ def save_compact(path: Path, weights: dict[str, torch.Tensor], keep: dict[str, t
     """The final weights in compact form: for every pruned tensor `<name>::bits` (the keep-mask,
     packed) and `<name>::values` (the kept entries in order, the weight's dtype); every other
     tensor as it is."""
-    from ...train.checkpoint import save_tensors
+    from ...core.io import save_tensors
 
     out = {}
     for name, t in weights.items():

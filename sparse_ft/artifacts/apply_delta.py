@@ -1,6 +1,6 @@
 """Rebuild full weights from a base model and a run's sparse delta.
 
-    python -m sparse_ft.apply_delta RUN_DIR OUT_DIR
+    python -m sparse_ft.artifacts.apply_delta RUN_DIR OUT_DIR
 
 RUN_DIR is the run directory of a sparse method (fish, random_mask, bitfit, diff_pruning); it
 holds `delta.safetensors` (changed entries: int32 flat indices + values per tensor, the new head
@@ -23,10 +23,10 @@ from types import SimpleNamespace
 import torch
 from omegaconf import OmegaConf
 
-from .methods.masked.masking import DELTA_FILE, DELTA_FORMAT, fingerprint, named_params
-from .train.checkpoint import load_tensors, save_tensors
+from ..methods.masked.masking import DELTA_FILE, DELTA_FORMAT, fingerprint, named_params
+from ..core.io import load_tensors, save_tensors
 
-log = logging.getLogger("sparse_ft.apply_delta")
+log = logging.getLogger("sparse_ft.artifacts.apply_delta")
 
 
 class DeltaError(RuntimeError):
@@ -53,26 +53,26 @@ def build_base(run_dir: Path, base: dict):
         raise DeltaError(f"{run_dir}: the delta records no base model (the run had no config.yaml)")
     model_cfg = OmegaConf.create(base["model"])
     task = SimpleNamespace(**base["task"], label_names=[])
-    from .models.hf_vision import is_hf_vision
+    from ..models.hf_vision import is_hf_vision
 
     if is_hf_vision(model_cfg):  # ViT / DINO (transformers)
-        from .models.hf_vision import load_module as load_image_classifier
+        from ..models.hf_vision import load_module as load_image_classifier
 
         module, source, _ = load_image_classifier(model_cfg, task.num_labels)
     elif model_cfg.arch == "vision":
-        from .models.vision import build_module
+        from ..models.vision import build_module
 
         module, source = build_module(model_cfg, task.num_labels), str(model_cfg.name_or_path)
     elif model_cfg.arch == "causal_lm":  # GPT-2 for the NLG tasks
-        from .models.causal_lm import load_lm_module
+        from ..models.causal_lm import load_lm_module
 
         module, source, _ = load_lm_module(model_cfg)
     elif str(base["task"].get("head", "")).endswith("ForQuestionAnswering"):  # SQuAD's span head
-        from .models.qa import load_qa_module
+        from ..models.qa import load_qa_module
 
         module, source = load_qa_module(model_cfg)
     else:
-        from .models.text import load_module, load_tokenizer
+        from ..models.text import load_module, load_tokenizer
 
         module, source = load_module(model_cfg, task, load_tokenizer(model_cfg))
     if base["kind"] == "file":
@@ -124,7 +124,7 @@ def rebuild(run_dir: Path, out_dir: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparse_ft.apply_delta", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m sparse_ft.artifacts.apply_delta", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="run directory holding delta.safetensors and config.yaml")
     parser.add_argument("out_dir", type=Path, help="where model.safetensors is written")
     args = parser.parse_args(argv)

@@ -11,7 +11,7 @@ Layout under `<run>/checkpoints/sparse/`:
   (`trainer.sparse_checkpoints_dense`), for checking the replay and measuring the ratio.
 
 `replay(dir, n)` rebuilds checkpoint n (0 = the base) from base + deltas 1..n;
-`python -m sparse_ft.sparse_checkpoints RUN_DIR [N] [--out FILE]` writes it as a safetensors file
+`python -m sparse_ft.artifacts.sparse_checkpoints RUN_DIR [N] [--out FILE]` writes it as a safetensors file
 (default `<run>/checkpoints/sparse/rebuilt_<N>.safetensors`, keys as in `model.state_dict()`) and
 prints what is there; `--list` only prints.
 An entry costs 8 bytes (index + value) instead of 4, so a delta pays below 50% changed entries.
@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .train.callbacks import TrainerCallback
-from .train.checkpoint import CheckpointError, save_tensors
+from ..train.callbacks import TrainerCallback
+from ..core.io import save_tensors
+from ..train.checkpoint import CheckpointError
 
 FORMAT = "sparse-ft-sparse-checkpoint/1"
 SUBDIR = Path("checkpoints") / "sparse"
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m sparse_ft.sparse_checkpoints",
+        prog="python -m sparse_ft.artifacts.sparse_checkpoints",
         description="Rebuild checkpoint N of a run saved with trainer.sparse_checkpoints=true (FISH §4.3) from its base "
         "and deltas, and write it as one safetensors file (keys as in model.state_dict()).",
     )

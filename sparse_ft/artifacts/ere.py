@@ -1,10 +1,10 @@
-"""`python -m sparse_ft.ere`: the residual artifacts that `job=compress` writes (ERE, BITQ, LRA).
+"""`python -m sparse_ft.artifacts.ere`: the residual artifacts that `job=compress` writes (ERE, BITQ, LRA).
 
-  python -m sparse_ft.ere decompress <artifact | run dir> <out dir> --base <base.safetensors>
+  python -m sparse_ft.artifacts.ere decompress <artifact | run dir> <out dir> --base <base.safetensors>
       writes <out dir>/model.safetensors: the full fine-tuned weights θ + the decoded residuals
       (keys and dtypes of θ'), exactly the tensors `compress()` handed to the evaluator. The base
       must be the θ the run was compressed against (its sha256 fingerprint is checked).
-  python -m sparse_ft.ere info <artifact | run dir>
+  python -m sparse_ft.artifacts.ere info <artifact | run dir>
       the method, options, bytes and per-tensor codes and ranks.
 """
 
@@ -35,7 +35,7 @@ def decompress(artifact: Path, base_path: Path, verify: bool = True) -> dict:
     """The reconstructed state dict of `artifact` against the base weights file `base_path`."""
     from safetensors.torch import load_file
 
-    from .methods.compress.artifact import base_fingerprint, base_keys, decode, read_artifact
+    from ..methods.compress.artifact import base_fingerprint, base_keys, decode, read_artifact
 
     tensors, meta = read_artifact(artifact)
     base = load_file(str(base_path))
@@ -53,7 +53,7 @@ def decompress(artifact: Path, base_path: Path, verify: bool = True) -> dict:
 
 
 def info(artifact: Path) -> dict:
-    from .methods.compress.artifact import read_artifact
+    from ..methods.compress.artifact import read_artifact
 
     tensors, meta = read_artifact(artifact)
     entries = meta["entries"]
@@ -70,7 +70,7 @@ def info(artifact: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparse_ft.ere", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m sparse_ft.artifacts.ere", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("decompress", help="write <out dir>/model.safetensors = θ + the decoded residuals")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         print(json.dumps(info(artifact), indent=2))
         return 0
-    from .train.checkpoint import save_tensors
+    from ..core.io import save_tensors
 
     if not args.base.is_file():
         raise SystemExit(f"--base {args.base}: no such file")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from .jobs.context import RunContext, seed_everything  # noqa: F401  (seed_everything: public)
+from .context import RunContext, seed_everything  # noqa: F401  (seed_everything: public)
 
 
 def run(cfg: DictConfig) -> float | None:
     """Run one job; returns the main validation metric (what a Hydra sweeper optimises)."""
-    from .config import validate
-    from .jobs import effective_config, job_body
+    from ..config.validation import validate
+    from . import effective_config, job_body
 
     rc = RunContext(cfg)
 

@@ -1,7 +1,7 @@
 """Dry run of a sweep: every job `python run.py -m <args>` would launch, nothing trains.
 
-    python -m sparse_ft.sweep_plan +sweep=fish_glue_table1 --limit 5
-    python -m sparse_ft.sweep_plan method=dense,fish seed=1,2 model=tiny_bert
+    python -m sparse_ft.config.sweep_plan +sweep=fish_glue_table1 --limit 5
+    python -m sparse_ft.config.sweep_plan method=dense,fish seed=1,2 model=tiny_bert
 
 Takes the same arguments as `run.py -m`. It composes the sweep with Hydra's own machinery — the
 multirun config, the grid of `hydra.sweeper.params` (from sweep files) plus the command line's
@@ -10,7 +10,7 @@ prints the number of jobs, the grid's dimensions and, for each job (the first N 
 `--limit N`), its overrides and the resolved values of the keys that vary between the jobs shown
 or are computed from other keys (e.g. `trainer.lr` resolved from `lr_grid`). `--json` prints the
 same as JSON. Every job's composed config is then validated exactly as `run.py` would (the
-job's effective config, then `sparse_ft.config.validate`): exit status 2, naming each invalid
+job's effective config, then `sparse_ft.config.validation.validate`): exit status 2, naming each invalid
 job and its key, when one is invalid or the arguments do not compose.
 """
 
@@ -22,9 +22,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.errors import ConfigError
+from ..core.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 MISSING = "<unset>"  # compares a key one job lacks with the others
 
 
@@ -87,7 +87,7 @@ class Planner:
     def __enter__(self):
         from hydra import initialize_config_dir
 
-        import sparse_ft.resolvers  # noqa: F401  (${run_stamp:} in the run directory names)
+        import sparse_ft.config.resolvers  # noqa: F401  (${run_stamp:} in the run directory names)
 
         self._init = initialize_config_dir(config_dir=str(self.config_dir.resolve()), version_base="1.3")
         self._init.__enter__()
@@ -209,9 +209,9 @@ def job_config(planner: "Planner", overrides: list[str]):
 
 
 def check_job(cfg) -> None:
-    """What `run.py` checks before a job starts (sparse_ft.entry.run): raises its error."""
-    from .config import validate
-    from .jobs import effective_config
+    """What `run.py` checks before a job starts (sparse_ft.jobs.entry.run): raises its error."""
+    from .validation import validate
+    from ..jobs import effective_config
 
     effective_config(cfg)
     validate(cfg)
@@ -257,11 +257,11 @@ def render(info: dict, limit: int | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
-        prog="python -m sparse_ft.sweep_plan",
+        prog="python -m sparse_ft.config.sweep_plan",
         description="List the jobs `python run.py -m <overrides>` would launch (nothing trains): their number, "
         "each job's overrides and the resolved values of the keys that vary.",
-        epilog="examples: python -m sparse_ft.sweep_plan +sweep=fish_glue_table1 --limit 5 | "
-        "python -m sparse_ft.sweep_plan method=dense,fish seed=1,2",
+        epilog="examples: python -m sparse_ft.config.sweep_plan +sweep=fish_glue_table1 --limit 5 | "
+        "python -m sparse_ft.config.sweep_plan method=dense,fish seed=1,2",
     )
     parser.add_argument("overrides", nargs="*", help="the overrides you would give `run.py -m` (e.g. +sweep=fish_glue_table1, method=dense,fish seed=1,2)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="show only the first N jobs (0: just count them)")

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from .train.checkpoint import atomic_write_text, writing
+from ..core.io import atomic_write_text, writing
 
 
 def _jsonable(value):

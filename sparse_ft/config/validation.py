@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 
-from .core.errors import ConfigError  # noqa: F401  (re-exported: the public name)
+from ..core.errors import ConfigError  # noqa: F401  (re-exported: the public name)
 
 import difflib
 import functools
 import re
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # config groups whose keys are checked against their YAML files (`method` has typed options)
 CHECKED_GROUPS = ("trainer", "task", "model", "energy", "distributed", "logger")
@@ -68,7 +68,7 @@ def validate_trainer(t) -> None:
     _choice(t, "predict", p, (None, "test"))
     _choice(t, "progress", p, ("auto", True, False))
     _choice(t, "select_best_store", p, ("disk", "memory"))
-    from .train.trainer import early_stopping_patience, parse_every
+    from ..train.trainer import early_stopping_patience, parse_every
 
     early_stopping_patience(t)  # ConfigError naming trainer.early_stopping_patience
 
@@ -76,7 +76,7 @@ def validate_trainer(t) -> None:
         parse_every(t.get("checkpoint_every", 0))
     except ValueError as err:
         raise ConfigError("trainer.checkpoint_every", str(err).split(": ", 1)[-1]) from err
-    from .train.preemption import signal_number
+    from ..train.preemption import signal_number
 
     for name in t.get("preempt_signals") or []:
         if signal_number(name) is None:  # SIG_IGN / SIG_DFL are handlers, not signals
@@ -186,7 +186,7 @@ def test_file_paths(task_cfg) -> list[Path]:
     data_dir = task_cfg.get("data_dir")
     if task_cfg.get("kind") != "glue" or not data_dir:
         return []
-    from .tasks.glue import GLUE_TASKS
+    from ..tasks.glue import GLUE_TASKS
 
     spec = GLUE_TASKS.get(task_cfg.get("name"))
     if spec is None:
@@ -230,7 +230,7 @@ def validate_launch(cfg, launched_by_torchrun: bool | None = None, argv: list[st
     if not isinstance(allow, bool):
         raise ConfigError("distributed.allow_single_worker", f"{allow!r} must be true or false")
     if launched_by_torchrun is None:
-        from .train.distributed import launched_by_torchrun as probe
+        from ..train.distributed import launched_by_torchrun as probe
 
         launched_by_torchrun = probe()
     if launched_by_torchrun or allow:
@@ -244,16 +244,16 @@ def validate_launch(cfg, launched_by_torchrun: bool | None = None, argv: list[st
 
 
 def task_modality(task_cfg) -> str:
-    from .tasks import IMAGE_KINDS
+    from ..tasks import IMAGE_KINDS
 
     return "image" if task_cfg.get("kind") in IMAGE_KINDS else "text"
 
 
 def validate(cfg) -> None:
     """Every check that needs no data and no weights. Raises ConfigError naming the key."""
-    from .methods import method_class
-    from .models import check_fits
-    from .tasks import validate_task_cfg
+    from ..methods import method_class
+    from ..models import check_fits
+    from ..tasks import validate_task_cfg
 
     check_unknown_keys(cfg)
     if isinstance(cfg.get("seed"), bool) or not isinstance(cfg.get("seed"), int) or cfg.seed < 0:
@@ -262,7 +262,7 @@ def validate(cfg) -> None:
     validate_task_cfg(cfg.task)
     validate_predict(cfg)
     try:
-        from .telemetry.energy import energy_options
+        from ..telemetry.energy import energy_options
 
         energy_options(cfg.get("energy"))
     except ValueError as err:
@@ -271,7 +271,7 @@ def validate(cfg) -> None:
     check_fits(cfg.model, task_modality(cfg.task), cfg.task.get("kind"))
     if cfg.model.get("drop_last_layers") is not None:
         _number(cfg.model, "drop_last_layers", "model", low=0, integer=True)
-    from .train.local_sgd import validate_distributed
+    from ..train.local_sgd import validate_distributed
 
     validate_distributed(cfg.get("distributed"))
     if cfg.get("job", "train") == "train":
@@ -281,7 +281,7 @@ def validate(cfg) -> None:
         raise ConfigError("measurement.alone", f"{measurement.get('alone')!r} must be true or false")
     if not isinstance(cfg.trainer.get("sparse_checkpoints", False), bool):
         raise ConfigError("trainer.sparse_checkpoints", f"{cfg.trainer.get('sparse_checkpoints')!r} must be true or false")
-    from .models import check_method_fits
+    from ..models import check_method_fits
 
     check_method_fits(cfg.model, cfg.method.name, cfg.task.get("kind"), cfg.method)
     method = method_class(cfg.method.name)

@@ -5,7 +5,7 @@ refused before it starts puts them back).
     hydra:
       callbacks:
         report:
-          _target_: sparse_ft.callbacks.ReportOnMultirunEnd
+          _target_: sparse_ft.jobs.hydra_callbacks.ReportOnMultirunEnd
           compare: null          # or "paper"
           exit_on_failure: true  # after the report: exit 1 when any job did not complete
 

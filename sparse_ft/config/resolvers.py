@@ -34,7 +34,7 @@ def run_name(job, source, task, method, model) -> str:
     their source run (sparse_ft/jobs/source.py: run_label)."""
     if job not in ("evaluate", "compress"):
         return f"{task}_{method}_{model}"
-    from .jobs.source import run_label
+    from ..jobs.source import run_label
 
     return run_label(str(job), source, str(task), str(method), str(model))
 

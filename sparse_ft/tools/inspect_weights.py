@@ -1,4 +1,4 @@
-"""`python -m sparse_ft.inspect weights MODEL`: how many weights of a pretrained checkpoint are near
+"""`python -m sparse_ft.tools.inspect_weights weights MODEL`: how many weights of a pretrained checkpoint are near
 zero, per module type (the Essential Sparsity paper's Figure 1 question: where do the
 low-magnitude weights sit?).
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def load_weights(spec: str) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str] | None, str]:
@@ -34,7 +34,7 @@ def load_weights(spec: str) -> tuple[dict[str, torch.Tensor], dict[str, str], li
         return tensors, {n: f"{t.ndim}-D tensor" for n, t in tensors.items()}, None, str(path)
     conf = REPO / "conf" / "model" / f"{spec}.yaml"
     module, source = (_from_conf(conf) if conf.is_file() and "/" not in spec else _from_source(spec))
-    from .methods.pruning.targets import prunable
+    from ..methods.pruning.targets import prunable
 
     owner = {}
     for mname, m in module.named_modules():
@@ -51,7 +51,7 @@ def load_weights(spec: str) -> tuple[dict[str, torch.Tensor], dict[str, str], li
 def _from_source(spec: str):
     from transformers import AutoModel
 
-    from .models.text import resolve_source
+    from ..models.text import resolve_source
 
     path = resolve_source(spec, "model")
     return AutoModel.from_pretrained(path), path
@@ -62,7 +62,7 @@ def _from_conf(conf: Path):
 
     cfg = OmegaConf.load(conf)
     if cfg.get("arch") == "vision":
-        from .models.vision import build_module
+        from ..models.vision import build_module
 
         torch.manual_seed(0)
         return build_module(cfg, num_classes=10), f"{conf.stem} ({'random init' if cfg.get('random_init') else cfg.get('weights')})"
@@ -76,8 +76,8 @@ def _from_conf(conf: Path):
 
 
 def summarise(params: dict[str, torch.Tensor], classes: dict[str, str], eps: float, targets: list[str] | None, sparsity: float | None) -> dict:
-    from .methods.pruning.masks import select
-    from .methods.pruning.targets import group_name
+    from ..methods.pruning.masks import select
+    from ..methods.pruning.targets import group_name
 
     pruned = None
     if sparsity is not None and targets:
@@ -143,7 +143,7 @@ def render(model: str, source: str, s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparse_ft.inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m sparse_ft.tools.inspect_weights", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("weights", help="near-zero weights per module type of a pretrained checkpoint")
     w.add_argument("model", help="conf/model name, hub id, local directory, bundled:<package> or a .safetensors file")

@@ -23,4 +23,4 @@ def render(pyproject: Path) -> str:
 
 
 if __name__ == "__main__":
-    print(render(Path(__file__).resolve().parents[1] / "pyproject.toml"), end="")
+    print(render(Path(__file__).resolve().parents[2] / "pyproject.toml"), end="")
