@@ -334,7 +334,7 @@ def test_every_atomic_write_goes_through_one_helper():
     offenders = []
     for path in (REPO / "sparse_ft").rglob("*.py"):
         text = path.read_text()
-        if path.name == "checkpoint.py" and path.parent.name == "train":
+        if (path.parent.name, path.name) in {("train", "checkpoint.py"), ("core", "io.py")}:
             continue
         if "mkstemp(" in text or "mkdtemp(" in text or "NamedTemporaryFile(" in text:
             offenders.append(str(path.relative_to(REPO)))

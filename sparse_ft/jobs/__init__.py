@@ -6,7 +6,6 @@ from __future__ import annotations
 from omegaconf import DictConfig, open_dict
 
 from ..core.errors import ConfigError
-from ..train import distributed as D
 
 JOBS = ("train", "evaluate", "compress")
 
@@ -40,6 +39,8 @@ def effective_config(cfg: DictConfig) -> None:
         return
     dist_cfg = cfg.get("distributed")
     if dist_cfg is not None and dist_cfg.get("mode", "none") == "local_sgd" and dist_cfg.get("total_batch_size") is not None:
+        from ..train import distributed as D  # here, not at the top: jobs.hydra_callbacks must not pull torch
+
         world = D.env_info().world_size  # the same total batch for every number of workers
         total = int(dist_cfg.total_batch_size)
         if total % world:
