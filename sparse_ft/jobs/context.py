@@ -371,6 +371,19 @@ class RunContext:
             if self.lock is not None:
                 self.lock.release()
 
+    def _leave_as_found(self, run_dir: Path, created) -> None:
+        """A job that will not run here: release the lock without touching the directory's records
+        (rank 0 restores what this launch changed; other ranks detach from run.log)."""
+        from .rundir import detach_run_log, leave_as_found
+
+        if self.lock is not None:
+            self.lock.forget()
+            self.lock = None
+        if self.is_main:
+            leave_as_found(run_dir, created, hydra_launch=hydra_launched())
+        else:
+            detach_run_log(run_dir)
+
     def _preflight(self, validate: Callable[[DictConfig], None], user_errors: tuple) -> tuple[bool, float | None]:
         """Before anything is written to the run directory: lock it (rank 0), validate the config,
         check a completed run's and a resumed checkpoint's settings (every rank decides alike).
@@ -396,13 +409,7 @@ class RunContext:
             self.resolved_config = resolved(cfg)
             done = completed_run(cfg, run_dir)
             if done is not None:
-                if self.lock is not None:
-                    self.lock.forget()
-                    self.lock = None
-                if self.is_main:
-                    leave_as_found(run_dir, created, hydra_launch=hydra_launched())
-                else:
-                    detach_run_log(run_dir)
+                self._leave_as_found(run_dir, created)
                 log.info("%s already holds a completed run with these settings: not training again (the directory is left unchanged)", run_dir)
                 return True, done
             self.resume = check_resume(cfg, run_dir)
@@ -437,13 +444,7 @@ class RunContext:
             if created or not (run_dir / "config.yaml").exists():  # a new run: its summary says interrupted
                 self.preflight_error = err
                 return False, None
-            if self.lock is not None:  # an existing run (completed, or to be resumed): left as it was
-                self.lock.forget()
-                self.lock = None
-            if self.is_main:
-                leave_as_found(run_dir, created, hydra_launch=hydra_launched())
-            else:
-                detach_run_log(run_dir)
+            self._leave_as_found(run_dir, created)  # an existing run (completed, or to be resumed): left as it was
             log.warning("%s; nothing was run, %s left as it was; exit %d", err, run_dir, err.exit_code)
             raise SystemExit(err.exit_code) from err
         except Exception as err:  # noqa: BLE001 - a bug in a check: recorded like any failure
