@@ -1,4 +1,4 @@
-"""A trainer callback the pruning distributed test (tests/test_pruning_dist.py) loads through
+"""A trainer callback the pruning distributed test (tests/methods/pruning/test_pruning_distributed.py) loads through
 `trainer.callbacks=[...]` into torchrun workers: every rank dumps its weights and its pruning
 method's keep-masks when training starts and when it ends."""
 

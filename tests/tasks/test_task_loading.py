@@ -17,9 +17,9 @@ from sparse_ft.tasks import DataError, TaskData, load_task, validate_task_cfg
 from sparse_ft.tasks import glue as G
 from sparse_ft.tasks import synthetic as S
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf" / "task"
-SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared/data/glue"
+SHARED_GLUE = Path(__file__).resolve().parents[3] / "shared/data/glue"
 # the real MRPC files ship with ../shared beside the checkout (CI has it): missing data fails, never skips
 needs_mrpc = pytest.mark.usefixtures("glue_dir")
 

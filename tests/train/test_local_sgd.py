@@ -24,7 +24,7 @@ from conftest import REPO, compose, run_cli, run_dirs
 TINY = ["experiment=fish_distributed", "task=digits", "model=tiny_resnet", "task.max_train_samples=256", "task.max_eval_samples=64",
         "trainer.epochs=3", "distributed.warmup_epochs=1", "distributed.local_steps=3", "distributed.total_batch_size=32",
         "distributed.mask_samples=64", "trainer.lr=0.05", "energy=off", "trainer.progress=false", "trainer.log_every=1"]
-ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent / "helpers")}  # the probes: tests/helpers/dist_probes.py
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "helpers")}  # the probes: tests/helpers/dist_probes.py
 
 
 def _torchrun(out: Path, nproc: int, args: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:

@@ -137,28 +137,6 @@ def test_predict_test_and_classification_only_options_fail_before_loading():
         validate(compose(["model=tiny_gpt2", "task=e2e", "task.generation.num_beams=0"]))
 
 
-def test_pst_report_reads_bleu_on_the_nlg_tasks(tmp_path):
-    """The PST section takes the NLG tasks' main metric (BLEU) like any task's."""
-    pytest.importorskip("matplotlib")
-    from test_report_papers_pruning import _write
-
-    from sparse_ft.report.collect import load_runs
-    from sparse_ft.report.papers import UNDECIDABLE, pst
-
-    root = tmp_path / "runs"
-    for m, bleu in (("magnitude", 0.60), ("movement", 0.62), ("pst", 0.66)):
-        _write(root, m, m, bleu, model="gpt2_medium", task="webnlg", sparsity=0.9,
-               method_cfg={"sparsity": 0.9, "scope": "layer", "schedule": "cubic"}, trainable_fraction=0.012 if m == "pst" else 0.99)
-    out = tmp_path / "out"
-    out.mkdir()
-    sec = pst.section(load_runs([root]), out, plots=False)
-    assert "| gpt2_medium | webnlg | PST | 90 | 90.00 | 66.00" in sec.markdown
-    order = sec.claims[0]
-    assert "PST 66.00, MvP 62.00, MaP 60.00 (PST − best +4.00 points) on gpt2_medium/webnlg" in order.ours
-    # one seed each: the verdict rules (report/verdicts.py) leave it undecidable and say why
-    assert order.verdict == UNDECIDABLE and "fewer than 3 seeds" in order.ours
-
-
 def test_e2e_from_datasets_groups_like_the_csv(tmp_path):
     """task.data_dir=null reads `datasets` (tuetschek/e2e_nlg's columns; here a local copy of them)."""
     import json

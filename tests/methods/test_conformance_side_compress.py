@@ -162,7 +162,7 @@ def test_read_trainable_count_on_t5_shapes(shapes, total):
     from sparse_ft.methods.petl.read import Read
     from sparse_ft.methods.petl.side import model_dims
 
-    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / f"{shapes}.yaml").config
+    conf = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "model" / f"{shapes}.yaml").config
     cfg = T5Config(**{k: v for k, v in OmegaConf.to_container(conf).items() if k != "model_type"})
     with torch.device("meta"):
         t5 = T5ForConditionalGeneration(cfg)

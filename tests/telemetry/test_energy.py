@@ -33,7 +33,7 @@ from sparse_ft.bench.energy import sampler_overhead_ratio
 from sparse_ft.telemetry.energy_smi import QUERY_FIELDS, parse_smi_line
 from sparse_ft.telemetry.rapl import RaplReader
 
-FAKE_BIN = Path(__file__).parent / "fake_bin"
+FAKE_BIN = Path(__file__).parents[1] / "fake_bin"
 SUMMARY_KEYS = {"available", "reason", "backend", "interval_s", "gpus", "p0_kw", "samples", "garbage_lines",
                 "kwh_counter", "kwh_power_integral", "kwh_util_estimate", "cpu_kwh", "phases"}
 PHASE_KEYS = {"seconds", "kwh_counter", "kwh_power_integral", "kwh_util_estimate", "cpu_kwh"}
@@ -255,7 +255,7 @@ def test_options_validation_and_gpu_selection(monkeypatch):
 def test_conf_energy_yaml(name):
     from omegaconf import OmegaConf
 
-    path = Path(__file__).parents[1] / "conf" / "energy" / f"{name}.yaml"
+    path = Path(__file__).parents[2] / "conf" / "energy" / f"{name}.yaml"
     cfg = OmegaConf.load(path)
     assert set(cfg) == {"backend", "interval_s", "p0_kw", "gpus"}
     assert energy_options(cfg) == {"backend": name, "interval_s": 1.0, "p0_kw": None, "gpus": None}

@@ -137,24 +137,6 @@ def test_classification_head_methods_fail_on_squad(method):
         validate(compose(["model=tiny_bert", "task=squad", f"method={method}"]))
 
 
-def test_essential_report_reads_squad_f1_curves(tmp_path):
-    """The Essential Sparsity section takes SQuAD's main metric (F1) like any task's."""
-    pytest.importorskip("matplotlib")
-    from test_report_papers_pruning import _write
-
-    from sparse_ft.report.collect import load_runs
-    from sparse_ft.report.papers import essential
-
-    root = tmp_path / "runs"
-    _write(root, "dense", "dense", 0.88, model="bert_base", task="squad", trainable_fraction=1.0)
-    for i, (sp, f1) in enumerate([(0.2, 0.878), (0.4, 0.872), (0.6, 0.80)]):
-        _write(root, f"omp{i}", "omp", f1, model="bert_base", task="squad", sparsity=sp,
-               method_cfg={"sparsity": sp, "scope": "global", "pattern": "unstructured", "score": "magnitude"})
-    (curve,) = essential.build_curves(load_runs([root]))
-    assert (curve.model, curve.task) == ("bert_base", "squad") and curve.dense_score == pytest.approx(0.88)
-    assert essential.essential_and_knee(curve.all_points()) == (pytest.approx(0.4), pytest.approx(0.6))
-
-
 def test_datasets_layout_gives_the_same_examples_as_the_json(tmp_path):
     """task.data_dir=null reads `datasets` (rajpurkar/squad's columns; here a local copy of them)."""
     from squad_fixtures import squad_doc

@@ -26,7 +26,7 @@ from sparse_ft.methods.compress.lowrank import (allocate_ranks, choose_svd, squa
 from sparse_ft.methods.compress.lra import LRAOptions
 from sparse_ft.methods.compress.quant import dequantize, pack_bits, packed_nbytes, quantize, unpack_bits
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # --- rank allocation ------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from sparse_ft.methods.pruning.masks import MASK_FILE, load_masks
 
 TINY = ["method=omp", "model=tiny_bert", "task=synthetic_nli", "method.sparsity=0.5", "task.max_train_samples=128",
         "task.max_eval_samples=32", "trainer.max_steps=4", "trainer.lr=1e-2", "trainer.weight_decay=0.1", *QUICK]
-ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent / "helpers")}
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "helpers")}
 
 
 def _torchrun(out: Path, args: list[str]) -> subprocess.CompletedProcess:

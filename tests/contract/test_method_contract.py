@@ -36,7 +36,7 @@ def method_overrides(name: str) -> list[str]:
 
 
 def test_every_method_in_conf_is_registered_and_vice_versa():
-    conf = {p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "method").glob("*.yaml")}
+    conf = {p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "method").glob("*.yaml")}
     assert set(shipped()) <= conf, f"methods without conf/method/<name>.yaml: {set(shipped()) - conf}"
     for name in conf:
         assert compose([f"method={name}"]).method.name in registered()

@@ -126,7 +126,7 @@ def test_read_side_network_has_the_expected_size(rnn, gates):
                                           ("adapter", "tiny_bert"), ("adapter", "tiny_t5")])
 def test_untrained_wrapper_computes_what_the_backbone_computes(method, model):
     """Zero-initialised up-projections: before training the wrapped model is the backbone (not LST:
-    its head reads the side network alone, see test_conformance_side.py)."""
+    its head reads the side network alone, see tests/methods/test_conformance_side_compress.py)."""
     m, w, batches = wrapped(model, method, *(["method.dropout=0.0"] if method == "lst" else []))
     w.module.eval()
     backbone = backbone_of(m)

@@ -17,7 +17,7 @@ from sparse_ft import report as rep
 from sparse_ft.jobs.hydra_callbacks import ReportOnMultirunEnd, failed_runs
 from sparse_ft.report import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MiB = 1 << 20
 

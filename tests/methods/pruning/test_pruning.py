@@ -1,6 +1,6 @@
 """Pruning methods (issue 10): omp, magnitude, movement, pst, imp.
 
-The contract tests (test_contract.py) already run every one of them (bad values named, a tiny
+The contract tests (tests/contract/test_method_contract.py) already run every one of them (bad values named, a tiny
 run, accounting, resume bit for bit). Here: the cubic schedule, exact zeros against the saved
 mask, N:M on every row, the target sparsity reached exactly at the end, what PST trains and
 counts, IMP's nested masks and rewinding, the Fisher score, and bad input named by its key."""

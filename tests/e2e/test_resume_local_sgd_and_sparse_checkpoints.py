@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, run_dirs
 
-HELPERS = Path(__file__).parent / "helpers"
+HELPERS = Path(__file__).parents[1] / "helpers"
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(HELPERS)}  # the probes: tests/helpers/dist_probes.py
 TINY = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=256", "task.max_eval_samples=32",
         "energy=off", "trainer.progress=false", "trainer.log_every=1"]

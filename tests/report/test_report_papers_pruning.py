@@ -356,3 +356,42 @@ def test_imp_cosine_shows_the_random_mask_floor_and_leaves_out_dense_rounds(tmp_
     # only the dense round: nothing to compare
     (root / "imp" / "masks" / "rounds.json").write_text(json.dumps(rounds[:1]))
     assert essential.section(load_runs([root]), tmp_path, plots=False).claims[1].verdict == NOT_MEASURABLE
+
+
+# --- the NLG and SQuAD tasks' main metrics in the pruning sections (moved from tests of those tasks) ---
+
+
+def test_essential_report_reads_squad_f1_curves(tmp_path):
+    """The Essential Sparsity section takes SQuAD's main metric (F1) like any task's."""
+    pytest.importorskip("matplotlib")
+    from sparse_ft.report.collect import load_runs
+    from sparse_ft.report.papers import essential
+
+    root = tmp_path / "runs"
+    _write(root, "dense", "dense", 0.88, model="bert_base", task="squad", trainable_fraction=1.0)
+    for i, (sp, f1) in enumerate([(0.2, 0.878), (0.4, 0.872), (0.6, 0.80)]):
+        _write(root, f"omp{i}", "omp", f1, model="bert_base", task="squad", sparsity=sp,
+               method_cfg={"sparsity": sp, "scope": "global", "pattern": "unstructured", "score": "magnitude"})
+    (curve,) = essential.build_curves(load_runs([root]))
+    assert (curve.model, curve.task) == ("bert_base", "squad") and curve.dense_score == pytest.approx(0.88)
+    assert essential.essential_and_knee(curve.all_points()) == (pytest.approx(0.4), pytest.approx(0.6))
+
+
+def test_pst_report_reads_bleu_on_the_nlg_tasks(tmp_path):
+    """The PST section takes the NLG tasks' main metric (BLEU) like any task's."""
+    pytest.importorskip("matplotlib")
+    from sparse_ft.report.collect import load_runs
+    from sparse_ft.report.papers import UNDECIDABLE, pst
+
+    root = tmp_path / "runs"
+    for m, bleu in (("magnitude", 0.60), ("movement", 0.62), ("pst", 0.66)):
+        _write(root, m, m, bleu, model="gpt2_medium", task="webnlg", sparsity=0.9,
+               method_cfg={"sparsity": 0.9, "scope": "layer", "schedule": "cubic"}, trainable_fraction=0.012 if m == "pst" else 0.99)
+    out = tmp_path / "out"
+    out.mkdir()
+    sec = pst.section(load_runs([root]), out, plots=False)
+    assert "| gpt2_medium | webnlg | PST | 90 | 90.00 | 66.00" in sec.markdown
+    order = sec.claims[0]
+    assert "PST 66.00, MvP 62.00, MaP 60.00 (PST − best +4.00 points) on gpt2_medium/webnlg" in order.ours
+    # one seed each: the verdict rules (report/verdicts.py) leave it undecidable and say why
+    assert order.verdict == UNDECIDABLE and "fewer than 3 seeds" in order.ours
