@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 from ..core.accounting import dense_fp32_bytes, storage_block
 from ..models.bundle import to_device
 from ..methods import build_method
+from ..methods.compress.base import CompressContext
+from ..models.heads import head_names
 from ..train import distributed as D
 from ..train.evaluator import Evaluator
 from .context import RunContext, seed_everything
@@ -66,13 +68,12 @@ def compress_job(rc: RunContext) -> float | None:
         dense_bytes = dense_fp32_bytes(module)
         load_weights_into(module, path)  # checks the keys
         tuned = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-        from ..methods.masked.selection import head_names
-
-        method.new_keys = frozenset(head_names(module))  # a new head has no pretrained counterpart
-        method.base_identity = {"model": cfg.model.get("name"), "name_or_path": cfg.model.get("name_or_path"),
-                                "revision": cfg.model.get("revision"), "random_init": bool(cfg.model.get("random_init")), "seed": cfg.seed}
+        context = CompressContext(
+            new_keys=frozenset(head_names(module)),  # a new head has no pretrained counterpart
+            base_identity={"model": cfg.model.get("name"), "name_or_path": cfg.model.get("name_or_path"),
+                           "revision": cfg.model.get("revision"), "random_init": bool(cfg.model.get("random_init")), "seed": cfg.seed})
         with telemetry.phase("compress"):
-            result = method.compress(base, tuned, rc.run_dir)
+            result = method.compress(base, tuned, rc.run_dir, context)
         missing = set(tuned) - set(result.reconstructed)
         if missing:
             raise RuntimeError(f"{method.name}: the reconstruction lacks {sorted(missing)[:5]}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 
 from omegaconf import OmegaConf
 
@@ -91,19 +92,21 @@ def train_job(rc: RunContext) -> float | None:
             phase=telemetry.phase,
             per_example_loss=setup.bundle.per_example_loss,
             logits=setup.bundle.logits if setup.bundle.logits_fn is not None else None,
-            # local SGD: a masked method trains densely through the warm-up and selects its
-            # mask when the trainer calls refresh_mask() at the end of it
-            extra={"dist": dist_info, "resumed": resume is not None, "local_sgd": local_sgd, "defer_mask": local_sgd and int(dist_cfg.warmup_epochs) > 0},
             total_steps=total_steps(cfg.trainer, train_size, dist_info.world_size),
             steps_per_epoch=steps_per_epoch(cfg.trainer, train_size, dist_info.world_size),
             model_cfg=cfg.model,
             bundle=setup.bundle,
+            world_size=dist_info.world_size,
+            local_sgd=local_sgd,
+            # local SGD: a masked method trains densely through the warm-up and selects its
+            # mask when the trainer calls refresh_mask() at the end of it
+            defer_mask=local_sgd and int(dist_cfg.warmup_epochs) > 0,
         )
         bundle = method.wrap(setup.bundle, ctx)
         bundle.module.to(device)
-        ctx.bundle, ctx.loss = bundle, bundle.loss
-        ctx.per_example_loss = bundle.per_example_loss
-        ctx.logits = bundle.logits if bundle.logits_fn is not None else None
+        # prepare and the stages see the bundle wrap returned (a new frozen context, never re-bound)
+        ctx = replace(ctx, bundle=bundle, loss=bundle.loss, per_example_loss=bundle.per_example_loss,
+                      logits=bundle.logits if bundle.logits_fn is not None else None)
         if resume is not None:
             bundle.module.load_state_dict(resume["tensors"]["model.safetensors"])
             # the method gets its saved state (masks, scores) before prepare, which then reuses it
@@ -140,13 +143,13 @@ def train_job(rc: RunContext) -> float | None:
         for index in range(start, len(stages)):
             stage = stages[index]
             stage_cfg = stage_trainer_cfg(cfg.trainer, stage.overrides)
-            ctx.total_steps = total_steps(stage_cfg, train_size, dist_info.world_size)
-            ctx.steps_per_epoch = steps_per_epoch(stage_cfg, train_size, dist_info.world_size)
+            stage_ctx = replace(ctx, total_steps=total_steps(stage_cfg, train_size, dist_info.world_size),
+                                steps_per_epoch=steps_per_epoch(stage_cfg, train_size, dist_info.world_size))
             resuming_here = resume is not None and index == start
             if not resuming_here:
-                method.begin_stage(index, stage, ctx)
+                method.begin_stage(index, stage, stage_ctx)
             if len(stages) > 1:
-                log.info("stage %d/%d: %s (%d optimizer steps)", index + 1, len(stages), stage.name, ctx.total_steps)
+                log.info("stage %d/%d: %s (%d optimizer steps)", index + 1, len(stages), stage.name, stage_ctx.total_steps)
             trainer = Trainer(
                 stage_cfg, bundle, task, method, features, device, cfg.seed, writer.log_metrics, telemetry.phase,
                 checkpoint_dir=run_dir / "checkpoints", dist_info=dist_info, resume_state=resume if resuming_here else None,

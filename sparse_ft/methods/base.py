@@ -32,17 +32,21 @@ from typing import Any, Callable, ContextManager
 import torch
 from torch import nn
 
-from ..core.errors import ConfigError
-from ..core.options import MethodOptions, closest
+from ..core.options import MethodOptions
+from .registry import parse_options
 
 log = logging.getLogger(__name__)
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight", "norm.weight", "bn", "ln_")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MethodContext:
-    """What `prepare` may use besides the model: the training data, the device and the run."""
+    """What `wrap`, `prepare` and `begin_stage` may use besides the model: the training data, the
+    device and the run. Frozen: nothing is re-bound after hand-out. The job hands `wrap` the
+    context of the bundle as built, `prepare` a copy (`dataclasses.replace`) whose `bundle`,
+    `loss`, `per_example_loss` and `logits` are those of the bundle `wrap` returned, and every
+    `begin_stage` a copy whose `total_steps` / `steps_per_epoch` are that stage's."""
 
     run_dir: Path
     device: torch.device
@@ -53,11 +57,16 @@ class MethodContext:
     per_example_loss: Callable[[dict], torch.Tensor] | None = None  # shape (B,)
     logits: Callable[[dict], torch.Tensor] | None = None  # shape (B, C); None for text-to-text
     phase: Callable[[str], ContextManager] = None  # telemetry phase, e.g. phase("mask")
-    extra: dict = field(default_factory=dict)
-    total_steps: int = 0  # optimizer steps of the (current) stage: schedules need them up front
+    total_steps: int = 0  # optimizer steps of the run (prepare) or of the stage (begin_stage): schedules need them up front
     steps_per_epoch: int = 0
     model_cfg: Any = None  # the `model:` config group (name, source, architecture)
-    bundle: Any = None  # the ModelBundle being trained (after `wrap`)
+    bundle: Any = None  # the ModelBundle: as built (wrap), as wrapped (prepare, begin_stage)
+    # how the run trains (distributed.*): masked methods compute sampled weight gradients only
+    # when DDP does not all-reduce them (one process, or local SGD), and under local SGD with a
+    # dense warm-up (`defer_mask`) select their mask when the trainer calls refresh_mask()
+    world_size: int = 1  # processes training together (torchrun)
+    local_sgd: bool = False  # distributed.mode=local_sgd
+    defer_mask: bool = False  # local SGD with distributed.warmup_epochs > 0
 
 
 @dataclass(frozen=True)
@@ -80,29 +89,9 @@ class Method:
 
     @classmethod
     def parse_options(cls, cfg, note: bool = True) -> MethodOptions:
-        """`cfg` (the `method:` group) as this method's typed options. A key that belongs to another
-        registered method is dropped with a note (logged when `note`: once per job, when the
-        method is built, not again by `validate`), so one sweep can mix methods; any other
-        unknown key is an error naming it and the closest valid one."""
-        from .registry import registered
-
-        own = set(cls.Options.__dataclass_fields__)
-        from omegaconf import DictConfig, OmegaConf
-
-        raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
-        foreign = {}
-        for key in raw:
-            if key in own:
-                continue
-            owners = sorted(n for n, c in registered().items() if key in c.Options.__dataclass_fields__)
-            if not owners:
-                raise ConfigError(f"method.{key}", f"is not an option of method {raw.get('name')!r}{closest(key, own)}; its options: {', '.join(sorted(own))}")
-            foreign[key] = owners
-        for key, owners in foreign.items():
-            if note:
-                log.info("method.%s belongs to %s, not to %s: ignored in this job", key, "/".join(owners), raw.get("name"))
-            raw.pop(key)
-        return cls.Options.parse(raw)
+        """`cfg` (the `method:` group) as this method's typed options (see registry.parse_options:
+        another registered method's key is dropped with a note, any other unknown key is an error)."""
+        return parse_options(cls, cfg, note)
 
     @classmethod
     def validate(cls, cfg) -> None:

@@ -71,7 +71,7 @@ class Shrink(Compressor):
 
     name = "toy_shrink"
 
-    def compress(self, base, tuned, out_dir: Path):
+    def compress(self, base, tuned, out_dir: Path, context):
         rec = {k: (base[k] + (tuned[k] - base[k]) / 2) if tuned[k].is_floating_point() else tuned[k] for k in tuned}
         save_file({k: v.contiguous() for k, v in rec.items()}, str(out_dir / "shrink.safetensors"))
         return CompressResult(rec, {"shrink.safetensors": (out_dir / "shrink.safetensors").stat().st_size}, {"factor": 0.5})

@@ -24,7 +24,7 @@ import torch
 from ...core.options import MethodOptions, option
 from .artifact import (FORMAT, META_KEY, Plan, base_fingerprint, decode, dense_fp32_bytes, dtype_name,
                        matrix_shape, plan_entries, write_artifact)
-from .base import CompressResult, Compressor
+from .base import CompressContext, CompressResult, Compressor
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,6 @@ class ResidualCompressor(Compressor):
 
     name = "residual"
     Options = ResidualOptions
-    base_identity: dict | None = None  # the job may set e.g. {"model": name_or_path, "revision": ...}: kept in the artifact
-    # keys with no pretrained counterpart although `base` holds them (a new task head at its seeded
-    # random init): stored as they are; the job may set it (e.g. selection.head_names(module))
-    new_keys: frozenset = frozenset()
 
     @property
     def artifact_name(self) -> str:
@@ -153,10 +149,11 @@ class ResidualCompressor(Compressor):
         return {}
 
     # --- the driver ------------------------------------------------------------------------------
-    def compress(self, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], out_dir: Path) -> CompressResult:
+    def compress(self, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], out_dir: Path,
+                 context: CompressContext = CompressContext()) -> CompressResult:
         seconds: dict[str, float] = {}
         start = time.perf_counter()
-        plan = plan_entries(base, tuned, self.new_keys)
+        plan = plan_entries(base, tuned, context.new_keys)
         dense = dense_fp32_bytes(tuned, plan)
         entries, tensors = {}, {}
         for key, kind in plan.kinds.items():
@@ -171,7 +168,7 @@ class ResidualCompressor(Compressor):
             else:
                 entries[key] = None  # filled below, keeps θ' order
         raw_bytes = sum(tensor_bytes(t) for t in tensors.values())
-        header = 8 + len(json.dumps(self._meta({k: e for k, e in entries.items() if e is not None}, "0" * 64), separators=(",", ":")))
+        header = 8 + len(json.dumps(self._meta({k: e for k, e in entries.items() if e is not None}, "0" * 64, context.base_identity), separators=(",", ":")))
         header += sum(header_entry_bytes(n) for n in tensors)
         ctx = EncodeContext(plan, dense, raw_bytes, header)
         seconds["plan"] = time.perf_counter() - start
@@ -193,7 +190,7 @@ class ResidualCompressor(Compressor):
             for key, c in coded.items():
                 all_entries[key] = c.entry
                 all_tensors.update({f"{key}::{part}": t for part, t in c.tensors.items()})
-            meta = self._meta(all_entries, fingerprint)
+            meta = self._meta(all_entries, fingerprint, context.base_identity)
             size = write_artifact(path, all_tensors, meta)
             if cap is None or size <= cap:
                 break
@@ -212,10 +209,10 @@ class ResidualCompressor(Compressor):
                  size, 100 * size / max(dense, 1), report["rel_error"] or 0.0)
         return CompressResult(reconstructed, {path.name: size}, report)
 
-    def _meta(self, entries: dict, fingerprint: str) -> dict:
+    def _meta(self, entries: dict, fingerprint: str, identity: dict | None) -> dict:
         options = {k: v for k, v in dataclasses.asdict(self.opts).items()}
         return {"format": FORMAT, "method": self.name, "options": options,
-                "base": {"sha256": fingerprint, "identity": self.base_identity}, "entries": entries}
+                "base": {"sha256": fingerprint, "identity": identity}, "entries": entries}
 
     def _report(self, plan, coded, tensors, size, dense, reconstructed, base, tuned, seconds) -> dict:
         layers, err2, tot2 = {}, 0.0, 0.0

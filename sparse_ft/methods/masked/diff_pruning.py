@@ -48,8 +48,9 @@ import torch
 from torch import nn
 
 from ...core.options import option
+from ...models.heads import head_names
 from ..base import Method, MethodContext, Stage, decay_groups
-from .masking import MASK_FILE, MaskedOptions, SparseUpdate, SparseDelta, bits_differ, budget, head_names, named_params, save_mask, topk_mask
+from .masking import MASK_FILE, MaskedOptions, SparseUpdate, SparseDelta, bits_differ, budget, named_params, save_mask, topk_mask
 from ..registry import register
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 methods and READ in the reproduction report, issue 24: what a method must beat to show that it
 adapted the backbone at all).
 
-Only the newly initialised task head (`selection.head_names`: everything outside the Hugging Face
+Only the newly initialised task head (`models.heads.head_names`: everything outside the Hugging Face
 model's pretrained body, or torchvision's `fc`) trains; every backbone parameter stays
 bit-identical. Models without a new head (text-to-text T5, whose LM head is pretrained) are
 refused with a clear error.

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from ...core.options import MethodOptions, option
+from ...models.heads import head_names
 from ..base import Method, MethodContext, decay_groups
 from .delta import SparseDelta, bits_differ, fingerprint, head_info, persistent_buffers  # noqa: F401
 from .selection import (  # noqa: F401
-    BASE_FILE, DELTA_FILE, DELTA_FORMAT, MASK_FILE, MASK_FORMAT, budget, full_mask, head_names, load_mask, mask_by_type, mask_size,
+    BASE_FILE, DELTA_FILE, DELTA_FORMAT, MASK_FILE, MASK_FORMAT, budget, full_mask, load_mask, mask_by_type, mask_size,
     named_params, random_mask, save_mask, topk_mask,
 )
 from .sparse_update import SparseUpdate, is_no_decay  # noqa: F401
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 __all__ = [  # the methods' base classes, and the names re-exported from the three modules below it
     "MaskedOptions", "BudgetOptions", "MaskedMethod",
     "SparseDelta", "bits_differ", "fingerprint", "head_info", "persistent_buffers",
-    "BASE_FILE", "DELTA_FILE", "DELTA_FORMAT", "MASK_FILE", "MASK_FORMAT", "budget", "full_mask", "head_names",
+    "BASE_FILE", "DELTA_FILE", "DELTA_FORMAT", "MASK_FILE", "MASK_FORMAT", "budget", "full_mask",
     "load_mask", "mask_size", "named_params", "random_mask", "save_mask", "topk_mask", "SparseUpdate", "is_no_decay",
 ]
 
@@ -54,7 +55,7 @@ class MaskedMethod(Method):
     """A mask chosen in `prepare` (subclasses implement `select`), exact sparse training.
 
     Optionally re-selected during training (`method.mask_refresh_epochs`: after every n epochs,
-    the FISH paper's §4.3), or deferred: with `ctx.extra["defer_mask"]` (local SGD with a dense
+    the FISH paper's §4.3), or deferred: with `ctx.defer_mask` (local SGD with a dense
     warm-up, §4.2) every parameter trains until the trainer's first `refresh_mask()` picks the
     mask from the warmed-up weights. After a refresh the sparse delta covers every entry any
     mask held (entries outside all masks stay bit-identical to the initial weights).
@@ -80,8 +81,8 @@ class MaskedMethod(Method):
     def sampled_grads(self) -> bool:
         """Masked-entry weight gradients, unless asked otherwise or gradients are all-reduced by DDP
         (which only reduces the module's own parameters; local SGD's sparse phase runs without DDP)."""
-        extra = self.ctx.extra if self.ctx is not None else {}
-        ddp = extra.get("dist") is not None and extra["dist"].world_size > 1 and not extra.get("local_sgd")
+        ctx = self.ctx
+        ddp = ctx is not None and ctx.world_size > 1 and not ctx.local_sgd
         return self.cfg.get("weight_grads", "dense") == "sampled" and not ddp
 
     def head_in_mask(self) -> bool:
@@ -150,7 +151,7 @@ class MaskedMethod(Method):
                 self.mask_bytes = path.stat().st_size
             log.info("%s: resumed with the saved mask (%d entries)", self.name, mask_size(self.mask))
             return
-        if (ctx.extra or {}).get("defer_mask"):
+        if ctx.defer_mask:
             self.delta = SparseDelta.capture(module, ctx, full_names=head, track_all=True)
             self._go_dense(params)
             log.info("%s: mask deferred — every parameter trains until the first refresh (dense warm-up)", self.name)

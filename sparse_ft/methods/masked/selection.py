@@ -1,5 +1,5 @@
 """Masks: ``{parameter name: sorted int64 flat indices}`` — choosing k entries (top-k, random,
-whole tensors), the new head's names, and the mask file (save, load with shape checks)."""
+whole tensors) and the mask file (save, load with shape checks)."""
 
 from __future__ import annotations
 
@@ -27,23 +27,6 @@ MASK_FORMAT = "sparse-ft-mask/1"
 def named_params(module: nn.Module) -> dict[str, nn.Parameter]:
     """Unique parameters (tied ones once, under their first name), in module order."""
     return dict(module.named_parameters())
-
-
-def head_names(module: nn.Module) -> list[str]:
-    """Parameters of a newly initialised task head: outside the pretrained body of a Hugging Face
-    model (``base_model_prefix``; none for text-to-text models, whose LM head is pretrained), or
-    torchvision's ``fc``."""
-    names = list(named_params(module))
-    config = getattr(module, "config", None)
-    prefix = getattr(module, "base_model_prefix", None)
-    if config is not None:
-        if getattr(config, "is_encoder_decoder", False) or not prefix or not isinstance(getattr(module, prefix, None), nn.Module):
-            return []
-        return [n for n in names if not n.startswith(prefix + ".")]
-    fc = getattr(module, "fc", None)
-    if isinstance(fc, nn.Linear):
-        return [n for n in names if n.startswith("fc.")]
-    return []
 
 
 def budget(total: int, density: float) -> int:

@@ -33,7 +33,7 @@ from torch import nn
 
 from ...core.errors import ConfigError
 from ..base import Method, MethodContext
-from ..masked.selection import head_names
+from ...models.heads import head_names
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import re
 from torch import nn
 
 from ...core.errors import ConfigError
-from ..masked.selection import head_names
+from ...models.heads import head_names
 
 KINDS = (nn.Linear, nn.Conv2d)
 

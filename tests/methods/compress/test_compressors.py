@@ -332,13 +332,22 @@ def test_fewer_bits_and_lower_ranks_give_smaller_artifacts(tmp_path):
 
 
 def test_new_keys_are_stored_as_they_are_even_when_the_base_holds_them(tmp_path):
+    from sparse_ft.methods.compress.artifact import read_artifact
+    from sparse_ft.methods.compress.base import CompressContext
+
     base, tuned = tiny_pair()
     base["classifier.weight"] = torch.zeros(3, 16)  # the job's base holds the head at its seeded init
     method = build_method(OmegaConf.create({"name": "ere", "rank_prior": 4, "device": "cpu"}))
-    method.new_keys = frozenset({"classifier.weight"})
-    result = method.compress(base, tuned, tmp_path)
+    context = CompressContext(new_keys=frozenset({"classifier.weight"}), base_identity={"model": "tiny", "seed": 3})
+    result = method.compress(base, tuned, tmp_path, context)  # handed in: nothing is set on the method
     assert result.report["raw_keys"]["classifier.weight"] == "no pretrained counterpart"
     assert torch.equal(result.reconstructed["classifier.weight"], tuned["classifier.weight"])
+    _, meta = read_artifact(tmp_path / "ere.safetensors")
+    assert meta["base"]["identity"] == {"model": "tiny", "seed": 3}
+    assert meta["entries"]["classifier.weight"]["code"] == "raw"
+    (tmp_path / "again").mkdir()
+    again = method.compress(base, tuned, tmp_path / "again")  # the method kept nothing of the last call
+    assert "classifier.weight" not in again.report["raw_keys"]
 
 
 def test_budget_fraction_trims_ranks_when_the_written_file_is_over_the_cap(tmp_path, caplog):

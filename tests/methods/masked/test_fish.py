@@ -308,7 +308,7 @@ def test_a_deferred_mask_trains_densely_until_the_first_refresh(tmp_path):
 
     bundle, feats = _bundle("tiny_bert", "synthetic_nli", n=16)
     ctx = MethodContext(tmp_path, torch.device("cpu"), 0, feats, bundle.collate, bundle.loss, bundle.per_example_loss, bundle.logits,
-                        extra={"defer_mask": True})
+                        defer_mask=True)
     method = build_method(compose(["method=fish", "method.density=0.01", "method.num_samples=8"]).method)
     method.prepare(bundle.module, ctx)
     total = sum(p.numel() for p in bundle.module.parameters())

@@ -17,13 +17,13 @@ from sparse_ft.methods.masked.masking import (
     MASK_FILE,
     SparseUpdate,
     bits_differ,
-    head_names,
     load_mask,
     mask_size,
     random_mask,
     save_mask,
     topk_mask,
 )
+from sparse_ft.models.heads import head_names
 
 
 def toy(seed=0) -> nn.Module:

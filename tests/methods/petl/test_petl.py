@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from conftest import compose, run_inprocess
 from sparse_ft.jobs.context import seed_everything
 from sparse_ft.methods import build_method
-from sparse_ft.methods.masked.selection import head_names
 from sparse_ft.models import build_model
+from sparse_ft.models.heads import head_names
 from sparse_ft.tasks import load_task
 
 TINY = ["task=synthetic_nli", "task.max_train_samples=48", "task.max_eval_samples=16", "trainer.batch_size=8", "trainer.lr=1e-3"]
