@@ -58,7 +58,7 @@ def build_base(run_dir: Path, base: dict):
     if is_hf_vision(model_cfg):  # ViT / DINO (transformers)
         from ..models.hf_vision import load_module as load_image_classifier
 
-        module, source, _ = load_image_classifier(model_cfg, task.num_labels)
+        module, source, *_ = load_image_classifier(model_cfg, task.num_labels)
     elif model_cfg.arch == "vision":
         from ..models.vision import build_module
 
@@ -70,11 +70,11 @@ def build_base(run_dir: Path, base: dict):
     elif str(base["task"].get("head", "")).endswith("ForQuestionAnswering"):  # SQuAD's span head
         from ..models.qa import load_qa_module
 
-        module, source = load_qa_module(model_cfg)
+        module, source, _ = load_qa_module(model_cfg)
     else:
         from ..models.text import load_module, load_tokenizer
 
-        module, source = load_module(model_cfg, task, load_tokenizer(model_cfg))
+        module, source, _ = load_module(model_cfg, task, load_tokenizer(model_cfg))
     if base["kind"] == "file":
         path = Path(run_dir) / base["file"]
         if not path.is_file() and base.get("path"):  # a run resumed from another directory

@@ -32,6 +32,10 @@ class ModelBundle:
     logits_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None
     tokenizer: Any = None
     info: dict = field(default_factory=dict)
+    # parameters of the pretrained body that hold no trained values (missing from the checkpoint,
+    # or a sentence-transformers checkpoint's never trained BERT pooler: models.text.newly_initialized);
+    # the new task head is not listed. Methods that freeze the backbone train them with the head.
+    newly_initialized: tuple[str, ...] = ()
 
     # A batch is a dict of tensors; "labels" holds the targets used for the metric and, for
     # text-to-text models, "target_ids" the decoder targets.

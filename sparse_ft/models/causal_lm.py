@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..tasks.base import TaskData
 from .bundle import ModelBundle
-from .text import NEW_PARAMS_ATTR, ModelLoadError, _hub_error, load_tokenizer, resolve_source
+from .text import ModelLoadError, _hub_error, load_tokenizer, resolve_source
 
 GEN_DEFAULTS = {"num_beams": 1, "max_new_tokens": 64, "length_penalty": 1.0, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
 
@@ -169,7 +169,6 @@ def load_lm_module(model_cfg):
         except (OSError, ValueError) as err:
             raise _hub_error("model.name_or_path", spec, err) from err
         source = path
-    setattr(module, NEW_PARAMS_ATTR, [])
     converted = conv1d_to_linear(module) if model_cfg.get("linear_layers", False) else 0
     return module, source, converted
 

@@ -4,7 +4,7 @@ random-init `tiny_vit` for tests.
 
 The network is `AutoModelForImageClassification` with a new head sized for the task's classes
 (`ignore_mismatched_sizes`: the checkpoint's 1000-class ImageNet head, or none for DINO, is
-replaced and listed in `newly_initialized`). Image tasks hand over tensors normalised with the
+replaced; body parameters missing from the checkpoint are the bundle's `newly_initialized`). Image tasks hand over tensors normalised with the
 task's own mean/std (``task.info["normalize"]``); before the model sees them they are
 un-normalised back to [0, 1], resized to the checkpoint's input size and normalised with the
 checkpoint's image-processor mean/std (its `preprocessor_config.json`, read with
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..tasks.base import TaskData
 from .bundle import ModelBundle
-from .text import NEW_PARAMS_ATTR, ModelLoadError, _hub_error, resolve_source
+from .text import ModelLoadError, _hub_error, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ class PixelPrep:
 
 
 def load_module(model_cfg, num_labels: int):
+    """(module, source, the checkpoint path or None, the body's parameters missing from the checkpoint)."""
     from transformers import AutoConfig, AutoModelForImageClassification
 
     overrides = dict(model_cfg.get("config") or {})
@@ -112,8 +113,7 @@ def load_module(model_cfg, num_labels: int):
             raise ModelLoadError("model.config.model_type: needed to build a model with random_init=true")
         config = AutoConfig.for_model(model_type, **overrides, num_labels=num_labels)
         module = AutoModelForImageClassification.from_config(config)
-        setattr(module, NEW_PARAMS_ATTR, [])
-        return module, f"random init ({model_type})", None
+        return module, f"random init ({model_type})", None, []
     spec = model_cfg.name_or_path
     path = resolve_source(spec, "model.name_or_path")
     kwargs = dict(revision=model_cfg.get("revision"), trust_remote_code=bool(model_cfg.get("trust_remote_code")))
@@ -128,14 +128,13 @@ def load_module(model_cfg, num_labels: int):
         raise _hub_error("model.name_or_path", spec, err) from err
     prefix = module.base_model_prefix
     missing = sorted(n for n in info.get("missing_keys", ()) if n.startswith(prefix + "."))
-    setattr(module, NEW_PARAMS_ATTR, missing)
     if missing:
         log.warning("model %s: %s hold no trained values (missing from the checkpoint)", model_cfg.get("name"), ", ".join(missing))
-    return module, path, path
+    return module, path, path, missing
 
 
 def build_hf_vision_bundle(model_cfg, task: TaskData) -> ModelBundle:
-    module, source, path = load_module(model_cfg, task.num_labels)
+    module, source, path, missing = load_module(model_cfg, task.num_labels)
     default = int(getattr(module.config, "image_size", task.image_size or 32))
     prep = PixelPrep(task, processor_spec(model_cfg, path), default)
 
@@ -165,4 +164,5 @@ def build_hf_vision_bundle(model_cfg, task: TaskData) -> ModelBundle:
         per_example_loss_fn=per_example,
         logits_fn=logits,
         info={"image_processor": prep.info()},
+        newly_initialized=tuple(missing),
     )

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..core.errors import ConfigError
 from ..tasks.base import TaskData
 from .bundle import ModelBundle
-from .text import MODEL_INPUTS, NEW_PARAMS_ATTR, ModelLoadError, _hub_error, load_tokenizer, newly_initialized, resolve_source
+from .text import MODEL_INPUTS, ModelLoadError, _hub_error, load_tokenizer, newly_initialized, resolve_source
 
 
 def check_question_lengths(tokenizer, task: TaskData, max_length: int, doc_stride: int) -> None:
@@ -142,7 +142,8 @@ def best_spans(start: torch.Tensor, end: torch.Tensor, offsets: torch.Tensor, ma
 
 
 def load_qa_module(model_cfg):
-    """`AutoModelForQuestionAnswering` from the model config (random init or weights); (module, source)."""
+    """`AutoModelForQuestionAnswering` from the model config (random init or weights); (module, source, the body's
+    parameters with no trained values (`newly_initialized`), sorted)."""
     from transformers import AutoConfig, AutoModelForQuestionAnswering
 
     overrides = dict(model_cfg.get("config") or {})
@@ -151,7 +152,7 @@ def load_qa_module(model_cfg):
         if model_type is None:
             raise ModelLoadError("model.config.model_type: needed to build a model with random_init=true")
         module = AutoModelForQuestionAnswering.from_config(AutoConfig.for_model(model_type, **overrides))
-        setattr(module, NEW_PARAMS_ATTR, [])
+        new = []
         source = f"random init ({model_type})"
     else:
         spec = model_cfg.name_or_path
@@ -162,9 +163,9 @@ def load_qa_module(model_cfg):
             module, info = AutoModelForQuestionAnswering.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
         except (OSError, ValueError) as err:
             raise _hub_error("model.name_or_path", spec, err) from err
-        setattr(module, NEW_PARAMS_ATTR, sorted(newly_initialized(module, info.get("missing_keys"), path)))
+        new = sorted(newly_initialized(module, info.get("missing_keys"), path))
         source = path
-    return module, source
+    return module, source, new
 
 
 def build_qa_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle:
@@ -172,7 +173,7 @@ def build_qa_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle:
     max_answer = int(task.info.get("max_answer_length", 30))
     tokenizer = load_tokenizer(model_cfg)
     check_question_lengths(tokenizer, task, max_length, doc_stride)  # before the model loads
-    module, source = load_qa_module(model_cfg)
+    module, source, new = load_qa_module(model_cfg)
 
     def predict(mod, batch):
         start, end = _qa_logits(mod, batch)
@@ -191,4 +192,5 @@ def build_qa_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle:
         logits_fn=None,
         tokenizer=tokenizer,
         info={"head": "start/end (AutoModelForQuestionAnswering)", "doc_stride": doc_stride, "max_answer_length": max_answer},
+        newly_initialized=tuple(new),
     )

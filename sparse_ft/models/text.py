@@ -21,10 +21,6 @@ from .bundle import ModelBundle
 log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# the loaded module's attribute listing its parameters that hold no trained values: the ones the
-# loader reports MISSING from the checkpoint, and a sentence-transformers checkpoint's BERT pooler
-# (see `newly_initialized`). Methods that freeze the backbone train them with the new task head.
-NEW_PARAMS_ATTR = "newly_initialized"
 
 
 class ModelLoadError(RuntimeError):
@@ -104,11 +100,12 @@ def newly_initialized(module, missing_keys, path) -> dict[str, str]:
 
 
 def load_module(model_cfg, task: TaskData, tokenizer):
-    """Build the network with a head sized for the task (seq2seq keeps its LM head)."""
+    """Build the network with a head sized for the task (seq2seq keeps its LM head): (module,
+    source, the body's parameters with no trained values (`newly_initialized`), sorted)."""
     from transformers import AutoConfig
 
     arch = model_cfg.arch
-    head = {}
+    head, new = {}, {}
     if arch != "seq2seq":
         head = {"num_labels": task.num_labels}
         if task.problem == "regression":
@@ -136,7 +133,6 @@ def load_module(model_cfg, task: TaskData, tokenizer):
             raise _hub_error("model.name_or_path", spec, err) from err
         source = path
         new = newly_initialized(module, info.get("missing_keys"), path)
-        setattr(module, NEW_PARAMS_ATTR, sorted(new))
         for reason in sorted(set(new.values())):
             names = sorted(n for n, r in new.items() if r == reason)
             log.warning("model %s: %s hold no trained values (%s); methods that freeze the backbone "
@@ -147,7 +143,7 @@ def load_module(model_cfg, task: TaskData, tokenizer):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         module.config.pad_token_id = tokenizer.pad_token_id
-    return module, source
+    return module, source, sorted(new)
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -289,7 +285,7 @@ def make_seq2seq_predict(tokenizer, task: TaskData):
 
 def build_text_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle:
     tokenizer = load_tokenizer(model_cfg)
-    module, source = load_module(model_cfg, task, tokenizer)
+    module, source, new = load_module(model_cfg, task, tokenizer)
     drop = model_cfg.get("drop_last_layers") or 0
     if drop:
         from .truncate import drop_last_layers
@@ -309,4 +305,5 @@ def build_text_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle
         per_example_loss_fn=seq2seq_per_example_loss if seq2seq else classifier_per_example_loss,
         logits_fn=None if seq2seq else classifier_logits,
         tokenizer=tokenizer,
+        newly_initialized=tuple(new),
     )

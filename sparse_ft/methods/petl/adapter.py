@@ -166,7 +166,7 @@ class Adapter(Method):
         if bundle.arch not in ("encoder", "decoder", "seq2seq"):
             raise ConfigError("model", f"method=adapter runs on text models, not {bundle.arch}")
         backbone = bundle.module
-        self.heads = freeze_backbone(backbone, train_head=self.opts.train_head, method=self.name)
+        self.heads = freeze_backbone(bundle, train_head=self.opts.train_head, method=self.name)
         if self.opts.train_layer_norms:
             for name, p in backbone.named_parameters():
                 if LAYER_NORM.search(name):

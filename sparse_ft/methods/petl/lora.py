@@ -78,7 +78,7 @@ class Lora(Method):
             from ..pruning.compose import load_start
 
             self.start = load_start(module, self.opts.init_from, getattr(ctx.model_cfg, "get", lambda *_: None)("name"))
-        heads = sorted({n.rsplit(".", 1)[0] for n in new_params(module, self.name)}) if self.opts.train_head else []
+        heads = sorted({n.rsplit(".", 1)[0] for n in new_params(bundle, self.name)}) if self.opts.train_head else []
         config = LoraConfig(
             r=self.opts.r, lora_alpha=self.opts.alpha, lora_dropout=self.opts.dropout, bias=self.opts.bias,
             target_modules=list(self.opts.target_modules) if self.opts.target_modules else

@@ -68,7 +68,7 @@ class PeftMethod(Method):
         if bundle.arch not in ("encoder", "decoder", "seq2seq"):
             raise ConfigError("model", f"method={self.name} runs on text models, not {bundle.arch}")
         module = bundle.module
-        heads = sorted({n.rsplit(".", 1)[0] for n in new_params(module, self.name)}) if self.opts.get("train_head", True) else []
+        heads = sorted({n.rsplit(".", 1)[0] for n in new_params(bundle, self.name)}) if self.opts.get("train_head", True) else []
         config = self.peft_config(bundle, heads)
         try:
             self.peft_model = get_peft_model(module, config)

@@ -306,24 +306,26 @@ class SideModel(nn.Module):
 # --- the method side ---------------------------------------------------------------------------
 
 
-def new_params(module: nn.Module, method: str = "") -> list[str]:
-    """What trains in full beside a method's own parameters: the new task head (`head_names`)
-    and the body's parameters the loader found with no trained values (`module.newly_initialized`,
-    set by models.text: missing from the checkpoint, or a sentence-transformers checkpoint's never
-    trained BERT pooler) — frozen, those would stay at their random initialisation."""
+def new_params(bundle, method: str = "") -> list[str]:
+    """What trains in full beside a method's own parameters: the new task head of `bundle.module`
+    (`head_names`) and the body's parameters the loader found with no trained values
+    (`bundle.newly_initialized`, a model fact from models/: missing from the checkpoint, or a
+    sentence-transformers checkpoint's never trained BERT pooler) — frozen, those would stay at
+    their random initialisation."""
+    module = bundle.module
     heads = head_names(module)
     names = set(dict(module.named_parameters()))
-    extra = sorted(n for n in getattr(module, "newly_initialized", ()) if n in names and n not in heads)
+    extra = sorted(n for n in bundle.newly_initialized if n in names and n not in heads)
     if extra:
         log.info("method=%s: also training %s (no trained values in the checkpoint) with the task head", method, ", ".join(extra))
     return sorted(set(heads) | set(extra))
 
 
-def freeze_backbone(module: nn.Module, train_head: bool = True, method: str = "") -> list[str]:
-    """Freeze every parameter but the new task head's (and the body's newly initialised ones,
-    see `new_params`); returns their names."""
-    heads = set(new_params(module, method)) if train_head else set()
-    for name, p in module.named_parameters():
+def freeze_backbone(bundle, train_head: bool = True, method: str = "") -> list[str]:
+    """Freeze every parameter of `bundle.module` but the new task head's (and the body's newly
+    initialised ones, see `new_params`); returns their names."""
+    heads = set(new_params(bundle, method)) if train_head else set()
+    for name, p in bundle.module.named_parameters():
         p.requires_grad_(name in heads)
     return sorted(heads)
 
@@ -356,7 +358,7 @@ class SideMethod(Method):
         if bundle.arch not in ("encoder", "decoder", "seq2seq"):
             raise ConfigError("model", f"method={self.name} runs on text models (encoder, decoder-only, T5), not {bundle.arch}")
         backbone = bundle.module
-        self.heads = freeze_backbone(backbone, train_head=bundle.arch != "seq2seq", method=self.name)
+        self.heads = freeze_backbone(bundle, train_head=bundle.arch != "seq2seq", method=self.name)
         dims = model_dims(backbone)
         side = self.build_side(backbone, bundle.arch, dims)
         if getattr(side, "needs_cross_attentions", False):

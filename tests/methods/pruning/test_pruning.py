@@ -396,17 +396,19 @@ def test_pst_trains_a_pooler_with_no_trained_values_with_the_head(tmp_path):
     """MiniLM's never-trained pooler: the rule every body-freezing method shares (petl.side.new_params)."""
     from sparse_ft.methods.petl.side import new_params
 
+    from dataclasses import replace
+
     setup = Setup(tmp_path)
     module = setup.bundle.module
     pooler = sorted(n for n, _ in module.named_parameters() if ".pooler." in n)
     assert pooler
-    module.newly_initialized = pooler  # as models.text marks a checkpoint's untrained pooler
+    bundle = replace(setup.bundle, newly_initialized=tuple(pooler))  # as models.text lists a checkpoint's untrained pooler
     method = setup.method("pst", sparsity=0.5)
-    method.wrap(setup.bundle, setup.ctx)
+    method.wrap(bundle, setup.ctx)
     method.prepare(module, setup.ctx)
     trains = {n for n, p in module.named_parameters() if p.requires_grad}
     assert set(pooler) <= trains
-    assert {n for n in trains if ".pst_" not in n} == set(new_params(module))
+    assert {n for n in trains if ".pst_" not in n} == set(new_params(bundle))
     assert set(pooler) <= set(method.report()["trained_with_head"])
 
 
