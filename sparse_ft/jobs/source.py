@@ -11,14 +11,14 @@ conf/config.yaml): `<stamp>_<task>_<method>_<model>_evaluate|_compress`, from th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..core.errors import ConfigError
+from ..core.runs import FINAL_WEIGHTS, has_config, run_config, run_setting, run_summary
 
-WEIGHTS = Path("checkpoints") / "final" / "model.safetensors"
+WEIGHTS = FINAL_WEIGHTS
 TAKEN_FROM_SOURCE = ("task", "model", "trainer", "seed")
 WEIGHTS_FILE_METHOD = "weights"  # what a run directory is named after when the source is a weights file (method unknown)
 
@@ -30,7 +30,7 @@ def source_run_dir(cfg: DictConfig) -> Path | None:
         raise ConfigError("source", f"job={cfg.job} needs source=<run dir>" + (" or <model.safetensors>" if cfg.job == "evaluate" else ""))
     path = Path(str(source))
     if path.is_dir():
-        if not (path / "config.yaml").is_file():
+        if not has_config(path):
             raise ConfigError("source", f"{path} is not a run directory (no config.yaml)")
         return path
     if path.is_file() and path.suffix == ".safetensors" and cfg.job == "evaluate":
@@ -54,7 +54,7 @@ def check_source_finished(run: Path, job: str, missing_ok: bool = False) -> None
     in one line, with the error from its summary.json (never its config replayed as if the user
     had typed it). `missing_ok`: a run directory without summary.json passes (its weights decide)."""
     try:
-        summary = json.loads((run / "summary.json").read_text())
+        summary = run_summary(run)
     except FileNotFoundError:
         if missing_ok:
             return
@@ -76,13 +76,7 @@ def check_source_finished(run: Path, job: str, missing_ok: bool = False) -> None
 def source_method(run: Path | None) -> str | None:
     """The method whose weights a source run holds (its config's `method.name`); None for a
     weights file or an unreadable config."""
-    if run is None:
-        return None
-    try:
-        name = OmegaConf.select(OmegaConf.load(run / "config.yaml"), "method.name")
-    except Exception:  # noqa: BLE001 - a name is all that is asked; validation reports the rest
-        return None
-    return None if name is None else str(name)
+    return None if run is None else run_setting(run, "method.name")
 
 
 def run_label(job: str, source, task: str, method: str, model: str) -> str:
@@ -94,10 +88,10 @@ def run_label(job: str, source, task: str, method: str, model: str) -> str:
     if job not in ("evaluate", "compress") or source is None:
         return f"{task}_{method}_{model}"
     path = Path(str(source))
-    run = path if (path / "config.yaml").is_file() else None
+    run = path if has_config(path) else None
     if run is not None:
         try:
-            src = OmegaConf.load(run / "config.yaml")
+            src = run_config(run)
             user = command_line_groups()
             task = task if "task" in user else OmegaConf.select(src, "task.name", default=task)
             model = model if "model" in user else OmegaConf.select(src, "model.name", default=model)
@@ -110,7 +104,7 @@ def run_label(job: str, source, task: str, method: str, model: str) -> str:
 
 def source_summary(run: Path) -> dict:
     try:
-        return json.loads((run / "summary.json").read_text())
+        return run_summary(run)
     except (OSError, ValueError) as err:
         raise ConfigError("source", f"{run}: no readable summary.json (the run has not finished)") from err
 
@@ -134,7 +128,7 @@ def adopt_source(cfg: DictConfig) -> None:
     if run is None:
         return
     check_source_finished(run, str(cfg.job), missing_ok=cfg.job != "compress")  # before its config is adopted: a failed run's bad setting is not the user's
-    src = OmegaConf.load(run / "config.yaml")
+    src = run_config(run)
     user = command_line_groups()
     if "model" in user and src.model.get("name") != cfg.model.get("name"):
         raise ConfigError("model", f"{cfg.model.get('name')!r} does not match the source run's model {src.model.get('name')!r} ({run})")

@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from ...core.errors import ConfigError
+from ...core.runs import FINAL_WEIGHTS, final_weights, run_setting
 from .masks import MASK_FILE, load_masks, measure
 
 log = logging.getLogger(__name__)
 
 KEY = "method.init_from"
-FINAL = Path("checkpoints") / "final" / "model.safetensors"
 
 
 @dataclass
@@ -51,20 +51,9 @@ def check_start(path) -> Path:
     run = Path(str(path))
     if not run.is_dir():
         raise ConfigError(KEY, f"{run}: no such run directory")
-    if not (run / FINAL).is_file():
-        raise ConfigError(KEY, f"{run}: no final weights ({FINAL}; was the run saved with trainer.save_final=true?)")
+    if not final_weights(run).is_file():
+        raise ConfigError(KEY, f"{run}: no final weights ({FINAL_WEIGHTS}; was the run saved with trainer.save_final=true?)")
     return run
-
-
-def _source_model_name(run: Path) -> str | None:
-    import yaml
-
-    try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, ValueError):
-        return None
-    model = cfg.get("model") if isinstance(cfg, dict) else None
-    return model.get("name") if isinstance(model, dict) else None
 
 
 @torch.no_grad()
@@ -74,10 +63,10 @@ def load_start(module: nn.Module, path, model_name: str | None = None) -> Start:
     from safetensors.torch import load_file
 
     run = check_start(path)
-    src_model = _source_model_name(run)
+    src_model = run_setting(run, "model.name")  # the reader jobs/source.py uses for `source=` runs
     if model_name is not None and src_model is not None and src_model != model_name:
         raise ConfigError(KEY, f"{run} trained model {src_model!r}, this run builds {model_name!r}")
-    weights = load_file(str(run / FINAL))
+    weights = load_file(str(final_weights(run)))
     own = module.state_dict()
     unknown = sorted(set(weights) - set(own))
     if unknown:

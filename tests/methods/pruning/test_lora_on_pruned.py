@@ -112,3 +112,23 @@ def test_init_from_bad_input_names_the_key(tmp_path):
         run_inprocess(tmp_path / "y", [*TINY, "method=lora", f"method.init_from={pruned}"])
     error = json.loads((tmp_path / "y" / "summary.json").read_text())["error"]
     assert "method.init_from" in error and "'tiny_opt'" in error and "'tiny_bert'" in error
+
+
+def test_a_finished_run_is_read_by_one_reader_for_init_from_and_source(tmp_path):
+    """core/runs.py reads a run directory for both `method.init_from` (pruning/compose.py) and
+    `source=` (jobs/source.py): a setting when readable, None when the config is not."""
+    from sparse_ft.core.runs import final_weights, run_setting
+    from sparse_ft.jobs.source import WEIGHTS, source_method
+    from sparse_ft.methods.pruning.compose import check_start
+
+    run = tmp_path / "run"
+    final_weights(run).parent.mkdir(parents=True)
+    assert final_weights(run) == run / WEIGHTS
+    (run / "config.yaml").write_text("model:\n  name: tiny_bert\nmethod:\n  name: magnitude\n")
+    with pytest.raises(ConfigError, match="method.init_from.*no final weights"):
+        check_start(run)
+    final_weights(run).write_bytes(b"")
+    assert check_start(run) == run
+    assert run_setting(run, "model.name") == "tiny_bert" and source_method(run) == "magnitude"
+    (run / "config.yaml").write_text("model: [unbalanced\n")
+    assert run_setting(run, "model.name") is None and source_method(run) is None
