@@ -49,7 +49,7 @@ def normalise_modules(value) -> list[str] | None:
 
 @dataclass
 class PruningOptions(MethodOptions):
-    sparsity: float = option(0.5, "final fraction of exact zeros in the prunable weights, in [0, 1)", low=0, high=1, high_open=True)
+    sparsity: float = option(0.5, "final fraction of exact zeros in the prunable weights, in [0, 1) (not used with an N:M pattern)", low=0, high=1, high_open=True)
     scope: Literal["global", "layer"] = option("global", "global: one threshold over all prunable weights | layer: every weight matrix pruned to the sparsity")
     modules: Sequence | None = option(None, "regular expressions over module names choosing the prunable nn.Linear/nn.Conv2d weights; "
                                         "null = every nn.Linear inside the transformer blocks (ResNet: every Conv2d/Linear but the head)")

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImpOptions(MethodOptions):
-    rounds: int = option(3, "training rounds (stages), each a full fine-tune; at least 2 (dense_first: round 0 is the dense fine-tune)", low=2)
+    rounds: int = option(3, "training rounds (stages), each a full fine-tune; at least 2 (dense_first: round 0 is the dense fine-tune); final sparsity 1 - (1 - prune_per_round)^(rounds - 1) (dense_first=false: ^rounds)", low=2)
     prune_per_round: float = option(0.2, "fraction of the remaining prunable weights removed before each round", low=0, high=1, low_open=True, high_open=True)
     dense_first: bool = option(True, "true: round 0 fine-tunes the dense model (the lottery-ticket procedure) | false: round 0 starts "
                                      "from the one-shot magnitude mask of the pretrained weights (OMP at prune_per_round)")
