@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from dataclasses import MISSING, dataclass, field
@@ -39,6 +40,12 @@ def option(default: Any = MISSING, help: str = "", *, low=None, high=None, low_o
     if dataclasses.is_dataclass(default) and not isinstance(default, type):  # a nested block's defaults
         return field(default_factory=lambda d=default: dataclasses.replace(d), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+@functools.lru_cache(maxsize=None)
+def type_hints(cls) -> dict:
+    """A dataclass's field annotations, evaluated (even under `from __future__ import annotations`)."""
+    return typing.get_type_hints(cls)
 
 
 def join_key(prefix: str, key: str) -> str:
@@ -98,7 +105,7 @@ class Options:
     def parse(cls, cfg, prefix: str):
         raw = _plain(cfg)
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)  # evaluated even under `from __future__ import annotations`
+        hints = type_hints(cls)
         for key in raw:
             if key not in fields:
                 raise cls.unknown_key(prefix, str(key), raw)
