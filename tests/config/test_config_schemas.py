@@ -165,3 +165,8 @@ def test_config_cli_lists_every_key_with_type_default_and_help(capsys):
     for key in schemas.TrainerSchema.keys():
         assert f"trainer.{key} = " in out
     assert main(["method"]) == 2 and "python -m sparse_ft.methods" in capsys.readouterr().err
+    assert main(["task=e2e"]) == 0  # one option file's values instead of the defaults
+    out = capsys.readouterr().out
+    assert "task.max_length = 512  [int | null]" in out and "task.generation.num_beams = 10" in out
+    assert "task.num_train = (not set)" in out
+    assert main(["task=no_such_task"]) == 2
