@@ -165,16 +165,16 @@ class TrainerSchema(GroupSchema):
     predict: Literal["test"] | None = option(None, "null | test: write GLUE-server submission files for that split")
     save_final: bool = option(True, "write checkpoints/final/model.safetensors")
     progress: Literal["auto"] | bool = option("auto", "auto (bars only on a terminal) | true | false")
-    resume: str = option(
+    resume: str | None = option(
         "auto", "auto: continue from <run dir>/checkpoints/last if present (and skip a completed run with the same "
-        "settings) | never | <run dir or checkpoint path>")
+        "settings) | never (or null) | <run dir or checkpoint path>")
     resume_force: bool = option(
         False, "resume although the checkpoint was written with other settings (keys outside "
         "sparse_ft/jobs/resume.py MAY_DIFFER); recorded in summary.json resume")
     checkpoint_every: int | str = option(
         "10m", "write checkpoints/last every N optimizer steps (int) or minutes (\"10m\"); 0 = only on pre-emption",
         check=_every)
-    preempt_signals: list[str] = option(
+    preempt_signals: list[str] | None = option(
         ["SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"],
         "step loop: finish the step, checkpoint, exit 128+signum (a launcher's handler, submitit's USR2 requeue, runs "
         "after our checkpoint); other phases: these and SIGTERM/SIGINT stop the job at once (status interrupted)",
@@ -188,7 +188,7 @@ class TrainerSchema(GroupSchema):
     measure_inference: bool = option(
         False, "after training: latency and peak memory at batch size 1 (READ's Table 3) → summary.json inference")
     inference_examples: int = option(64, "examples of the selection split timed one by one", low=1)
-    callbacks: list = option(
+    callbacks: list | None = option(
         [], "extra trainer callbacks: a list of {_target_: module.Class, ...} (sparse_ft.train.callbacks.TrainerCallback hooks)")
 
     def check(self) -> None:
@@ -271,12 +271,12 @@ class ModelSchema(GroupSchema):
     tokenizer: str | None = option(None, "tokenizer hub id/path/bundled:<pkg>; null = same as name_or_path")
     revision: str | int | None = option(None, "hub revision (branch, tag or commit) for reproducibility")
     random_init: bool = option(False, "true = build from `config` with random weights (tests, shapes-only models; no download)")
-    config: dict = option({}, "overrides of the Hugging Face config (model_type picks the architecture; random_init: the "
+    config: dict | None = option({}, "overrides of the Hugging Face config (model_type picks the architecture; random_init: the "
                           "whole small config) or the torchvision builder's arguments")
     trust_remote_code: bool = option(False, "never on by default: it runs code from the hub")
     drop_last_layers: int | None = option(0, "remove the last N transformer blocks of every stack after loading "
                                           "(READ-large: 4 on T5-large)", low=0)
-    image_processor: dict = option({}, "overrides of the checkpoint's preprocessor_config.json: size, resample, "
+    image_processor: dict | None = option({}, "overrides of the checkpoint's preprocessor_config.json: size, resample, "
                                    "image_mean, image_std")
     linear_layers: bool = option(False, "GPT-2's Conv1D projections as nn.Linear (same function, weight stored (out, in)) "
                                  "so pruning, N:M, PST and LoRA select them")
