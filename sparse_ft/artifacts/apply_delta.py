@@ -23,25 +23,19 @@ from types import SimpleNamespace
 import torch
 from omegaconf import OmegaConf
 
-from ..methods.masked.masking import DELTA_FILE, DELTA_FORMAT, fingerprint, named_params
-from ..core.io import load_tensors, save_tensors
+from ..core.io import fingerprint, load_tensors, save_tensors
+from ..methods.masked.masking import DELTA_FILE, DELTA_FORMAT, named_params
+from . import sparse_delta
+from .sparse_delta import DeltaError
 
 log = logging.getLogger("sparse_ft.artifacts.apply_delta")
 
 
-class DeltaError(RuntimeError):
-    """The delta cannot be applied; the message says why."""
-
-
 def read_delta(run_dir: Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-
     path = Path(run_dir) / DELTA_FILE
     if not path.is_file():
         raise DeltaError(f"{path}: no sparse delta here (only fish, random_mask, bitfit and diff_pruning runs write one)")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, meta = sparse_delta.read(path)
     if meta.get("format") != DELTA_FORMAT:
         raise DeltaError(f"{path}: unknown format {meta.get('format')!r}")
     return tensors, meta
@@ -95,19 +89,7 @@ def apply_delta(module: torch.nn.Module, tensors: dict, meta: dict) -> None:
         got = fingerprint(params[name])
         if got != expected:
             raise DeltaError(f"base tensor {name!r} differs from the run's initial weights ({got} != {expected}): another model revision?")
-    buffers = dict(module.named_buffers())
-    with torch.no_grad():
-        for key, t in tensors.items():
-            name, kind = key.rsplit("::", 1)
-            if kind == "full":
-                params[name].copy_(t)
-            elif kind == "buffer":
-                buffers[name].copy_(t)
-            elif kind == "idx":
-                values = tensors[f"{name}::val"]
-                params[name].view(-1).index_copy_(0, t.long(), values.to(params[name].dtype))
-            elif kind != "val":
-                raise DeltaError(f"unknown entry {key!r} in the delta")
+    sparse_delta.apply(tensors, params, dict(module.named_buffers()))
 
 
 def rebuild(run_dir: Path, out_dir: Path) -> Path:

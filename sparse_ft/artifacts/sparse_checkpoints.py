@@ -29,21 +29,14 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
-from ..train.callbacks import TrainerCallback
 from ..core.io import save_tensors
+from ..train.callbacks import TrainerCallback
 from ..train.checkpoint import CheckpointError
+from . import sparse_delta
 
 FORMAT = "sparse-ft-sparse-checkpoint/1"
 SUBDIR = Path("checkpoints") / "sparse"
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach().to("cpu").contiguous().reshape(-1)
-    if t.is_floating_point() and t.element_size() in (2, 4, 8):
-        return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-    return t
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -76,17 +69,16 @@ class SparseCheckpointer(TrainerCallback):
         if not self.write:
             return 0
         now = _state(self.module)
-        tensors, changed = {}, 0
+        sparse = {}
         for name, t in now.items():
-            idx = (_bits(t) != _bits(self.last[name])).nonzero().view(-1)
+            idx = sparse_delta.changed_indices(t, self.last[name])
             if idx.numel():
-                tensors[f"{name}::idx"] = idx.to(torch.int32)
-                tensors[f"{name}::val"] = t.reshape(-1)[idx]
-                changed += idx.numel()
+                sparse[name] = (idx, t.reshape(-1)[idx])
+        changed = sum(idx.numel() for idx, _ in sparse.values())
         self.count += 1
         meta = {"format": FORMAT, "checkpoint": str(self.count), "epoch": str(epoch), "step": str(step), "entries": str(changed)}
         name = f"delta_{self.count:04d}.safetensors"
-        self.files[name] = save_tensors(tensors, self.dir / name, meta)
+        self.files[name] = sparse_delta.write(self.dir / name, sparse_delta.encode(sparse), meta)
         if self.dense_copies:
             dense = f"dense_{self.count:04d}.safetensors"
             self.files[dense] = save_tensors(now, self.dir / dense, {"format": FORMAT, "checkpoint": str(self.count), "dense": "1"})
@@ -141,31 +133,19 @@ class SparseCheckpointer(TrainerCallback):
         }
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    with safe_open(str(path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
-
-
 def replay(run_or_dir, upto: int | None = None) -> dict[str, torch.Tensor]:
     """The state dict at checkpoint `upto` (None = the last one; 0 = the base)."""
     d = Path(run_or_dir)
     if (d / SUBDIR).is_dir():
         d = d / SUBDIR
-    state, _ = _read(d / "base.safetensors")
+    state, _ = sparse_delta.read(d / "base.safetensors")
     deltas = sorted(d.glob("delta_*.safetensors"))
     if upto is not None:
         if upto > len(deltas):
             raise ValueError(f"{d}: only {len(deltas)} checkpoints, asked for {upto}")
         deltas = deltas[:upto]
     for path in deltas:
-        tensors, _ = _read(path)
-        for key, idx in tensors.items():
-            if not key.endswith("::idx"):
-                continue
-            name = key[: -len("::idx")]
-            flat = state[name].reshape(-1).clone()
-            flat[idx.long()] = tensors[f"{name}::val"]
-            state[name] = flat.view_as(state[name])
+        sparse_delta.apply(sparse_delta.read(path)[0], state)
     return state
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import ConfigError
+from ..core.nested import flatten
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 MISSING = "<unset>"  # compares a key one job lacks with the others
@@ -38,25 +39,13 @@ class SweepPlan:
         return len(self.jobs)
 
 
-def _flatten(node, prefix: str = "") -> dict:
-    out = {}
-    if isinstance(node, dict):
-        for k, v in node.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict) and v:
-                out.update(_flatten(v, key))
-            else:
-                out[key] = v
-    return out
-
-
 def _interpolated(cfg) -> set[str]:
     """Keys (outside hydra) whose value is computed from other keys or resolvers."""
     from omegaconf import OmegaConf
 
     raw = OmegaConf.to_container(cfg, resolve=False)
     raw.pop("hydra", None)
-    return {k for k, v in _flatten(raw).items() if isinstance(v, str) and "${" in v}
+    return {k for k, v in flatten(raw).items() if isinstance(v, str) and "${" in v}
 
 
 def _resolved(cfg) -> dict:
@@ -64,9 +53,9 @@ def _resolved(cfg) -> dict:
 
     job = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
     try:
-        return _flatten(OmegaConf.to_container(job, resolve=True))
+        return flatten(OmegaConf.to_container(job, resolve=True))
     except Exception:  # noqa: BLE001 - one bad interpolation must not hide the others
-        raw = _flatten(OmegaConf.to_container(job, resolve=False))
+        raw = flatten(OmegaConf.to_container(job, resolve=False))
         out = {}
         for key in raw:
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -60,10 +61,15 @@ def param_block(total: int, trainable: int, updated: int, added: int = 0) -> dic
     }
 
 
-def dense_fp32_bytes(module: nn.Module) -> int:
-    """Bytes of the tensors of a dense fp32 checkpoint of this model (shared tensors once)."""
-    seen, total = set(), 0
-    for t in module.state_dict().values():
+def dense_fp32_bytes(tensors: nn.Module | Mapping[str, torch.Tensor], skip: Iterable[str] = ()) -> int:
+    """Bytes of the tensors of a dense fp32 checkpoint of a model (its `state_dict`) or of a
+    name -> tensor mapping: floating point at 4 bytes, tensors sharing storage (tied) once,
+    integers at their size; the keys in `skip` (e.g. a compressor's aliases) are not counted."""
+    items = (tensors.state_dict() if isinstance(tensors, nn.Module) else tensors).items()
+    skip, seen, total = set(skip), set(), 0
+    for name, t in items:
+        if name in skip:
+            continue
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
         if key not in seen and t.is_floating_point():
             seen.add(key)

@@ -1,5 +1,6 @@
 """File writes every package uses: atomic writes (temp file + rename, with the mode a plainly
-written file would have) of text and of safetensors files.
+written file would have) of text and of safetensors files, and the tensor fingerprints the
+artifacts record (`tensor_bytes` is the one byte serialisation they hash).
 
 A write that fails because the disk (or quota) is full raises `StorageError` naming the file being
 written (`writing(path)`)."""
@@ -8,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import tempfile
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from .errors import StorageError
+
+if TYPE_CHECKING:  # torch and safetensors load on first use: the report and the Hydra callbacks stay torch-free
+    import torch
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # safetensors (Rust) reports the OS error only in its message
@@ -93,6 +96,8 @@ def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> int:
     """Write `tensors` to `path` (safetensors); returns the file's size in bytes."""
+    from safetensors.torch import save_file
+
     # safetensors refuses shared storage (tied embeddings) and non-contiguous views: store copies
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     tmp = atomic_path(path)
@@ -108,4 +113,20 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     return load_file(str(path))
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """The tensor's raw bytes (CPU, C order): what every fingerprint of the package hashes."""
+    import torch
+
+    t = t.detach().to("cpu").contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def fingerprint(t: torch.Tensor) -> str:
+    """One tensor's identity: dtype, shape and a blake2b digest of its bytes (the sparse delta's
+    fingerprints of the base tensors)."""
+    return f"{t.dtype}:{list(t.shape)}:" + hashlib.blake2b(tensor_bytes(t), digest_size=16).hexdigest()

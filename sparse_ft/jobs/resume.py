@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..core.errors import ConfigError
+from ..core.nested import flatten
 
 # key (or key prefix, ending in ".") -> when it may differ from the run it continues:
 #   "always": how a run is watched, logged, checkpointed or where it writes; never what it computes
@@ -53,20 +54,6 @@ def rule(key: str) -> str | None:
         if key == pattern or (pattern.endswith(".") and key.startswith(pattern)):
             return kind
     return None
-
-
-def flatten(node, prefix: str = "") -> dict:
-    out = {}
-    if isinstance(node, dict):
-        for k, v in node.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict) and v:
-                out.update(flatten(v, key))
-            else:
-                out[key] = v
-    else:
-        out[prefix] = node
-    return out
 
 
 def resolved(cfg) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core import nested
+
 
 class NullLogger:
     """`logger=none`, and what a tracker degrades to when it cannot start."""
@@ -51,12 +53,5 @@ def scalar(value: Any) -> Any:
 
 def flatten(data: dict, prefix: str = "", sep: str = "/") -> dict:
     """`{"a": {"b": 1}}` → `{"a/b": 1}`; keys become strings, non-dict leaves are kept as they are."""
-    out: dict = {}
-    for key, value in data.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(flatten(value, name, sep))
-        else:
-            out[name] = value
-    return out
+    return nested.flatten(data, prefix, sep, keep_empty=False)
 

@@ -24,7 +24,6 @@ Nothing here raises into the run: a W&B failure is logged, the tracker turns its
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
 import shutil
@@ -34,6 +33,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..core.io import atomic_write_text
 from .base import NullLogger, flatten, scalar
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,7 @@ def run_id_for(run_dir: Path) -> str:
     if saved:
         log.warning("W&B: ignoring unusable run id %r in %s", saved, path)
     run_id = new_run_id()
-    tmp = path.with_name(f".{ID_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(run_id + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, run_id + "\n")
     return run_id
 
 

@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..core import nested
+
 log = logging.getLogger(__name__)
 
 COMPLETED = "completed"
@@ -50,17 +52,7 @@ def natural_key(value: Any) -> list:
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts → {"a.b.c": leaf}. Lists stay as leaves; an empty dict is dropped."""
-    out: dict[str, Any] = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            name = f"{prefix}.{key}" if prefix else str(key)
-            if isinstance(value, dict):
-                out.update(flatten(value, name))
-            else:
-                out[name] = value
-    elif prefix:
-        out[prefix] = data
-    return out
+    return nested.flatten(data, prefix, keep_empty=False)
 
 
 # ----------------------------------------------------------------------------- run dirs

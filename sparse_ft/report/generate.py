@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..core.io import atomic_write_text
 from .aggregate import Analysis, analyse
 from .collect import NoRunsError, Run, load_runs
 from .plots import PLOTS, write_plots
@@ -40,12 +41,6 @@ def _paper_markdown(an: Analysis, compare: str | None) -> str | None:
     return comparison_markdown(records, an.score_scale)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def generate_report(paths: Sequence[str | Path], out: str | Path | None = None,
                     compare: str | None = None, plots: bool = True) -> ReportResult:
     paths = [Path(p) for p in paths]
@@ -64,6 +59,6 @@ def generate_report(paths: Sequence[str | Path], out: str | Path | None = None,
 
     markdown = render_report(an, paths, plot_status, PLOTS, paper_md)
     md_path = out_dir / "report.md"
-    _write_atomic(md_path, markdown)
+    atomic_write_text(md_path, markdown)
     files = [csv_path, md_path] + [out_dir / n for n, why in plot_status.items() if why is None]
     return ReportResult(out_dir, runs, files, headline(an), markdown, plot_status, paper_md)

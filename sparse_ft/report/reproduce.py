@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..core.io import atomic_write_text
 from .collect import NoRunsError, Run, load_runs
 from .costs import costs_markdown
 from .papers import VERDICTS, Claim, Section, build_sections
@@ -117,8 +118,6 @@ def write_reproduction(paths: Sequence[str | Path], out_dir: str | Path, plots: 
     sections = build_sections(runs, out, plots)
     text = render(runs, sections, paths, out)
     path = out / README
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, text)
     files = [path] + [f for s in sections for f in s.files]
     return Reproduction(path, runs, sections, [cl for s in sections for cl in s.claims], files)

@@ -4,10 +4,12 @@ that varies and every summary figure, flattened."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..core.io import atomic_write_text
 from .collect import IDENTITY, Run
 
 # Summary blocks in the order results.csv lists them (anything else follows).
@@ -65,10 +67,9 @@ def result_rows(runs: Sequence[Run], columns: Sequence[str]) -> list[dict]:
 
 def write_results_csv(runs: Sequence[Run], varying: Sequence[str], path: Path) -> list[str]:
     columns = result_columns(runs, varying)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns)
-        w.writeheader()
-        w.writerows(result_rows(runs, columns))
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=columns)
+    w.writeheader()
+    w.writerows(result_rows(runs, columns))
+    atomic_write_text(path, text.getvalue())  # a reader never sees half a file
     return columns

@@ -43,6 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..core.io import atomic_write_text
 from .base import DataError, TaskData, TextExample
 from .metrics import glue_metric
 
@@ -520,12 +521,6 @@ def submission_filename(task: TaskData, split: str) -> str:
     return names[split]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    from ..core.io import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
 def write_submission(task: TaskData, split: str, predictions: np.ndarray, path_dir) -> Path:
     """Write ``<path_dir>/<Task>.tsv`` for the GLUE server (header ``index\\tprediction``).
 
@@ -572,6 +567,6 @@ def write_submission(task: TaskData, split: str, predictions: np.ndarray, path_d
             value = spec.label_names[k] if spec.label_format == "name" else str(k)
         rows.append(f"{ex.guid}\t{value}")
     path = Path(path_dir) / fname
-    _atomic_write_text(path, "\n".join(rows) + "\n")
+    atomic_write_text(path, "\n".join(rows) + "\n")
     logger.info("wrote GLUE submission %s (%d rows)", path, len(examples))
     return path

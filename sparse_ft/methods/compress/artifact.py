@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from ...core import accounting
+from ...core.io import save_tensors, tensor_bytes
 from .lowrank import stiefel_project
 from .quant import dequantize, unpack_bits
 
@@ -117,23 +119,19 @@ def plan_entries(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], 
 
 
 def dense_fp32_bytes(tuned: dict[str, torch.Tensor], plan: Plan | None = None) -> int:
-    """Bytes of a dense fp32 checkpoint of `tuned` (tied tensors once; integers at their size), the
-    same count as sparse_ft.core.accounting.dense_fp32_bytes."""
-    total = 0
-    for key, t in tuned.items():
-        if plan is not None and plan.kinds.get(key) == "alias":
-            continue
-        total += t.numel() * (4 if t.is_floating_point() else t.element_size())
-    return total
+    """Bytes of a dense fp32 checkpoint of `tuned` (tied tensors once; integers at their size):
+    sparse_ft.core.accounting.dense_fp32_bytes, the plan's aliases skipped."""
+    aliases = [k for k, kind in plan.kinds.items() if kind == "alias"] if plan is not None else ()
+    return accounting.dense_fp32_bytes(tuned, skip=aliases)
 
 
 def base_fingerprint(base: dict[str, torch.Tensor], keys) -> str:
     """sha256 over name, dtype, shape and bytes of the base tensors the reconstruction reads."""
     h = hashlib.sha256()
     for key in sorted(keys):
-        t = base[key].detach().to("cpu").contiguous()
+        t = base[key]
         h.update(f"{key}|{dtype_name(t.dtype)}|{list(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(tensor_bytes(t))
     return h.hexdigest()
 
 
@@ -146,8 +144,6 @@ def base_keys(meta: dict) -> list[str]:
 
 def write_artifact(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> int:
     """Write the artifact atomically; returns its size on disk (the storage it costs)."""
-    from ...core.io import save_tensors
-
     return save_tensors(tensors, Path(path), {META_KEY: json.dumps(meta, separators=(",", ":"))})
 
 

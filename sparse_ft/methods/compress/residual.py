@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Literal
 import torch
 
 from ...core.options import MethodOptions, option
+from ...core.progress import progress_bar
 from .artifact import (FORMAT, META_KEY, Plan, base_fingerprint, decode, dense_fp32_bytes, dtype_name,
                        matrix_shape, plan_entries, write_artifact)
 from .base import CompressContext, CompressResult, Compressor
@@ -107,11 +107,7 @@ class Coded:
 
 
 def progress(items, desc: str):
-    if sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        return tqdm(items, desc=desc, dynamic_ncols=True, leave=False)
-    return items
+    return progress_bar(items, desc=desc, leave=False)
 
 
 def tensor_bytes(t: torch.Tensor) -> int:

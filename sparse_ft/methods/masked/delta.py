@@ -3,7 +3,6 @@ model's identity and fingerprints (`apply_delta` rebuilds full weights from it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -11,23 +10,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...artifacts import sparse_delta as codec
+from ...artifacts.sparse_delta import bits_differ, changed_indices  # noqa: F401  (re-exported by masking)
+from ...core.io import fingerprint, save_tensors
 from ..base import MethodContext
 from .selection import BASE_FILE, DELTA_FILE, DELTA_FORMAT, named_params
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint(t: torch.Tensor) -> str:
-    data = t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy()
-    return f"{t.dtype}:{list(t.shape)}:" + hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()
-
-
-def bits_differ(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Element-wise: do the bit patterns differ (so -0.0 vs 0.0 and NaN payloads count)?"""
-    if a.is_floating_point() and a.element_size() in (2, 4, 8):
-        view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-        return a.contiguous().view(view) != b.to(a.dtype).contiguous().view(view)
-    return a != b
 
 
 def persistent_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -104,8 +93,6 @@ class SparseDelta:
             info = {"model": model_cfg, "task": {**head_info(module), "modality": "image" if model_cfg.get("arch") == "vision" else "text",
                                                  "head": type(module).__name__}, "seed": ctx.seed}  # head: e.g. a QA span head
             if model_cfg.get("random_init", model_cfg.get("arch") == "vision"):  # no base to fetch: keep it
-                from ...core.io import save_tensors
-
                 save_tensors(module.state_dict(), Path(run_dir) / BASE_FILE)
                 base = {"kind": "file", "file": BASE_FILE, "path": str((Path(run_dir) / BASE_FILE).resolve()), "id": "random init", **info}
             else:
@@ -137,13 +124,13 @@ class SparseDelta:
         elif self.initial is not None:
             for n, before in self.initial.items():
                 now = params[n].detach().view(-1).cpu()
-                changed = bits_differ(now, before.view(-1)).nonzero().view(-1)
+                changed = changed_indices(now, before)
                 if changed.numel():
                     sparse[n] = (changed.to(torch.int32), now[changed])
         else:
             for n, (idx, before) in self.track.items():
                 now = params[n].detach().view(-1)[idx.to(params[n].device)].cpu()
-                changed = bits_differ(now, before).nonzero().view(-1)
+                changed = changed_indices(now, before)
                 if changed.numel():
                     sparse[n] = (idx[changed].to(torch.int32), now[changed])
         for n in self.full_names:
@@ -152,32 +139,23 @@ class SparseDelta:
 
     def write(self, module: nn.Module, run_dir: Path, explicit: dict | None = None) -> dict:
         """Write `delta.safetensors`; returns storage entries {artifact: bytes}."""
-        from ...core.io import save_tensors
-
         sparse, full = self.entries(module, explicit)
-        tensors = {}
-        for n, (idx, vals) in sparse.items():
-            tensors[f"{n}::idx"] = idx.to(torch.int32)
-            tensors[f"{n}::val"] = vals
-        for n, t in full.items():
-            tensors[f"{n}::full"] = t
-        changed_buffers = []
+        changed_buffers = {}
         for n, b in persistent_buffers(module).items():
             before = self.buffers.get(n)
             if before is None or before.shape != b.shape or bits_differ(b.detach().cpu(), before).any():
-                tensors[f"{n}::buffer"] = b.detach()
-                changed_buffers.append(n)
+                changed_buffers[n] = b.detach()
         meta = {
             "format": DELTA_FORMAT,
             "base": json.dumps(self.base),
             "fingerprints": json.dumps({n: f for n, f in self.fingerprints.items()}),
             "entries": str(sum(int(i.numel()) for i, _ in sparse.values())),
         }
-        out = {DELTA_FILE: save_tensors(tensors, Path(run_dir) / DELTA_FILE, meta)}
+        out = {DELTA_FILE: codec.write(Path(run_dir) / DELTA_FILE, codec.encode(sparse, full, changed_buffers), meta)}
         self.summary = {
             "delta_entries": int(meta["entries"]),
             "delta_full_tensors": sorted(full),
-            "delta_buffers": changed_buffers,
+            "delta_buffers": list(changed_buffers),
             "delta_base": self.base.get("id") if self.base["kind"] == "pretrained" else (f"file:{BASE_FILE} (random init)" if self.base["kind"] == "file" else "unknown (no run config)"),
         }
         return out

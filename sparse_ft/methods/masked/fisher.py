@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.progress import progress_bar
+
 log = logging.getLogger(__name__)
 
 KINDS = ("empirical", "expected")
@@ -171,9 +173,7 @@ class FisherProgress:
         self.decile = 0
         self.bar = None
         if tty:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=self.total, desc=desc, dynamic_ncols=True)
+            self.bar = progress_bar(total=self.total, desc=desc, enabled=True)
         else:
             log.info("%s: %d examples", desc, self.total)
 
