@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from ..tasks.base import TaskData
 from .bundle import ModelBundle
-from .text import ModelLoadError, _hub_error, load_tokenizer, resolve_source
+from .hub import load_auto_model
+from .text import ModelLoadError, load_tokenizer
 
 GEN_DEFAULTS = {"num_beams": 1, "max_new_tokens": 64, "length_penalty": 1.0, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
 
@@ -150,25 +151,9 @@ def conv1d_to_linear(module) -> int:
 def load_lm_module(model_cfg):
     """`AutoModelForCausalLM` from the model config, Conv1D as Linear with model.linear_layers;
     (module, source, number of converted layers)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    overrides = dict(model_cfg.get("config") or {})
-    if model_cfg.get("random_init"):
-        model_type = overrides.pop("model_type", None)
-        if model_type is None:
-            raise ModelLoadError("model.config.model_type: needed to build a model with random_init=true")
-        module = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **overrides))
-        source = f"random init ({model_type})"
-    else:
-        spec = model_cfg.name_or_path
-        path = resolve_source(spec, "model.name_or_path")
-        kwargs = dict(revision=model_cfg.get("revision"), trust_remote_code=bool(model_cfg.get("trust_remote_code")))
-        try:
-            config = AutoConfig.from_pretrained(path, **kwargs, **overrides)
-            module = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
-        except (OSError, ValueError) as err:
-            raise _hub_error("model.name_or_path", spec, err) from err
-        source = path
+    module, source, _ = load_auto_model(AutoModelForCausalLM, model_cfg)
     converted = conv1d_to_linear(module) if model_cfg.get("linear_layers", False) else 0
     return module, source, converted
 

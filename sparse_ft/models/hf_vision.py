@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from ..tasks.base import TaskData
 from .bundle import ModelBundle
-from .text import ModelLoadError, _hub_error, resolve_source
+from .hub import load_auto_model
+from .text import ModelLoadError, _hub_error
 
 log = logging.getLogger(__name__)
 
@@ -104,33 +105,16 @@ class PixelPrep:
 
 def load_module(model_cfg, num_labels: int):
     """(module, source, the checkpoint path or None, the body's parameters missing from the checkpoint)."""
-    from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers import AutoModelForImageClassification
 
-    overrides = dict(model_cfg.get("config") or {})
-    if model_cfg.get("random_init"):
-        model_type = overrides.pop("model_type", None)
-        if model_type is None:
-            raise ModelLoadError("model.config.model_type: needed to build a model with random_init=true")
-        config = AutoConfig.for_model(model_type, **overrides, num_labels=num_labels)
-        module = AutoModelForImageClassification.from_config(config)
-        return module, f"random init ({model_type})", None, []
-    spec = model_cfg.name_or_path
-    path = resolve_source(spec, "model.name_or_path")
-    kwargs = dict(revision=model_cfg.get("revision"), trust_remote_code=bool(model_cfg.get("trust_remote_code")))
-    try:
-        config = AutoConfig.from_pretrained(path, **kwargs, **overrides)
-        config.num_labels = num_labels
-        config.id2label = {i: str(i) for i in range(num_labels)}
-        config.label2id = {str(i): i for i in range(num_labels)}
-        module, info = AutoModelForImageClassification.from_pretrained(
-            path, config=config, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
-    except (OSError, ValueError) as err:
-        raise _hub_error("model.name_or_path", spec, err) from err
+    module, source, missing = load_auto_model(AutoModelForImageClassification, model_cfg, num_labels, ignore_mismatched_sizes=True)
+    if missing is None:
+        return module, source, None, []
     prefix = module.base_model_prefix
-    missing = sorted(n for n in info.get("missing_keys", ()) if n.startswith(prefix + "."))
+    missing = sorted(n for n in missing if n.startswith(prefix + "."))
     if missing:
         log.warning("model %s: %s hold no trained values (missing from the checkpoint)", model_cfg.get("name"), ", ".join(missing))
-    return module, path, path, missing
+    return module, source, source, missing
 
 
 def build_hf_vision_bundle(model_cfg, task: TaskData) -> ModelBundle:
@@ -141,28 +125,7 @@ def build_hf_vision_bundle(model_cfg, task: TaskData) -> ModelBundle:
     def logits(mod, batch):
         return mod(pixel_values=prep(batch["pixel_values"])).logits
 
-    def loss(mod, batch):
-        return F.cross_entropy(logits(mod, batch).float(), batch["labels"])
+    from .vision import image_bundle
 
-    def per_example(mod, batch):
-        return F.cross_entropy(logits(mod, batch).float(), batch["labels"], reduction="none")
-
-    def predict(mod, batch):
-        return logits(mod, batch).argmax(-1).cpu()
-
-    from .vision import collate_images
-
-    return ModelBundle(
-        name=model_cfg.name,
-        arch="vision",
-        module=module,
-        source=str(source),
-        encode=lambda task, split: task.splits[split],
-        collate=collate_images,
-        loss_fn=loss,
-        predict_fn=predict,
-        per_example_loss_fn=per_example,
-        logits_fn=logits,
-        info={"image_processor": prep.info()},
-        newly_initialized=tuple(missing),
-    )
+    return image_bundle(model_cfg, module, str(source), logits, {"image_processor": prep.info()}, upcast=True,
+                        newly_initialized=tuple(missing))

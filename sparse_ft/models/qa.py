@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from ..core.errors import ConfigError
 from ..tasks.base import TaskData
 from .bundle import ModelBundle
-from .text import MODEL_INPUTS, ModelLoadError, _hub_error, load_tokenizer, newly_initialized, resolve_source
+from .hub import load_auto_model
+from .text import MODEL_INPUTS, ModelLoadError, load_tokenizer, newly_initialized
 
 
 def check_question_lengths(tokenizer, task: TaskData, max_length: int, doc_stride: int) -> None:
@@ -144,28 +145,10 @@ def best_spans(start: torch.Tensor, end: torch.Tensor, offsets: torch.Tensor, ma
 def load_qa_module(model_cfg):
     """`AutoModelForQuestionAnswering` from the model config (random init or weights); (module, source, the body's
     parameters with no trained values (`newly_initialized`), sorted)."""
-    from transformers import AutoConfig, AutoModelForQuestionAnswering
+    from transformers import AutoModelForQuestionAnswering
 
-    overrides = dict(model_cfg.get("config") or {})
-    if model_cfg.get("random_init"):
-        model_type = overrides.pop("model_type", None)
-        if model_type is None:
-            raise ModelLoadError("model.config.model_type: needed to build a model with random_init=true")
-        module = AutoModelForQuestionAnswering.from_config(AutoConfig.for_model(model_type, **overrides))
-        new = []
-        source = f"random init ({model_type})"
-    else:
-        spec = model_cfg.name_or_path
-        path = resolve_source(spec, "model.name_or_path")
-        kwargs = dict(revision=model_cfg.get("revision"), trust_remote_code=bool(model_cfg.get("trust_remote_code")))
-        try:
-            config = AutoConfig.from_pretrained(path, **kwargs, **overrides)
-            module, info = AutoModelForQuestionAnswering.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
-        except (OSError, ValueError) as err:
-            raise _hub_error("model.name_or_path", spec, err) from err
-        new = sorted(newly_initialized(module, info.get("missing_keys"), path))
-        source = path
-    return module, source, new
+    module, source, missing = load_auto_model(AutoModelForQuestionAnswering, model_cfg)
+    return module, source, [] if missing is None else sorted(newly_initialized(module, missing, source))
 
 
 def build_qa_bundle(model_cfg, task: TaskData, max_length: int) -> ModelBundle:

@@ -71,33 +71,44 @@ def collate_images(items) -> dict:
     return {"pixel_values": torch.stack(xs), "labels": torch.as_tensor(ys, dtype=torch.long)}
 
 
-def image_loss(module, batch):
-    return F.cross_entropy(module(batch["pixel_values"]), batch["labels"])
-
-
-def image_per_example_loss(module, batch):
-    return F.cross_entropy(module(batch["pixel_values"]), batch["labels"], reduction="none")
-
-
 def image_logits(module, batch):
     return module(batch["pixel_values"])
 
 
-def image_predict(module, batch):
-    return module(batch["pixel_values"]).argmax(-1).cpu()
+def image_bundle(model_cfg, module: nn.Module, source: str, logits=image_logits, info: dict | None = None,
+                 upcast: bool = False, newly_initialized: tuple[str, ...] = ()) -> ModelBundle:
+    """An image classifier's bundle: its class scores are `logits(module, batch)` (`upcast`: cast
+    to fp32 before the loss); the task's examples are its features; `newly_initialized`: the
+    body's parameters the checkpoint did not hold."""
 
+    def scores(mod, batch):
+        out = logits(mod, batch)
+        return out.float() if upcast else out
 
-def build_vision_bundle(model_cfg, task: TaskData) -> ModelBundle:
-    module = build_module(model_cfg, task.num_labels)
+    def loss(mod, batch):
+        return F.cross_entropy(scores(mod, batch), batch["labels"])
+
+    def per_example(mod, batch):
+        return F.cross_entropy(scores(mod, batch), batch["labels"], reduction="none")
+
+    def predict(mod, batch):
+        return logits(mod, batch).argmax(-1).cpu()
+
     return ModelBundle(
         name=model_cfg.name,
         arch="vision",
         module=module,
-        source=str(model_cfg.name_or_path),
+        source=source,
         encode=lambda task, split: task.splits[split],
         collate=collate_images,
-        loss_fn=image_loss,
-        predict_fn=image_predict,
-        per_example_loss_fn=image_per_example_loss,
-        logits_fn=image_logits,
+        loss_fn=loss,
+        predict_fn=predict,
+        per_example_loss_fn=per_example,
+        logits_fn=logits,
+        info=dict(info or {}),
+        newly_initialized=newly_initialized,
     )
+
+
+def build_vision_bundle(model_cfg, task: TaskData) -> ModelBundle:
+    return image_bundle(model_cfg, build_module(model_cfg, task.num_labels), str(model_cfg.name_or_path))

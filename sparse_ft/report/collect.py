@@ -379,11 +379,8 @@ def training_runs(runs: Iterable[Run]) -> list[Run]:
     return [r for r in runs if r.is_training]
 
 
-def find_run(path: str | Path | None, runs: Iterable[Run]) -> Run | None:
-    """The run at `path`: among `runs` (by resolved path), else loaded from disk; None when the
-    folder holds no run."""
-    if path is None:
-        return None
+def run_at(path: str | Path, runs: Iterable[Run]) -> Run | None:
+    """The run among `runs` whose folder is `path` (compared resolved)."""
     p = Path(path)
     try:
         want = p.resolve()
@@ -395,6 +392,17 @@ def find_run(path: str | Path | None, runs: Iterable[Run]) -> Run | None:
                 return r
         except OSError:
             continue
+    return None
+
+
+def find_run(path: str | Path | None, runs: Iterable[Run]) -> Run | None:
+    """The run at `path`: among `runs` (by resolved path), else loaded from disk; None when the
+    folder holds no run."""
+    if path is None:
+        return None
+    found, p = run_at(path, runs), Path(path)
+    if found is not None:
+        return found
     if p.is_dir() and is_run_dir(p):
         return load_run(p)
     return None

@@ -71,6 +71,22 @@ def _string(cfg, key: str, *, optional: bool) -> None:
         raise ConfigError(f"task.{key}", f"must be a non-empty string{' or null' if optional else ''}, got {value!r}")
 
 
+def _local_or_hub(cfg, expected: str) -> None:
+    """`task.data_dir` (an existing folder holding `expected`) or, when it is null, `task.hf_dataset`."""
+    _string(cfg, "data_dir", optional=True)
+    data_dir = cfg.get("data_dir")
+    if data_dir is None:
+        _string(cfg, "hf_dataset", optional=False)
+    elif not os.path.isdir(data_dir):
+        raise ConfigError("task.data_dir", f"{data_dir!r} is not an existing directory (expected {expected}; "
+                          "or task.data_dir=null to use task.hf_dataset)")
+
+
+def _no_split_scheme(cfg, kind: str, splits: str) -> None:
+    if cfg.get("split_scheme", None) is not None:
+        raise ConfigError("task.split_scheme", f"not used by {kind} ({splits}); leave it unset")
+
+
 def validate_task_cfg(task_cfg) -> None:
     """Cheap checks of a task config; raises :class:`ConfigError` naming the key. Loads nothing."""
     if task_cfg is None:
@@ -115,15 +131,8 @@ def validate_task_cfg(task_cfg) -> None:
             _positive_int(task_cfg, key, optional=False)
         if task_cfg.get("doc_stride", 128) >= task_cfg.get("max_length", 384):
             raise ConfigError("task.doc_stride", f"{task_cfg.get('doc_stride')} must be smaller than task.max_length={task_cfg.get('max_length')}")
-        _string(task_cfg, "data_dir", optional=True)
-        data_dir = task_cfg.get("data_dir")
-        if data_dir is None:
-            _string(task_cfg, "hf_dataset", optional=False)
-        elif not os.path.isdir(data_dir):
-            raise ConfigError("task.data_dir", f"{data_dir!r} is not an existing directory (expected a folder with the official "
-                              "train-v1.1.json and dev-v1.1.json; or task.data_dir=null to use task.hf_dataset)")
-        if task_cfg.get("split_scheme", None) is not None:
-            raise ConfigError("task.split_scheme", "not used by squad (train / the official dev set); leave it unset")
+        _local_or_hub(task_cfg, "a folder with the official train-v1.1.json and dev-v1.1.json")
+        _no_split_scheme(task_cfg, kind, "train / the official dev set")
     elif kind in ("e2e", "dart", "webnlg"):
         _string(task_cfg, "data_dir", optional=kind == "e2e")  # its files are checked when the task loads (DataError naming each)
         if task_cfg.get("data_dir") is None:
@@ -137,24 +146,16 @@ def validate_task_cfg(task_cfg) -> None:
             if key not in ("num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size", "repetition_penalty"):
                 raise ConfigError(f"task.generation.{key}", "unknown key (num_beams, max_new_tokens, length_penalty, "
                                   "no_repeat_ngram_size, repetition_penalty)")
-        if task_cfg.get("split_scheme", None) is not None:
-            raise ConfigError("task.split_scheme", f"not used by {kind} (the official train / dev / test files); leave it unset")
+        _no_split_scheme(task_cfg, kind, "the official train / dev / test files")
     else:  # image tasks
         if kind in ("cifar10", "cifar100"):
             _string(task_cfg, "root", optional=False)
         if kind == "tiny_imagenet":
-            _string(task_cfg, "data_dir", optional=True)
-            data_dir = task_cfg.get("data_dir")
-            if data_dir is None:
-                _string(task_cfg, "hf_dataset", optional=False)
-            elif not os.path.isdir(data_dir):
-                raise ConfigError("task.data_dir", f"{data_dir!r} is not an existing directory (expected the official "
-                                  "tiny-imagenet-200 folder; or task.data_dir=null to use task.hf_dataset)")
+            _local_or_hub(task_cfg, "the official tiny-imagenet-200 folder")
         _bool(task_cfg, "download")
         _bool(task_cfg, "augment")
         _bool(task_cfg, "verify_md5")
-        if task_cfg.get("split_scheme", None) is not None:
-            raise ConfigError("task.split_scheme", f"not used by {kind} (fixed splits); leave it unset")
+        _no_split_scheme(task_cfg, kind, "fixed splits")
 
 
 def load_task(task_cfg, seed: int) -> TaskData:

@@ -13,8 +13,31 @@ from typing import Callable, Sequence
 import numpy as np
 
 
+CAP_SEED = 0  # `cap_shuffled`'s fixed seed: caps never depend on the run seed
+
+
 class DataError(RuntimeError):
     """Task data missing or malformed. The message names the file or key and how to fix it."""
+
+
+def cap_shuffled(items: list, n: int | None) -> list:
+    """The first n items after a shuffle with the fixed seed `CAP_SEED`, kept in their order; all
+    of them when n is None or not smaller than their number."""
+    if n is None or n >= len(items):
+        return items
+    return [items[i] for i in sorted(np.random.default_rng(CAP_SEED).permutation(len(items))[:n])]
+
+
+def hf_split(name: str, split: str, remedy: str, convert: Callable = lambda ds: ds):
+    """`convert(datasets.load_dataset(name, split=split))`; a failure is a `DataError` naming
+    `task.hf_dataset` and the split, then `remedy` (how to use local files instead)."""
+    try:
+        from datasets import load_dataset
+
+        return convert(load_dataset(name, split=split))
+    except Exception as err:
+        raise DataError(f"task.hf_dataset={name}: split {split!r} could not be loaded ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}); {remedy}") from err
 
 
 @dataclass(frozen=True)
@@ -23,6 +46,27 @@ class TextExample:
     text_a: str
     text_b: str | None
     label: int | float | None  # None where the split has no labels (GLUE test)
+
+
+class UidExample:
+    """An example whose features carry its unique `uid` as their label (the task's metric looks
+    the example up by it); it has no label without gold texts. A subclass names its gold-text
+    field (`gold`) and its two text fields (`texts`, the second may be None)."""
+
+    gold: str
+    texts: tuple[str, str | None]
+
+    @property
+    def label(self):
+        return self.uid if getattr(self, self.gold) else None
+
+    @property
+    def text_a(self) -> str:
+        return getattr(self, self.texts[0])
+
+    @property
+    def text_b(self):
+        return getattr(self, self.texts[1]) if self.texts[1] else None
 
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict]

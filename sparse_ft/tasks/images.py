@@ -29,7 +29,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .base import DataError, TaskData
-from .vision import CAP_SEED, _cap_shuffled, _image_task
+from .vision import finish_image_task, image_transforms, torchvision_splits
 
 logger = logging.getLogger(__name__)
 
@@ -37,32 +37,6 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 TINY_IMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
 TINY_IMAGENET_STD = (0.2302, 0.2265, 0.2262)
-
-
-def image_transforms(side: int, mean, std, train: bool, augment: bool):
-    from torchvision import transforms as T
-
-    steps = []
-    if train and augment:
-        steps += [T.RandomCrop(side, padding=4), T.RandomHorizontalFlip()]
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(steps)
-
-
-def _finish(task_cfg, name, label_names, splits, info, side, mean, std) -> TaskData:
-    original = {k: len(v) for k, v in splits.items()}
-    splits["train"] = _cap_shuffled(splits["train"], task_cfg.get("max_train_samples"))
-    splits["validation"] = _cap_shuffled(splits["validation"], task_cfg.get("max_eval_samples"))
-    info.update({
-        "normalize": {"mean": list(mean), "std": list(std)},
-        "original_sizes": original,
-        "max_train_samples": task_cfg.get("max_train_samples"),
-        "max_eval_samples": task_cfg.get("max_eval_samples"),
-        "cap_rule": f"first n after a shuffle with fixed seed {CAP_SEED}",
-    })
-    task = _image_task(str(task_cfg.get("name", name)), label_names, splits, info)
-    task.image_size = side
-    return task
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,28 +59,11 @@ def _cifar100_class(verify_md5: bool):
 
 def load_cifar100(task_cfg, seed: int | None = None) -> TaskData:
     root = Path(str(task_cfg.get("root") or "data"))
-    download = bool(task_cfg.get("download", False))
     augment = bool(task_cfg.get("augment", True))
     verify = bool(task_cfg.get("verify_md5", True))
-    cls = _cifar100_class(verify)
-    splits = {}
-    for split, train in (("train", True), ("validation", False)):
-        try:
-            splits[split] = cls(str(root), train=train, download=download,
-                                transform=image_transforms(32, CIFAR100_MEAN, CIFAR100_STD, train, augment))
-        except Exception as e:  # missing/corrupt files, or a failed download
-            how = (
-                "the download failed (no internet?); fetch cifar-100-python.tar.gz from "
-                "https://www.cs.toronto.edu/~kriz/cifar.html elsewhere and extract it there"
-                if download
-                else "set task.download=true to fetch it (needs internet), or extract "
-                "cifar-100-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) there"
-            )
-            raise DataError(
-                f"CIFAR-100 not found under task.root={root} (resolved {root.resolve()}; expected "
-                f"{root / 'cifar-100-python'}/train, test, meta): {how}; or point task.root at a folder "
-                f"that has it. ({type(e).__name__}: {e})"
-            ) from e
+    splits = torchvision_splits(_cifar100_class(verify), task_cfg,
+                                lambda train: image_transforms(32, CIFAR100_MEAN, CIFAR100_STD, train, augment),
+                                "CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python/train, test, meta")
     classes = list(splits["train"].classes)
     info = {
         "source": f"torchvision CIFAR100 at {root.resolve()}" + ("" if verify else " (md5 not verified: task.verify_md5=false)"),
@@ -114,7 +71,7 @@ def load_cifar100(task_cfg, seed: int | None = None) -> TaskData:
         "as in the papers; no separate test split; 100 fine labels",
         "augment": augment,
     }
-    return _finish(task_cfg, "cifar100", classes, splits, info, 32, CIFAR100_MEAN, CIFAR100_STD)
+    return finish_image_task(task_cfg, "cifar100", classes, splits, info, 32, CIFAR100_MEAN, CIFAR100_STD)
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,4 +186,4 @@ def load_tiny_imagenet(task_cfg, seed: int | None = None) -> TaskData:
         "classes = the wnids, sorted",
         "augment": augment,
     }
-    return _finish(task_cfg, "tiny_imagenet", classes, splits, info, 64, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)
+    return finish_image_task(task_cfg, "tiny_imagenet", classes, splits, info, 64, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)

@@ -44,9 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataError, TaskData
+from .base import CAP_SEED, DataError, TaskData, UidExample, cap_shuffled, hf_split
 
-CAP_SEED = 0
 NLG_KINDS = ("e2e", "dart", "webnlg")
 FILES = {
     "e2e": {"train": "trainset.csv", "validation": "devset.csv", "test": "testset_w_refs.csv"},
@@ -63,24 +62,14 @@ METRIC_KEYS = {"e2e": ("nist", "meteor", "rouge_l", "cider"), "dart": ("meteor",
 
 
 @dataclass(frozen=True)
-class NLGExample:
+class NLGExample(UidExample):
+    gold, texts = "references", ("source", None)  # class attributes, not fields
+
     guid: str
     source: str  # the linearised table (the prompt)
     target: str | None  # training: this pair's reference; evaluation: the first reference
     references: tuple[str, ...]  # every reference of the table
     uid: int  # unique over all splits: features carry it as their label
-
-    @property
-    def label(self):
-        return self.uid if self.references else None
-
-    @property
-    def text_a(self) -> str:
-        return self.source
-
-    @property
-    def text_b(self):
-        return None
 
 
 # --- metrics --------------------------------------------------------------------------------------
@@ -145,15 +134,8 @@ def _group(pairs) -> list[tuple[str, list[str]]]:
 
 
 def _read_e2e_hf(name: str, split: str) -> list[tuple[str, list[str]]]:
-    try:
-        from datasets import load_dataset
-
-        ds = load_dataset(name, split=split)
-        return _group(zip(ds["meaning_representation"], ds["human_reference"]))
-    except Exception as err:
-        raise DataError(f"task.hf_dataset={name}: split {split!r} could not be loaded ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}); set task.data_dir to a folder with "
-                        f"{', '.join(FILES['e2e'].values())}") from err
+    return hf_split(name, split, f"set task.data_dir to a folder with {', '.join(FILES['e2e'].values())}",
+                    lambda ds: _group(zip(ds["meaning_representation"], ds["human_reference"])))
 
 
 def _read_e2e(path: Path) -> list[tuple[str, list[str]]]:
@@ -219,9 +201,7 @@ def load_nlg(task_cfg, seed: int | None = None) -> TaskData:
             raise DataError(f"{path}: table {bare[0]} ({tables[bare[0]][0][:60]!r}) has no reference text; every {split} table "
                             "needs one (training pairs / BLEU) — the official files have them")
         cap = task_cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
-        if cap is not None and cap < len(tables):
-            keep = sorted(np.random.default_rng(CAP_SEED).permutation(len(tables))[:cap])
-            tables = [tables[i] for i in keep]
+        tables = cap_shuffled(tables, cap)
         examples = []
         for n, (source, refs) in enumerate(tables):
             if split == "train":

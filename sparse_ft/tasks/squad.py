@@ -28,33 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataError, TaskData
+from .base import CAP_SEED, DataError, TaskData, UidExample, cap_shuffled, hf_split
 
-CAP_SEED = 0
 FILES = {"train": "train-v1.1.json", "validation": "dev-v1.1.json"}
 
 
 @dataclass(frozen=True)
-class QAExample:
+class QAExample(UidExample):
+    gold, texts = "answers", ("question", "context")  # class attributes, not fields
+
     guid: str  # the question's id in the official files
     question: str
     context: str
     answers: tuple[str, ...]  # every ground-truth answer text (dev has several)
     answer_starts: tuple[int, ...]  # their character offsets in the context
     uid: int  # unique over all splits: features carry it as their label
-
-    @property
-    def label(self):
-        return self.uid if self.answers else None
-
-    # the text fields other code may look at
-    @property
-    def text_a(self) -> str:
-        return self.question
-
-    @property
-    def text_b(self) -> str:
-        return self.context
 
 
 # --- the official v1.1 metric, written from its definition ---------------------------------------
@@ -147,24 +135,10 @@ def _read_json(path: Path, split: str, start_uid: int) -> list[QAExample]:
 
 
 def _from_hf(task_cfg, split: str, start_uid: int) -> list[QAExample]:
-    name = task_cfg.get("hf_dataset")
-    try:
-        from datasets import load_dataset
-
-        ds = load_dataset(name, split=split)
-    except Exception as err:
-        raise DataError(f"task.hf_dataset={name}: split {split!r} could not be loaded ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}); set task.data_dir to a folder with "
-                        f"{', '.join(FILES.values())} (https://rajpurkar.github.io/SQuAD-explorer/)") from err
-    return [QAExample(str(r["id"]), r["question"], r["context"], tuple(r["answers"]["text"]),
-                      tuple(int(s) for s in r["answers"]["answer_start"]), start_uid + i) for i, r in enumerate(ds)]
-
-
-def _cap(examples: list, n) -> list:
-    if n is None or n >= len(examples):
-        return examples
-    idx = np.random.default_rng(CAP_SEED).permutation(len(examples))[:n]
-    return [examples[i] for i in sorted(idx)]
+    return hf_split(task_cfg.get("hf_dataset"), split, f"set task.data_dir to a folder with {', '.join(FILES.values())} "
+                    "(https://rajpurkar.github.io/SQuAD-explorer/)",
+                    lambda ds: [QAExample(str(r["id"]), r["question"], r["context"], tuple(r["answers"]["text"]),
+                                          tuple(int(s) for s in r["answers"]["answer_start"]), start_uid + i) for i, r in enumerate(ds)])
 
 
 def load_squad(task_cfg, seed: int | None = None) -> TaskData:
@@ -182,8 +156,8 @@ def load_squad(task_cfg, seed: int | None = None) -> TaskData:
             splits[split] = _from_hf(task_cfg, split, uid)
         uid += len(splits[split])
     original = {k: len(v) for k, v in splits.items()}
-    splits["train"] = _cap(splits["train"], task_cfg.get("max_train_samples"))
-    splits["validation"] = _cap(splits["validation"], task_cfg.get("max_eval_samples"))
+    splits["train"] = cap_shuffled(splits["train"], task_cfg.get("max_train_samples"))
+    splits["validation"] = cap_shuffled(splits["validation"], task_cfg.get("max_eval_samples"))
     metric = SquadMetric({ex.uid: ex for exs in splits.values() for ex in exs})
     info = {
         "source": "json" if data_dir is not None else "huggingface",

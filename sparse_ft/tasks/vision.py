@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .base import DataError, TaskData
+from .base import CAP_SEED, DataError, TaskData
 from .metrics import TaskMetric
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CAP_SEED = 0
 DIGITS_SPLIT_SEED = 0
 
 
@@ -74,57 +73,79 @@ def _image_task(name, label_names, splits, info) -> TaskData:
 # CIFAR-10
 
 
-def cifar10_transforms(train: bool, augment: bool):
+def image_transforms(side: int, mean, std, train: bool, augment: bool):
+    """ToTensor + Normalize(mean, std); training images with `augment` first get RandomCrop(side,
+    padding=4) and RandomHorizontalFlip."""
     from torchvision import transforms as T
 
     steps = []
     if train and augment:
-        steps += [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
-    steps += [T.ToTensor(), T.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
+        steps += [T.RandomCrop(side, padding=4), T.RandomHorizontalFlip()]
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(steps)
+
+
+def cifar10_transforms(train: bool, augment: bool):
+    return image_transforms(32, CIFAR10_MEAN, CIFAR10_STD, train, augment)
+
+
+def torchvision_splits(cls, task_cfg, transform, what: str, tarball: str, expected: str) -> dict:
+    """`train` and `validation` (the official test set) of a torchvision CIFAR-style dataset class
+    under `task.root`, `transform(train)` applied; missing or corrupt files (or a failed download)
+    are a `DataError` saying how to get `tarball` and which files (`expected`, under the root) it holds."""
+    root = Path(str(task_cfg.get("root") or "data"))
+    download = bool(task_cfg.get("download", False))
+    splits = {}
+    for split, train in (("train", True), ("validation", False)):
+        try:
+            splits[split] = cls(str(root), train=train, download=download, transform=transform(train))
+        except Exception as e:  # missing/corrupt files, or a failed download
+            how = (
+                f"the download failed (no internet?); fetch {tarball} from "
+                "https://www.cs.toronto.edu/~kriz/cifar.html elsewhere and extract it there"
+                if download
+                else f"set task.download=true to fetch it (needs internet), or extract "
+                f"{tarball} (https://www.cs.toronto.edu/~kriz/cifar.html) there"
+            )
+            raise DataError(
+                f"{what} not found under task.root={root} (resolved {root.resolve()}; expected "
+                f"{root / expected}): {how}; or point task.root at a folder that has it. ({type(e).__name__}: {e})"
+            ) from e
+    return splits
+
+
+def finish_image_task(task_cfg, name, label_names, splits, info, side, mean, std) -> TaskData:
+    """The TaskData of a fixed-split image task: caps (first n after a fixed-seed shuffle) and the
+    info every such task records after its own (source, split scheme, augment)."""
+    original = {k: len(v) for k, v in splits.items()}
+    splits["train"] = _cap_shuffled(splits["train"], task_cfg.get("max_train_samples"))
+    splits["validation"] = _cap_shuffled(splits["validation"], task_cfg.get("max_eval_samples"))
+    info.update({
+        "normalize": {"mean": list(mean), "std": list(std)},
+        "original_sizes": original,
+        "max_train_samples": task_cfg.get("max_train_samples"),
+        "max_eval_samples": task_cfg.get("max_eval_samples"),
+        "cap_rule": f"first n after a shuffle with fixed seed {CAP_SEED}",
+    })
+    task = _image_task(str(task_cfg.get("name", name)), label_names, splits, info)
+    task.image_size = side
+    return task
 
 
 def load_cifar10(task_cfg, seed: int | None = None) -> TaskData:
     from torchvision.datasets import CIFAR10
 
     root = Path(str(task_cfg.get("root") or "data"))
-    download = bool(task_cfg.get("download", False))
     augment = bool(task_cfg.get("augment", True))
-    splits = {}
-    for split, train in (("train", True), ("validation", False)):
-        try:
-            splits[split] = CIFAR10(
-                str(root), train=train, download=download, transform=cifar10_transforms(train, augment)
-            )
-        except Exception as e:  # missing/corrupt files, or a failed download
-            how = (
-                "the download failed (no internet?); fetch cifar-10-python.tar.gz from "
-                "https://www.cs.toronto.edu/~kriz/cifar.html elsewhere and extract it there"
-                if download
-                else "set task.download=true to fetch it (needs internet), or extract "
-                "cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) there"
-            )
-            raise DataError(
-                f"CIFAR-10 not found under task.root={root} (resolved {root.resolve()}; expected "
-                f"{root / 'cifar-10-batches-py'}/"
-                f"data_batch_1 ... test_batch): {how}; or point task.root at a folder that has it. "
-                f"({type(e).__name__}: {e})"
-            ) from e
-    original = {k: len(v) for k, v in splits.items()}
-    splits["train"] = _cap_shuffled(splits["train"], task_cfg.get("max_train_samples"))
-    splits["validation"] = _cap_shuffled(splits["validation"], task_cfg.get("max_eval_samples"))
+    splits = torchvision_splits(CIFAR10, task_cfg, lambda train: cifar10_transforms(train, augment), "CIFAR-10",
+                                "cifar-10-python.tar.gz", "cifar-10-batches-py/data_batch_1 ... test_batch")
     info = {
         "source": f"torchvision CIFAR10 at {root.resolve()}",
         "split_scheme": "train = CIFAR-10 train (50k); validation = the official CIFAR-10 test set "
         "(10k), as in the papers; no separate test split",
         "augment": augment,
-        "normalize": {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)},
-        "original_sizes": original,
-        "max_train_samples": task_cfg.get("max_train_samples"),
-        "max_eval_samples": task_cfg.get("max_eval_samples"),
-        "cap_rule": f"first n after a shuffle with fixed seed {CAP_SEED}",
     }
-    return _image_task(str(task_cfg.get("name", "cifar10")), CIFAR10_CLASSES, splits, info)
+    return finish_image_task(task_cfg, "cifar10", CIFAR10_CLASSES, splits, info, 32, CIFAR10_MEAN, CIFAR10_STD)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,18 +15,16 @@ import pynvml
 import pytest
 
 from sparse_ft.telemetry import energy_smi
-from sparse_ft.telemetry.energy import (
-    CSV_COLUMNS,
-    EnergyMonitor,
+from sparse_ft.telemetry.energy import CSV_COLUMNS, EnergyMonitor
+from sparse_ft.telemetry.energy_config import energy_options, selected_gpus
+from sparse_ft.telemetry.kwh import (
     counter_delta,
     counter_kwh,
-    energy_options,
     integrate,
     interval_seconds,
     merge_intervals,
     power_kwh,
     read_eq16_kwh,
-    selected_gpus,
     util_kwh,
 )
 from sparse_ft.bench.energy import sampler_overhead_ratio

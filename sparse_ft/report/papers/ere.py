@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..collect import Run, as_number, load_run
+from ..collect import Run, as_number, load_run, run_at
 from ..render import fmt_num, md_table
 from ..verdicts import UNDECIDABLE, reference_gate, stats
 from . import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, Claim, Section
@@ -142,19 +142,7 @@ def _find_source(path: str, runs: Sequence[Run], cache: dict) -> Run | None:
     """The source run: among `runs` by resolved path (then by folder name), else loaded from disk."""
     if path in cache:
         return cache[path]
-    found = None
-    p = Path(path)
-    try:
-        want = p.resolve()
-    except OSError:
-        want = p
-    for r in runs:
-        try:
-            if Path(r.path).resolve() == want:
-                found = r
-                break
-        except OSError:
-            continue
+    found, p = run_at(path, runs), Path(path)
     if found is None and p.is_dir() and (p / "summary.json").is_file():
         found = load_run(p)
     if found is None:
