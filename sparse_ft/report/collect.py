@@ -231,18 +231,6 @@ class Run:
         return self.figure("memory.peak_bytes_above_start.train")
 
     @property
-    def measured_alone(self) -> tuple[bool | None, str]:
-        """Were the run's memory and time figures taken alone (its own fresh process, no other job
-        on the machine at the same time; summary.json `measurement`)? (True, "") | (False, why) |
-        (None, why) for runs from before `measurement` was recorded."""
-        m = self.block("measurement")
-        if "comparable" not in m:
-            return None, "not recorded (run predates summary.json measurement)"
-        if m["comparable"]:
-            return True, ""
-        return False, str(m.get("why_not") or "shared its process or the machine")
-
-    @property
     def samples_per_s(self) -> float | None:
         return self.figure("time.train_samples_per_s")
 

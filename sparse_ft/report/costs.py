@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 from .aggregate import canon, mean_std, method_sort, setting_keys, setting_label, task_sort, varying_config_keys
 from .collect import ENERGY_SOURCES, Run
 from .render import fmt_num, md_table
+from .verdicts import measured_alone
 
 MiB = float(1 << 20)
 _TRAINER_SETTING = ("trainer.lr", "trainer.epochs", "trainer.max_steps", "trainer.batch_size")
@@ -163,7 +164,7 @@ NOT_ALONE = " †"  # beside a memory or time figure taken where the run shared 
 
 def _alone_cell(runs: Sequence[Run]) -> tuple[str, str]:
     """("measured alone" column, the mark for memory/time cells)."""
-    found = [r.measured_alone for r in runs]
+    found = [measured_alone(r) for r in runs]
     shared = sorted({why for ok, why in found if ok is False})
     if shared:
         return "no: " + "; ".join(shared), NOT_ALONE

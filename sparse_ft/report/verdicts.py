@@ -17,9 +17,9 @@ a point of LoRA") gets "holds" or "does not hold on this proxy" only when the pr
 Otherwise the verdict is ``UNDECIDABLE`` and the text says why ("dense only 1.7 points above the
 majority class (74.8)", "fewer than 3 seeds (FISH 1, dense 3)", "difference within seed noise").
 
-Memory and time claims are decided only on runs measured alone: ``measurement.process == "own"``
-and ``measurement.concurrent_jobs == 1`` in summary.json; a run that does not record them is of
-unknown conditions and so not comparable (``measured_alone``).
+Memory and time claims are decided only on runs measured alone: ``measurement.comparable`` in
+summary.json (own process, no concurrent job); a run that does not record it is of unknown
+conditions and so not comparable (``measured_alone``).
 
 Hyper-parameters: a section first keeps, per setting, the lr whose mean validation score is the
 best (`select_lr`, the READ paper's rule: the validation split is carved from train with
@@ -55,8 +55,8 @@ RULES = (
     f"methods), (2) every side has ≥ {MIN_SEEDS} seeds, and (3) the "
     f"{100 * CONFIDENCE:g}% Welch t-interval of the difference of the two means lies wholly on one side of the "
     f"claim's threshold; otherwise *{UNDECIDABLE}*, with the reason. Figures are mean ± sample std over seeds. "
-    f"Memory and time claims use only runs measured alone (`measurement.process = own`, "
-    f"`measurement.concurrent_jobs = 1`); runs that do not record this are not comparable."
+    f"Memory and time claims use only runs measured alone (`measurement.comparable`: own process, no "
+    f"concurrent job); runs that do not record this are not comparable."
 )
 
 
@@ -266,14 +266,14 @@ def controls_line(runs: Sequence[Any], model: Any, task: Any, scale: float) -> s
     return f"{model}/{task}: " + "; ".join(parts)
 
 
-def measured_alone(run: Any) -> tuple[bool, str]:
-    """Is the run's memory/time comparable with others measured the same way (alone, own process)?"""
+def measured_alone(run: Any) -> tuple[bool | None, str]:
+    """Were the run's memory and time figures taken alone (its own fresh process, no other job on
+    the machine at the same time)? The run's own record, summary.json `measurement.comparable`
+    with `why_not`: (True, "measured alone") | (False, why) | (None, why) where it is not recorded
+    (a run from before `measurement`). The report's one comparability check."""
     m = (getattr(run, "summary", None) or {}).get("measurement") or {}
-    proc, jobs = m.get("process"), m.get("concurrent_jobs")
-    if proc is None or jobs is None:
-        return False, "measurement conditions not recorded (measurement.process / concurrent_jobs): not comparable"
-    if proc != "own":
-        return False, f"measured in a {proc} process: not comparable"
-    if not isinstance(jobs, (int, float)) or jobs != 1:
-        return False, f"measured beside {jobs} concurrent jobs: not comparable"
-    return True, "measured alone"
+    if "comparable" not in m:
+        return None, "measurement conditions not recorded (summary.json measurement): not comparable"
+    if m["comparable"]:
+        return True, "measured alone"
+    return False, str(m.get("why_not") or "shared its process or the machine")

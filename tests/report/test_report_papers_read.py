@@ -47,7 +47,7 @@ def make_run(root: Path, name: str, method: str, *, main: float = 0.7, peak: flo
         "energy": energy_block,
     }
     if alone:
-        summary["measurement"] = {"process": "own", "concurrent_jobs": 1}
+        summary["measurement"] = {"process": "own", "concurrent_jobs": 1, "comparable": True}
     if inference:
         summary["inference"] = {"batch_size": 1, "split": "validation", "examples": 8, "latency_ms_median": 371.0,
                                 "latency_ms_p90": 433.2, "latency_ms_mean": 386.7, "peak_bytes": 2.9e9}

@@ -85,10 +85,10 @@ class _Run:
 def test_majority_score_and_measured_alone_read_the_summary():
     runs = [_Run({}), _Run({"data": {"majority_class_score": {"validation": 0.509}}})]
     assert V.majority_score(runs) == pytest.approx(50.9) and V.majority_score(runs[:1]) is None
-    assert V.measured_alone(_Run({}))[0] is False  # unknown conditions: not comparable
-    assert V.measured_alone(_Run({"measurement": {"process": "shared", "concurrent_jobs": 1}}))[0] is False
-    assert V.measured_alone(_Run({"measurement": {"process": "own", "concurrent_jobs": 2}}))[0] is False
-    assert V.measured_alone(_Run({"measurement": {"process": "own", "concurrent_jobs": 1}}))[0] is True
+    assert V.measured_alone(_Run({}))[0] is None  # unknown conditions: not comparable
+    shared = {"process": "shared", "concurrent_jobs": 1, "comparable": False, "why_not": "its process ran 1 job(s) before it"}
+    assert V.measured_alone(_Run({"measurement": shared})) == (False, "its process ran 1 job(s) before it")
+    assert V.measured_alone(_Run({"measurement": {"process": "own", "concurrent_jobs": 1, "comparable": True}}))[0] is True
 
 
 def test_task_majority_class_scores_use_the_main_metric():
