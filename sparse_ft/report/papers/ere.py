@@ -117,6 +117,15 @@ def source_gate(points: Sequence[Point]) -> str | None:
     return reference_gate(stats(sources.values()), majority, "the uncompressed source")
 
 
+def _gate(texts: list[str], ok: list, points: Sequence[Point], group: tuple) -> None:
+    """The last verdict becomes undecidable, with the reason, where the group's source runs fail
+    the reference gate (`source_gate`)."""
+    why = source_gate(_by(points, group=group))
+    if why:
+        texts[-1] += f"; undecidable: {why}"
+        ok[-1] = None
+
+
 def rank0_control(points: Sequence[Point]) -> str:
     """The rank-0 control per model/task (ERE r=0: no residual, θ plus the tensors stored as they
     are): what a claim's drop must be told apart from."""
@@ -156,10 +165,7 @@ def claims(points: Sequence[Point]) -> list[Claim]:
             texts.append(f"{fmt_pct(best.storage_pct)} of dense fp32 bytes at {best.setting}, the least storage "
                          f"within {TOLERANCE:g} point ({_drop_text(best)}); {_on(g, points)}{at_paper}")
             ok.append(best.storage_pct <= STORAGE_CAP)
-        why = source_gate(_by(points, group=g))
-        if why:
-            texts[-1] += f"; undecidable: {why}"
-            ok[-1] = None
+        _gate(texts, ok, points, g)
     out.append(Claim(
         PAPER, f"storage {PAPER_STORAGE}% of dense at r={PAPER_R}, b={PAPER_B} (RoBERTa-large GLUE) at nearly "
                f"the uncompressed score (ours holds at ≤ {TOLERANCE:g} point drop with ≤ {STORAGE_CAP:g}% storage)",
@@ -181,10 +187,7 @@ def claims(points: Sequence[Point]) -> list[Claim]:
         texts.append(f"{_drop_text(pick)} at {pick.setting} ({fmt_pct(pick.storage_pct)} of dense){at_paper}; "
                      f"{_on(g, points)}" + ("" if str(g[1]).lower() == "glue" else " (one task, not a GLUE average)"))
         ok.append(pick.within and pick.storage_pct <= STORAGE_CAP)
-        why = source_gate(_by(points, group=g))
-        if why:
-            texts[-1] += f"; undecidable: {why}"
-            ok[-1] = None
+        _gate(texts, ok, points, g)
     out.append(Claim(
         PAPER, f"GLUE avg {PAPER_ERE} with ERE vs {PAPER_DENSE} uncompressed (r={PAPER_R}, b={PAPER_B}, "
                f"RoBERTa-large; ours holds at ≤ {TOLERANCE:g} point drop with ≤ {STORAGE_CAP:g}% storage)",
