@@ -1,5 +1,6 @@
 """The sparse fine-tuned checkpoint: the changed values + int32 indices per tensor, the base
-model's identity and fingerprints (`apply_delta` rebuilds full weights from it)."""
+model's identity and fingerprints, written with the one sparse-delta codec
+(`artifacts/sparse_delta.py`; `apply_delta` rebuilds full weights from it)."""
 
 from __future__ import annotations
 
