@@ -84,7 +84,7 @@ def test_schema_allowed_values_are_the_ones_the_code_accepts():
     from sparse_ft.loggers.wandb_logger import MODES as WANDB_MODES
     from sparse_ft.models import ARCHS
     from sparse_ft.tasks import TASK_KINDS
-    from sparse_ft.telemetry.energy import BACKENDS, DEFAULTS
+    from sparse_ft.telemetry.energy_config import BACKENDS, DEFAULTS
     from sparse_ft.train.local_sgd import EVAL_AT, MODES, REDUCES
 
     def literal(schema, key):
