@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench reproduce report-reproduce clean env-file
+.PHONY: install run test test-fast bench reproduce report-reproduce clean env-file
 
 install: $(VENV)/.installed
 
@@ -18,8 +18,14 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PYTHON) run.py experiment=quickstart $(ARGS)
 
+# the whole suite, the tests marked slow included (CI runs this: .ci/run)
 test: install
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+# a quick local loop: the suite without the tests marked slow (torchrun, real multiruns and
+# subprocess runs of run.py, every job of the sweep files), i.e. pytest -m "not slow"
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PYTHON) -m sparse_ft.bench --out bench.json $(ARGS)
@@ -32,7 +38,7 @@ reproduce: install
 report-reproduce: install
 	$(PYTHON) -m sparse_ft.report outputs/reproduce --reproduce --out docs/reproduction
 
-# environment.yml mirrors pyproject.toml's pins (tests/test_packaging.py checks it)
+# environment.yml mirrors pyproject.toml's pins (tests/tools/test_envfile.py checks it)
 env-file: install
 	$(PYTHON) -m sparse_ft.tools.envfile > environment.yml
 

@@ -226,12 +226,6 @@ def test_every_config_option_composes():
     assert paper.model.name_or_path == "bert-large-cased" and paper.task.name == "rte"
 
 
-def test_environment_yml_mirrors_pyproject():
-    from sparse_ft.tools.envfile import render
-
-    assert (REPO / "environment.yml").read_text() == render(REPO / "pyproject.toml")
-
-
 def test_inference_latency_and_memory_at_batch_size_one(tmp_path):
     s = run_inprocess(tmp_path / "r", [*TINY, "trainer.max_steps=1", "trainer.measure_inference=true", "trainer.inference_examples=8"])
     inf = s["inference"]
