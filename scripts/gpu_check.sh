@@ -5,7 +5,7 @@
 # vs LoRA training memory on T5-base shapes. Prints one JSON (also OUT/gpu_check.json).
 #   bash scripts/gpu_prepare.sh            (first, on a CPU machine with the project installed)
 #   bash scripts/gpu_check.sh [--dry-run] [OUT]
-# --dry-run: the same jobs on CPU with tiny models and 2 steps (tests/test_measurement.py runs it).
+# --dry-run: the same jobs on CPU with tiny models and 2 steps (tests/telemetry/test_measurement.py runs it).
 # Run it from the checkout's root; the wheels come from $GPU_BUNDLE (default dist/gpu_bundle) and are
 # unpacked into OUT/site only for the modules this Python lacks.
 set -euo pipefail

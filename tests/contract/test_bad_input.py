@@ -47,6 +47,7 @@ def test_config_errors_name_the_key(tmp_path, args, needles):
     assert time.perf_counter() - start < 60  # seconds, not a training run (loose: 2 busy cores)
 
 
+@pytest.mark.slow
 def test_data_dir_without_the_tasks_files(tmp_path):
     empty = tmp_path / "glue"
     empty.mkdir()

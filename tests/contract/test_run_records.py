@@ -99,6 +99,7 @@ lock = RunDirLock(sys.argv[1]); lock.acquire(); print("locked", flush=True); tim
 """
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_run_directory_fails_at_once_naming_the_pid(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
@@ -126,6 +127,7 @@ def test_a_second_run_on_a_locked_run_directory_fails_at_once_naming_the_pid(tmp
 
 # --- item 4: a completed run directory is never modified ------------------------------------------
 
+@pytest.mark.slow
 def test_relaunching_a_completed_run_never_modifies_it(tmp_path):
     run = tmp_path / "r"
     args = [*TINY, "trainer.max_steps=2", f"hydra.run.dir={run}"]
@@ -144,6 +146,7 @@ def test_relaunching_a_completed_run_never_modifies_it(tmp_path):
     assert tree(run) == before  # .hydra/config.yaml and overrides.yaml still say what ran
 
 
+@pytest.mark.slow
 def test_a_multirun_resumes_in_its_sweep_dir_and_refuses_other_settings(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *TINY, "trainer.max_steps=2", "seed=1,2", f"hydra.sweep.dir={sweep}"]

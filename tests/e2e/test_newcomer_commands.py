@@ -433,6 +433,7 @@ def test_sparse_checkpoints_cli_writes_the_rebuilt_checkpoint_bit_for_bit(tmp_pa
     assert main([str(run), "--list"]) == 0 and sorted(p.name for p in sparse.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_sparse_checkpoints_and_apply_delta_help():
     for module in ("sparse_ft.artifacts.sparse_checkpoints", "sparse_ft.artifacts.apply_delta"):
         proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -475,6 +476,7 @@ def test_sweep_plan_fast_composition_equals_hydras():
             assert fast["trainer.max_steps"] == 3
 
 
+@pytest.mark.slow
 def test_sweep_plan_cli_on_a_command_line_grid():
     proc = subprocess.run([sys.executable, "-m", "sparse_ft.config.sweep_plan", "-m", "method=dense,fish", "seed=1,2", "model=tiny_bert",
                            "trainer.lr=1e-3,1e-4", "--limit", "5"], cwd=REPO, capture_output=True, text=True, timeout=120,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 from conftest import run_cli, run_dirs
 
 TINY = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=32", "task.max_eval_samples=16",
@@ -16,6 +17,7 @@ def _trials(db) -> int:
         return con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
 
 
+@pytest.mark.slow
 def test_optuna_preset_runs_trials_and_a_second_command_resumes_the_study(tmp_path):
     db = tmp_path / "study.db"
     args = ["-m", "hydra/sweeper=read_optuna", f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=tiny",

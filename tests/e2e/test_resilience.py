@@ -32,6 +32,7 @@ def train_steps(run: Path) -> list[int]:
     return [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     # dropout stays on: the resumed run must restore the RNG too, not just weights and optimizer
     args = [*TINY, "trainer.max_steps=300", "trainer.eval_every=100", "trainer.checkpoint_every=5", "trainer.lr=1e-3"]
@@ -64,6 +65,7 @@ def test_sigterm_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     assert train_steps(cut) == train_steps(tmp_path / "full") == list(range(1, 301))  # no duplicated steps
 
 
+@pytest.mark.slow
 def test_completed_run_is_not_trained_again_and_resume_never_starts_over(tmp_path):
     run = tmp_path / "r"
     args = [*TINY, "trainer.max_steps=3", "trainer.checkpoint_every=1", f"hydra.run.dir={run}"]
@@ -77,6 +79,7 @@ def test_completed_run_is_not_trained_again_and_resume_never_starts_over(tmp_pat
     assert "resumed_from" not in summary(run)
 
 
+@pytest.mark.slow
 def test_corrupted_checkpoint_is_reported_not_loaded(tmp_path):
     src = tmp_path / "src"
     assert run_cli([*TINY, "trainer.max_steps=3", "trainer.checkpoint_every=1", f"hydra.run.dir={src}"], tmp_path).returncode == 0
@@ -91,6 +94,7 @@ def test_corrupted_checkpoint_is_reported_not_loaded(tmp_path):
     assert bad_path.returncode != 0 and "trainer.resume" in bad_path.stdout + bad_path.stderr
 
 
+@pytest.mark.slow
 def test_diverging_loss_fails_naming_the_step(tmp_path):
     run = tmp_path / "r"
     proc = run_cli([*TINY, "trainer.max_steps=5", "trainer.lr=1e9", "trainer.max_grad_norm=0", f"hydra.run.dir={run}"], tmp_path)
@@ -100,6 +104,7 @@ def test_diverging_loss_fails_naming_the_step(tmp_path):
     assert "TrainingDiverged" in (run / "run.log").read_text()
 
 
+@pytest.mark.slow
 def test_multirun_with_one_failing_job(tmp_path):
     proc = run_cli(["-m", *TINY, "trainer.max_steps=2", "trainer.max_grad_norm=0", "trainer.lr=1e-4,1e9,5e-5"], tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]  # the sweep says a job failed
@@ -114,6 +119,7 @@ def _torchrun(tmp_path, nproc: int, args: list[str]) -> subprocess.CompletedProc
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_one_run_directory(tmp_path):
     proc = _torchrun(tmp_path / "ddp", 2, [*TINY, "trainer.max_steps=6"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -123,6 +129,7 @@ def test_torchrun_two_cpu_processes_one_run_directory(tmp_path):
     assert s["time"]["train_samples"] == 6 * 8 * 2  # global batch = 2 ranks x 8
 
 
+@pytest.mark.slow
 def test_torchrun_with_one_process_matches_a_plain_run(tmp_path):
     args = [*TINY, "trainer.max_steps=4"]
     assert _torchrun(tmp_path / "one", 1, args).returncode == 0
@@ -146,6 +153,7 @@ def test_shards_are_disjoint_and_cover_the_epoch():
     assert sum(map(len, unpadded)) == 103 and not set(unpadded[0]) & set(unpadded[1])
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep(tmp_path):
     proc = run_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *TINY, "trainer.max_steps=2", "seed=1,2"], tmp_path, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]

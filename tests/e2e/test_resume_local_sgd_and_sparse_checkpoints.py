@@ -42,6 +42,7 @@ def records(run: Path) -> list[dict]:
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
 
 
+@pytest.mark.slow
 def test_a_failing_worker_error_reaches_rank0_summary(tmp_path):
     run = tmp_path / "run"
     probe = "trainer.callbacks=[{_target_:dist_probes.RaiseAt,rank:1,step:3}]"
@@ -70,6 +71,7 @@ LOCAL_SGD = [*TINY, "experiment=fish_distributed", "model=tiny_bert", "task=synt
              "distributed.total_batch_size=32", "distributed.mask_samples=32", "trainer.checkpoint_every=0"]
 
 
+@pytest.mark.slow
 def test_preempted_local_sgd_run_resumes_at_its_last_sync_round(tmp_path):
     # 256 examples, 2 workers x 16: 8 steps an epoch; DDP warm-up = steps 1-8, then rounds after
     # steps 11, 14, ... SIGTERM during step 12, so the workers stop after step 13 (they agree at the
@@ -109,6 +111,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1).view(torch.uint8) if t.is_floating_point() else t
 
 
+@pytest.mark.slow
 def test_preempted_sparse_checkpoint_run_resumes_and_replays_bit_for_bit(tmp_path, monkeypatch):
     from conftest import run_inprocess
     from sparse_ft.artifacts.sparse_checkpoints import SUBDIR, replay

@@ -17,6 +17,7 @@ TINY = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=64", "t
 NO_DROPOUT = ["+model.config.hidden_dropout_prob=0.0", "+model.config.attention_probs_dropout_prob=0.0"]
 
 
+@pytest.mark.slow
 def test_cli_run_writes_the_run_directory_contract(tmp_path):
     proc = run_cli([*TINY, "trainer.max_steps=6", "trainer.eval_every=3", "trainer.log_every=1", "trainer.progress=false"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -159,6 +160,7 @@ def test_predict_test_writes_glue_submission_files(tmp_path):
     assert {r.split("\t")[1] for r in rows[1:]} <= {"entailment", "not_entailment"}
 
 
+@pytest.mark.slow
 def test_real_mrpc_with_pretrained_minilm_reports_f1_and_accuracy(tmp_path, glue_dir):
     s = run_inprocess(
         tmp_path / "r",
@@ -169,6 +171,7 @@ def test_real_mrpc_with_pretrained_minilm_reports_f1_and_accuracy(tmp_path, glue
     assert s["data"]["train"] == 64 and s["params"]["total"] == 22_713_986
 
 
+@pytest.mark.slow
 def test_multirun_jobs_get_their_own_directories_and_a_report(tmp_path):
     proc = run_cli(["-m", "seed=1,2", *TINY, "trainer.max_steps=2", "trainer.progress=false"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -189,6 +192,7 @@ def test_multirun_jobs_get_their_own_directories_and_a_report(tmp_path):
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
+@pytest.mark.slow
 def test_run_directories_never_collide_for_simultaneous_starts(tmp_path):
     import subprocess
     import sys
@@ -202,6 +206,7 @@ def test_run_directories_never_collide_for_simultaneous_starts(tmp_path):
     assert all(json.loads((r / "summary.json").read_text())["status"] == "completed" for r in runs)
 
 
+@pytest.mark.slow
 def test_every_config_option_composes():
     """Each YAML of each group composes into a config that passes validation (no weights loaded)."""
     from sparse_ft.config.validation import ConfigError, task_modality, validate
@@ -234,6 +239,7 @@ def test_inference_latency_and_memory_at_batch_size_one(tmp_path):
     assert s["memory"]["peak_bytes"]["inference"] == inf["peak_bytes"] and s["time"]["wall_s"]["inference"] > 0
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_mirrors_the_run(tmp_path):
     proc = run_cli([*TINY, "trainer.max_steps=2", "logger=wandb", "logger.mode=offline"], tmp_path, env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / "wbcfg"), "WANDB_CACHE_DIR": str(tmp_path / "wbcache"), "WANDB_BASE_URL": "http://127.0.0.1:9"})
     assert proc.returncode == 0, proc.stderr[-3000:]

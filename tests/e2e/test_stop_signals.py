@@ -53,6 +53,7 @@ def run_log(run: Path) -> str:
     return (run / "run.log").read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_fisher_mask_pass_stops_at_once_and_a_resume_starts_over(tmp_path):
     args = [*TINY, "method=fish", "method.num_samples=32", "trainer.max_steps=3"]
     run = tmp_path / "run"
@@ -72,6 +73,7 @@ def test_sigterm_in_the_fisher_mask_pass_stops_at_once_and_a_resume_starts_over(
     assert [r["step"] for r in records(run) if r["type"] == "train"] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_evaluation_after_the_last_step_checkpoints_and_the_resume_only_evaluates(tmp_path):
     # 8 steps an epoch, 3 steps: the trainer's evaluation after its loop is the run's first (#1)
     args = [*TINY, "method=dense", "trainer.max_steps=3", "trainer.lr=1e-3"]
@@ -98,6 +100,7 @@ def test_sigterm_in_the_evaluation_after_the_last_step_checkpoints_and_the_resum
     assert strip(records(run)) == strip(records(tmp_path / "full"))  # no duplicated or missing record
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_last_steps_evaluation_checkpoints_and_exits_instead_of_completing(tmp_path):
     # 8 steps an epoch, 8 steps: the epoch-end evaluation belongs to the last step (inside the
     # step loop, so it finishes first); the signal came after that step's stop check
@@ -112,6 +115,7 @@ def test_sigterm_in_the_last_steps_evaluation_checkpoints_and_exits_instead_of_c
     assert [r["step"] for r in records(run) if r["type"] == "eval"] == [8]
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_final_evaluation_stops_it_and_names_the_checkpoint_a_resume_continues_from(tmp_path):
     # eval #1: the trainer's after its last step; #2: the job's final evaluation. A periodic
     # checkpoint at step 2 (none at the last step: the run was about to finish)

@@ -188,6 +188,7 @@ def test_compress_refuses_an_unfinished_source(finished, tmp_path):
     assert "not completed" in refused_inprocess(tmp_path / "c", ["job=compress", "method.name=toy_shrink", f"source={source}"])
 
 
+@pytest.mark.slow
 def test_evaluate_through_the_cli(finished, tmp_path):
     proc = run_cli(["job=evaluate", f"source={finished}", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -204,6 +205,7 @@ def finished_masked(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_evaluate_and_compress_runs_are_named_and_labelled_after_their_source(finished_masked, tmp_path):
     """Issue 19, item 6: an evaluate run's directory and summary carry the source run's task,
     method and model (not the defaults' rte/dense/bert_large); a compress run's method is its

@@ -18,6 +18,7 @@ TINY = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=256", "
         "trainer.batch_size=8", "energy=off", "trainer.progress=false", "trainer.log_every=1"]
 
 
+@pytest.mark.slow
 def test_failing_job_still_gets_a_report_and_a_nonzero_exit(tmp_path: Path) -> None:
     proc = run_cli(["-m", "method=dense", *TINY, "trainer.max_steps=2", "trainer.max_grad_norm=0",
                     "trainer.lr=1e-4,1e9,5e-5"], tmp_path)

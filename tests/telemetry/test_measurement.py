@@ -35,6 +35,7 @@ def _vm_rss() -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_select_best_adds_no_state_dict_to_the_train_phase_of_a_frozen_backbone_method(tmp_path):
     # READ trains a small side network; its frozen T5 must not be copied into the train phase
     peaks, dense_bytes = {}, None
@@ -52,6 +53,7 @@ def test_select_best_adds_no_state_dict_to_the_train_phase_of_a_frozen_backbone_
     assert peaks["true"] - peaks["false"] < dense_bytes / 2, (peaks, dense_bytes)
 
 
+@pytest.mark.slow
 def test_inference_is_measured_without_training_state(tmp_path):
     res = run_cli([*WIDE_T5, "method=dense", "trainer.measure_inference=true", "trainer.inference_examples=4"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -149,6 +151,7 @@ TINY = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=16", "t
         "trainer.max_steps=1", "trainer.save_final=false", "energy=off", "trainer.progress=false"]
 
 
+@pytest.mark.slow
 def test_a_job_alone_in_a_fresh_process_is_comparable_and_one_beside_another_job_is_not(tmp_path):
     import subprocess
     import sys
@@ -204,6 +207,7 @@ def test_measurement_alone_refuses_a_used_process_and_a_parallel_launcher(tmp_pa
     assert s["status"] == "failed" and "measurement.alone: this process already ran" in s["error"]
 
 
+@pytest.mark.slow
 def test_each_process_runs_every_job_in_its_own_process_and_writes_the_report(tmp_path):
     import subprocess
     import sys
@@ -291,6 +295,7 @@ def test_the_gpu_check_plans_every_job_on_cuda_alone_and_without_the_plotting_st
     assert all("model=t5_base_shapes" in line for line in lines[6:])
 
 
+@pytest.mark.slow
 def test_the_gpu_check_dry_run_runs_the_script_on_cpu_and_prints_one_json(tmp_path):
     import os
     import subprocess

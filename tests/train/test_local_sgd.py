@@ -40,6 +40,7 @@ def evals(run: Path) -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "eval"]
 
 
+@pytest.mark.slow
 def test_two_workers_share_the_mask_keep_frozen_entries_and_count_bytes_exactly(tmp_path):
     dump = tmp_path / "dump"
     probe = f"trainer.callbacks=[{{_target_:dist_probes.DumpState,out:'{dump}'}}]"
@@ -92,6 +93,7 @@ def test_two_workers_share_the_mask_keep_frozen_entries_and_count_bytes_exactly(
     assert moved > 0.5 * k  # the masked entries did train
 
 
+@pytest.mark.slow
 def test_one_worker_reproduces_single_process_training(tmp_path):
     args = [*TINY, "trainer.epochs=2", "method=random_mask"]
     one = _torchrun(tmp_path / "one", 1, args)
@@ -105,6 +107,7 @@ def test_one_worker_reproduces_single_process_training(tmp_path):
     assert summary(a)["communication"]["bytes"] == 0  # one worker: nothing to send
 
 
+@pytest.mark.slow
 def test_a_dead_worker_fails_the_job_fast(tmp_path):
     started = time.monotonic()
     # rank 1 dies after 10 steps (2 after the 8 warm-up steps): rank 0 meets the hole at its next sync

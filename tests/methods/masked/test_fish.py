@@ -179,6 +179,7 @@ def test_sparse_methods_change_at_most_k_entries_and_round_trip_exactly(tmp_path
     assert_round_trip(run, tmp_path)
 
 
+@pytest.mark.slow
 def test_fish_on_pretrained_minilm_round_trips_through_the_bundled_base(tmp_path):
     run = tmp_path / "run"
     s = run_inprocess(run, ["model=minilm", "task=synthetic_nli", "task.max_train_samples=32", "task.max_eval_samples=16",
@@ -220,6 +221,7 @@ def test_bitfit_on_t5_fails_with_a_clear_error(tmp_path):
     assert s["status"] == "failed" and "no bias terms" in s["error"] and "ConfigError" in s["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fish", "diff_pruning"])
 def test_resume_reuses_the_mask_and_ends_like_an_uninterrupted_run(tmp_path, method):
     extra = {"fish": ["method.density=0.02", "method.num_samples=32"],

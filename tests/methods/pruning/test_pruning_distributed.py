@@ -35,6 +35,7 @@ def _torchrun(out: Path, args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240, env={**os.environ, **ENV})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "local_sgd"])
 def test_pruned_entries_stay_exactly_zero_on_every_rank(tmp_path, mode):
     dump = tmp_path / "dump"
