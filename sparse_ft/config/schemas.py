@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 from ..core.errors import ConfigError
 from ..core.options import Options, join_key, option
 
-# allowed values that modules below also name (tests/test_config_schemas.py keeps them equal to tasks.TASK_KINDS,
+# allowed values that modules below also name (tests/config/test_config_schemas.py keeps them equal to tasks.TASK_KINDS,
 # models.ARCHS, telemetry.energy_config.BACKENDS, train.local_sgd.MODES/REDUCES/EVAL_AT, loggers.LOGGERS, W&B MODES)
 TaskKind = Literal["glue", "synthetic_nli", "cifar10", "digits", "cifar100", "tiny_imagenet", "squad", "e2e", "dart", "webnlg"]
 Arch = Literal["encoder", "decoder", "seq2seq", "vision", "causal_lm"]

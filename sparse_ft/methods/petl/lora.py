@@ -12,7 +12,7 @@ LoRA on a pruned model: `python run.py method=lora method.init_from=<pruned run 
 merge: the adapted layers compute with W + M ⊙ (α/r)·B·A (the update's dense product, masked, so
 training sees exactly the model that is exported) and the final checkpoint holds
 W + M ⊙ (α/r)·B·A with the pruned entries +0.0; summary.json `sparsity` is measured on it
-(methods/pruning/compose.py; tests/test_pruning_compose.py). `params.updated` still counts
+(methods/pruning/compose.py; tests/methods/pruning/test_lora_on_pruned.py). `params.updated` still counts
 against the pretrained weights, so the source run's changes are in it too.
 """
 

@@ -8,7 +8,7 @@ within each matrix. `pattern=N:M` keeps the N largest of every M consecutive wei
 input dimension instead (sparsity 1 − N/M; `method.sparsity` is then not used). Masks of one
 pretrained model are nested: a higher sparsity prunes a superset. Under torchrun (DDP or
 `distributed=local_sgd`) rank 0's mask is broadcast to every rank, and the pruned entries stay
-exactly +0.0 on every rank (tests/test_pruning_dist.py).
+exactly +0.0 on every rank (tests/methods/pruning/test_pruning_distributed.py).
 """
 
 from __future__ import annotations
