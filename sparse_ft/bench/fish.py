@@ -118,7 +118,8 @@ def backward_ratio(setup, mask: dict, repeats: int) -> dict:
 def bench_fish(args) -> dict:
     from ..methods import build_method
     from ..methods.masked.fish import _length
-    from ..methods.masked.fisher import LossTerms, fisher_hooks, fisher_loop, max_rel_error
+    from ..methods.masked.fisher import LossTerms, max_rel_error
+    from ..methods.masked.per_sample import fisher_hooks, fisher_loop
 
     steps = max(int(args.steps), math.ceil(FISHER_N / int(args.batch_size)))
     setup = MiniLMOnMRPC(args.glue_dir, args.batch_size, steps, method="fish", extra=["method.num_samples=256"])

@@ -1,15 +1,16 @@
 """What every job shares: the run directory, the summary it always ends with, the loggers and the
 telemetry. `RunContext.execute(body)` runs one job body and turns whatever happens into a
 `summary.json` whose `status` says how the run ended; a run that has not finished has none.
-First comes `_preflight`: rank 0 locks the run directory (rundir.RunDirLock), every rank validates
-the config and checks a completed run's and a resumed checkpoint's settings (resume.py); a job
-refused there exits 2 and leaves the directory as it found it (removed when this launch made it).
+First comes the pre-flight (preflight.py): rank 0 locks the run directory (rundir.RunDirLock),
+every rank validates the config and checks a completed run's and a resumed checkpoint's settings
+(resume.py); a job refused there exits 2 and leaves the directory as it found it (removed when
+this launch made it).
 
 Under torchrun a worker that fails must not take its error with it. When one rank fails, torchrun
 stops the others with SIGTERM, which used to arrive while rank 0 was still handling the error it
 got from the broken collective, and killed it before summary.json was written. Now:
 - every rank that fails writes its error to `<run>/worker_errors/rank<r>.json` before it leaves
-  (the run directory is shared by the ranks, as it is for the checkpoints);
+  (the run directory is shared by the ranks, as it is for the checkpoints; worker_errors.py);
 - stop signals are guarded for the whole job, in every process (`SignalGuard`,
   train/preemption.py): inside the training step loop the trainer's pre-emption watcher owns
   them; outside it a signal stops the job with `Terminated` naming the phase (so the summary is
@@ -39,97 +40,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import __version__
 from ..core.errors import ConfigError, StorageError
+from .preflight import is_multirun, preflight, run_dir_of
 from .run_records import RunWriter
+from .worker_errors import clear_worker_errors, describe, merge_worker_errors, record_worker_error
 from ..train import distributed as D
 from ..train.preemption import SignalGuard, Terminated  # noqa: F401  (Terminated: re-exported)
 
 log = logging.getLogger("sparse_ft.jobs.entry")
 
 
-WORKER_ERRORS = "worker_errors"  # <run>/worker_errors/rank<r>.json: a failed rank's error, for rank 0's summary
-WORKER_ERROR_SKEW_S = 10.0  # the ranks of one launch start within this (older files are an earlier attempt's)
-WORKER_ERROR_WAIT_S = 5.0  # how long rank 0 waits for them after a broken collective (torchrun's SIGKILL comes after 30 s)
-PEER_FAILURE_MARKERS = ("peer worker is gone", "Connection closed by peer", "Connection reset by peer", "Broken pipe",
-                        "Timed out", "timed out", "Timeout", "NCCL", "gloo", "ProcessGroup")
-
-
-def is_peer_failure(err: BaseException | None) -> bool:
-    """Does this error look like another rank's failure seen from here (a broken or timed-out
-    collective, torchrun's SIGTERM) rather than this rank's own?"""
-    if err is None:
-        return False
-    if isinstance(err, Terminated):
-        return True
-    import torch.distributed as tdist
-
-    if isinstance(err, getattr(tdist, "DistError", ())):
-        return True
-    return any(m in str(err) for m in PEER_FAILURE_MARKERS)
-
-
-def describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
-
-
-def record_worker_error(run_dir: Path, rank: int, err: BaseException) -> None:
-    """A failing rank's error, for rank 0 (written atomically; never raises)."""
-    import traceback
-
-    from ..core.io import atomic_write_text
-
-    try:
-        tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-        record = {"rank": rank, "error": describe(err), "peer_failure": is_peer_failure(err), "time": time.time(), "traceback": tb[-4000:]}
-        atomic_write_text(Path(run_dir) / WORKER_ERRORS / f"rank{rank}.json", json.dumps(record, indent=1))
-    except Exception as write_err:  # noqa: BLE001 - the job's own error matters more
-        log.warning("could not record rank %d's error in %s: %s", rank, run_dir / WORKER_ERRORS, write_err)
-
-
-def worker_errors(run_dir: Path, since: float, wait_s: float = 0.0) -> list[dict]:
-    """The other ranks' error records written since `since` (seconds since the epoch), waiting
-    up to `wait_s` for one that is a worker's own error (not just a broken collective), which
-    then comes first."""
-    folder = Path(run_dir) / WORKER_ERRORS
-    deadline = time.monotonic() + wait_s
-    while True:
-        found = []
-        for path in sorted(folder.glob("rank*.json")) if folder.is_dir() else []:
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if record.get("time", 0) >= since:
-                found.append(record)
-        if any(not r.get("peer_failure") for r in found) or time.monotonic() >= deadline:
-            return sorted(found, key=lambda r: (bool(r.get("peer_failure")), r.get("time", 0)))
-        time.sleep(0.1)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.get("run_dir") or "outputs/adhoc")
-
-
-def hydra_launched() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.initialized()
-
-
-def is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def git_commit() -> str | None:
@@ -253,7 +176,7 @@ class RunContext:
         self.guard = SignalGuard(True, (cfg.get("trainer") or {}).get("preempt_signals") or (), distributed)
         self.guard.install()  # from the pre-flight on: a signal there stops the job too
         try:
-            skip, done = self._preflight(validate, user_errors)
+            skip, done = preflight(self, validate, user_errors)
         except BaseException:
             self.guard.restore()
             raise
@@ -275,7 +198,7 @@ class RunContext:
         started_at = time.time()
         error: BaseException | None = None
         if distributed and self.is_main:
-            self._clear_worker_errors(started_at)
+            clear_worker_errors(run_dir, started_at)
         try:
             if self.preflight_error is not None:  # a multirun job's new directory records its error like any failure
                 raise self.preflight_error
@@ -355,7 +278,7 @@ class RunContext:
                 if summary["status"] != "completed":
                     self._write_summary()  # at once: the summary exists whatever comes next
                     if distributed:
-                        self._merge_worker_errors(error, started_at)
+                        merge_worker_errors(run_dir, summary, self.writer, error, started_at)
             elif distributed and error is not None and not isinstance(error, Preempted):
                 record_worker_error(run_dir, self.dist_info.rank, error)  # rank 0 names it in its summary
             summary["versions"] = versions()
@@ -370,86 +293,6 @@ class RunContext:
             self.guard.restore()
             if self.lock is not None:
                 self.lock.release()
-
-    def _leave_as_found(self, run_dir: Path, created) -> None:
-        """A job that will not run here: release the lock without touching the directory's records
-        (rank 0 restores what this launch changed; other ranks detach from run.log)."""
-        from .rundir import detach_run_log, leave_as_found
-
-        if self.lock is not None:
-            self.lock.forget()
-            self.lock = None
-        if self.is_main:
-            leave_as_found(run_dir, created, hydra_launch=hydra_launched())
-        else:
-            detach_run_log(run_dir)
-
-    def _preflight(self, validate: Callable[[DictConfig], None], user_errors: tuple) -> tuple[bool, float | None]:
-        """Before anything is written to the run directory: lock it (rank 0), validate the config,
-        check a completed run's and a resumed checkpoint's settings (every rank decides alike).
-        Returns (True, result) for a completed run relaunched with its own settings (nothing is
-        done). A refusal (bad config, directory in use, other settings) leaves the directory as
-        it was (removed when this launch made it) and exits 2 (multirun: the sweep goes on; a
-        new job directory of a multirun records the error in its summary.json instead, so the
-        sweep's report and exit status name it)."""
-        from .resume import check_resume, completed_run, describe as describe_differences, resolved
-        from .rundir import RunDirBusy, RunDirLock, detach_run_log, leave_as_found
-
-        cfg, run_dir = self.cfg, self.run_dir
-        created = False
-        try:
-            if self.is_main:
-                if not run_dir.exists():
-                    run_dir.mkdir(parents=True)
-                    created = True
-                lock = RunDirLock(run_dir)
-                lock.acquire()  # RunDirBusy: another live process holds it
-                self.lock = lock
-            validate(cfg)  # before any data or weights are touched
-            self.resolved_config = resolved(cfg)
-            done = completed_run(cfg, run_dir)
-            if done is not None:
-                self._leave_as_found(run_dir, created)
-                log.info("%s already holds a completed run with these settings: not training again (the directory is left unchanged)", run_dir)
-                return True, done
-            self.resume = check_resume(cfg, run_dir)
-            if self.lock is not None:
-                self.lock.note_takeover()
-            if self.resume is not None and self.resume["forced"]:
-                log.warning("resuming from %s with other settings (trainer.resume_force=true): %s",
-                            self.resume["from"], describe_differences(self.resume["differing"]))
-            return False, None
-        except (*user_errors, RunDirBusy) as err:
-            new = created or not self.is_main or not (run_dir / "config.yaml").exists()
-            if is_multirun() and new and not isinstance(err, RunDirBusy):
-                self.preflight_error = err
-                return False, None
-            if self.lock is not None:
-                self.lock.forget()
-                self.lock = None
-            what = "left as it was"
-            if self.is_main:
-                what = leave_as_found(run_dir, created, in_use=isinstance(err, RunDirBusy), hydra_launch=hydra_launched())
-            else:
-                detach_run_log(run_dir)  # rank 0 tells; nothing of this job goes into the directory
-            log.error("%s", err)
-            log.error("nothing was run; %s: %s", run_dir, "removed (this launch had created it)" if what == "removed" else "left as it was")
-            if is_multirun():
-                from .rundir import REFUSED
-
-                REFUSED[str(run_dir.resolve())] = str(err)  # no summary of its own: the sweep's end counts it as failed
-                return True, None
-            raise SystemExit(2) from err
-        except Terminated as err:  # a stop signal during the pre-flight
-            if created or not (run_dir / "config.yaml").exists():  # a new run: its summary says interrupted
-                self.preflight_error = err
-                return False, None
-            self._leave_as_found(run_dir, created)  # an existing run (completed, or to be resumed): left as it was
-            log.warning("%s; nothing was run, %s left as it was; exit %d", err, run_dir, err.exit_code)
-            raise SystemExit(err.exit_code) from err
-        except Exception as err:  # noqa: BLE001 - a bug in a check: recorded like any failure
-            self.preflight_error = err
-            return False, None
 
     def _write_summary(self) -> None:
         """summary.json at the end of the job; a full disk is logged (naming the file), not raised
@@ -475,34 +318,6 @@ class RunContext:
         except (OSError, ValueError, AttributeError):
             step = None
         return f"a resume continues from {found}" + (f" (optimizer step {step})" if step is not None else "")
-
-    def _clear_worker_errors(self, now: float) -> None:
-        folder = self.run_dir / WORKER_ERRORS
-        for path in folder.glob("rank*.json") if folder.is_dir() else []:
-            try:
-                if path.stat().st_mtime < now - WORKER_ERROR_SKEW_S:  # an earlier attempt's
-                    path.unlink()
-            except OSError:
-                pass
-
-    def _merge_worker_errors(self, error: BaseException | None, started_at: float) -> None:
-        """Rank 0 after a failure: the other ranks' errors into the summary. When its own error
-        is a broken collective or torchrun's SIGTERM, the failing worker's error is the cause."""
-        peer = is_peer_failure(error)
-        found = worker_errors(self.run_dir, started_at - WORKER_ERROR_SKEW_S, WORKER_ERROR_WAIT_S if peer else 0.0)
-        summary = self.summary
-        if not found:
-            if peer:
-                summary["error"] = f"{summary.get('error')} (no other rank recorded an error of its own: a worker was killed or exited hard; see torchrun's output)"
-                self.writer.write_summary(summary)
-            return
-        summary["worker_errors"] = [{k: r.get(k) for k in ("rank", "error", "peer_failure")} for r in found]
-        cause = found[0]  # a worker's own error sorts first; one that only saw a broken collective blames nobody
-        if peer and not cause.get("peer_failure"):
-            summary["status"] = "failed"
-            summary["error"] = f"worker rank {cause['rank']} failed: {cause['error']} (rank 0 saw: {summary.get('error')})"
-            log.error("%s", summary["error"])
-        self.writer.write_summary(summary)
 
     def _mirror_to_logger(self) -> None:
         """The summary and the energy samples go to the tracker too; then the tracker's run ends

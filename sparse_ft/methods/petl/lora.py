@@ -12,7 +12,7 @@ LoRA on a pruned model: `python run.py method=lora method.init_from=<pruned run 
 merge: the adapted layers compute with W + M ⊙ (α/r)·B·A (the update's dense product, masked, so
 training sees exactly the model that is exported) and the final checkpoint holds
 W + M ⊙ (α/r)·B·A with the pruned entries +0.0; summary.json `sparsity` is measured on it
-(methods/pruning/compose.py; tests/methods/pruning/test_lora_on_pruned.py). `params.updated` still counts
+(methods/start.py; tests/methods/pruning/test_lora_on_pruned.py). `params.updated` still counts
 against the pretrained weights, so the source run's changes are in it too.
 """
 
@@ -51,7 +51,7 @@ class LoraOptions(MethodOptions):
 
     def check(self) -> None:
         if self.init_from is not None:
-            from ..pruning.compose import check_start
+            from ..start import check_start
 
             check_start(self.init_from)
 
@@ -75,7 +75,7 @@ class Lora(Method):
         module = bundle.module
         self.start = None
         if self.opts.init_from is not None:
-            from ..pruning.compose import load_start
+            from ..start import load_start
 
             self.start = load_start(module, self.opts.init_from, getattr(ctx.model_cfg, "get", lambda *_: None)("name"))
         heads = sorted({n.rsplit(".", 1)[0] for n in new_params(bundle, self.name)}) if self.opts.train_head else []
@@ -121,7 +121,7 @@ class Lora(Method):
             delta = layer.get_delta_weight(ADAPTER).detach()
             keep = self._keep(prefix)
             if keep is not None:  # the pruned entries stay exact zeros in the merged weight
-                from ..pruning.compose import mask_update
+                from ..start import mask_update
 
                 merged[key] = mask_update(merged[key] + mask_update(delta, keep).to(merged[key].dtype), keep).contiguous()
             else:
@@ -133,13 +133,10 @@ class Lora(Method):
         and the sparsity measured on the merged weights."""
         if getattr(self, "start", None) is None or self.start.keep is None:
             return {}
-        from pathlib import Path
-
-        from ..pruning.compose import sparsity_block
-        from ..pruning.masks import MASK_FILE, save_masks
+        from ..start import save_start_mask, sparsity_block
 
         self._sparsity = sparsity_block(self.export(module), self.start, [n for n, _ in self.inner.named_parameters()])
-        return {MASK_FILE: save_masks(Path(run_dir) / MASK_FILE, self.start.keep, {"method": self.name, "init_from": str(self.start.run_dir)})}
+        return save_start_mask(run_dir, self.start, self.name)
 
     def summary_blocks(self) -> dict:
         block = getattr(self, "_sparsity", None)

@@ -1,4 +1,4 @@
-"""LoRA on top of a pruned model keeps the sparsity when merged (methods/pruning/compose.py):
+"""LoRA on top of a pruned model keeps the sparsity when merged (methods/start.py):
 
     python run.py method=omp model=tiny_bert task=synthetic_nli method.sparsity=0.5 hydra.run.dir=<pruned>
     python run.py method=lora model=tiny_bert task=synthetic_nli method.init_from=<pruned>
@@ -115,11 +115,11 @@ def test_init_from_bad_input_names_the_key(tmp_path):
 
 
 def test_a_finished_run_is_read_by_one_reader_for_init_from_and_source(tmp_path):
-    """core/runs.py reads a run directory for both `method.init_from` (pruning/compose.py) and
+    """core/runs.py reads a run directory for both `method.init_from` (methods/start.py) and
     `source=` (jobs/source.py): a setting when readable, None when the config is not."""
     from sparse_ft.core.runs import final_weights, run_setting
     from sparse_ft.jobs.source import WEIGHTS, source_method
-    from sparse_ft.methods.pruning.compose import check_start
+    from sparse_ft.methods.start import check_start
 
     run = tmp_path / "run"
     final_weights(run).parent.mkdir(parents=True)
@@ -132,3 +132,23 @@ def test_a_finished_run_is_read_by_one_reader_for_init_from_and_source(tmp_path)
     assert run_setting(run, "model.name") == "tiny_bert" and source_method(run) == "magnitude"
     (run / "config.yaml").write_text("model: [unbalanced\n")
     assert run_setting(run, "model.name") is None and source_method(run) is None
+
+
+def test_petl_imports_nothing_from_the_pruning_family():
+    """A start from a finished run (weights and mask) is family-neutral (methods/start.py): no
+    module of methods/petl imports methods/pruning, at module level or inside a function."""
+    import ast
+    from pathlib import Path
+
+    import sparse_ft.methods.petl as petl
+
+    found = []
+    for path in sorted(Path(petl.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                if target.startswith("..pruning") or target.startswith("sparse_ft.methods.pruning"):
+                    found.append(f"{path.name}:{node.lineno} {target}")
+            elif isinstance(node, ast.Import):
+                found += [f"{path.name}:{node.lineno} {a.name}" for a in node.names if a.name.startswith("sparse_ft.methods.pruning")]
+    assert found == []

@@ -1,4 +1,8 @@
-"""A PETL method on top of a pruned model, without the merge making it dense again.
+"""A start from a finished run (`method.init_from`): its final weights and, when it pruned, its
+keep-masks. Family-neutral (any method may start from any finished run; LoRA on a pruned model
+is the one user today), so it lives beside `base.py`, not in a family: it reads the run through
+core/runs.py (the reader `source=` uses too) and the mask through the prune-mask file's codec
+(pruning/masks.py, which imports nothing but core).
 
 `method.init_from=<run dir>` (LoRA: `python run.py method=lora method.init_from=<pruned run>`)
 starts the run from that run's final weights (`checkpoints/final/model.safetensors`) instead of
@@ -22,9 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...core.errors import ConfigError
-from ...core.runs import FINAL_WEIGHTS, final_weights, run_setting
-from .masks import MASK_FILE, load_masks, measure
+from ..core.errors import ConfigError
+from ..core.runs import FINAL_WEIGHTS, final_weights, run_setting
+from .pruning.masks import MASK_FILE, load_masks, measure, save_masks
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,12 @@ def load_start(module: nn.Module, path, model_name: str | None = None) -> Start:
 def mask_update(delta: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The update with the pruned entries +0.0 (masked_fill, never a product: −x·0 is −0.0)."""
     return delta.masked_fill(~keep.to(delta.device), 0.0)
+
+
+def save_start_mask(run_dir, start: Start, method: str) -> dict[str, int]:
+    """The start's keep-masks beside the merged checkpoint: {file name: bytes written}."""
+    info = {"method": method, "init_from": str(start.run_dir)}
+    return {MASK_FILE: save_masks(Path(run_dir) / MASK_FILE, start.keep, info)}
 
 
 def sparsity_block(weights: dict[str, torch.Tensor], start: Start, parameters: list[str]) -> dict:
