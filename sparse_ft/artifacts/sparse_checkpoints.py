@@ -114,6 +114,9 @@ class SparseCheckpointer(TrainerCallback):
         self.files = {p.name: p.stat().st_size for p in sorted(self.dir.glob("*.safetensors"))
                       if p.name == "base.safetensors" or p.name.startswith(("delta_", "dense_"))}
 
+    def summary_blocks(self, trainer) -> dict:
+        return {"storage": {"sparse_checkpoints": self.summary()}}
+
     def summary(self) -> dict:
         """Bytes of base + deltas against dense checkpoints of the same run (one full file per
         checkpoint, base included: the size of base.safetensors, measured)."""

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from ..core.events import EventHandler
 from .harness import MiniLMOnMRPC, fit_method
 
 FISHER_N = 256
@@ -43,7 +44,7 @@ def _state_bytes(optimizer) -> int:
     return total
 
 
-class _NaiveMask:
+class _NaiveMask(EventHandler):
     """The authors' approach: every tensor in a dense AdamW, gradients multiplied by the mask."""
 
     def __init__(self, mask: dict):
@@ -70,19 +71,10 @@ class _NaiveMask:
     def param_groups(self, weight_decay):
         return self.inner.param_groups(weight_decay)
 
-    def after_backward(self, step):
+    def after_backward(self, trainer):
         for p, m in self.masks:
             if p.grad is not None:
                 p.grad.mul_(m)
-
-    def extra_loss(self):
-        return None
-
-    def after_step(self, step):
-        pass
-
-    def on_epoch_end(self, epoch):
-        pass
 
 
 def backward_ratio(setup, mask: dict, repeats: int) -> dict:

@@ -37,6 +37,7 @@ def fit(setup: MiniLMOnMRPC, method, run_dir: Path, reset: bool = True) -> tuple
     harness.fit_method, but the method gets the step budget up front (its schedule needs it) and
     may wrap the model."""
     from ..methods import MethodContext
+    from ..methods.base import Staged
     from ..telemetry.resources import ResourceMonitor
     from ..train.trainer import Trainer
 
@@ -54,8 +55,9 @@ def fit(setup: MiniLMOnMRPC, method, run_dir: Path, reset: bool = True) -> tuple
     )
     bundle = method.wrap(b, ctx)
     method.prepare(bundle.module, ctx)
-    for i, stage in enumerate(method.stages()):
-        method.begin_stage(i, stage, ctx)
+    if isinstance(method, Staged):
+        for i, stage in enumerate(method.stages()):
+            method.begin_stage(i, stage, ctx)
     trainer = Trainer(setup.cfg.trainer, bundle, setup.task, method, setup.features, device, 0, phase=resources.phase)
     trainer.fit()
     return resources.seconds["train"] / setup.steps, trainer

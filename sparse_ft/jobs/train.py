@@ -12,10 +12,12 @@ from omegaconf import OmegaConf
 from ..core.accounting import InitialWeights, dense_fp32_bytes, optimizer_block, param_block, storage_block
 from ..core.errors import ConfigError
 from ..methods import MethodContext, build_method
+from ..methods.base import Staged, stages_of
 from ..train import distributed as D
-from ..train.callbacks import build_user_callbacks
+from ..train.callbacks import CallbackSetup
+from ..train.callbacks.registry import build_callbacks, check_resume
 from ..core.io import save_tensors
-from ..train.checkpoint import read_checkpoint_dir
+from ..train.checkpoint import Resume, read_resume
 from ..train.state import steps_per_epoch, total_steps
 from ..train.trainer import Trainer
 from .context import RunContext, seed_everything
@@ -27,19 +29,17 @@ log = logging.getLogger("sparse_ft.jobs.entry")
 INITIAL_FILE = ".initial_weights.pt"  # the base model's initial parameters while the job runs (deleted at its end)
 
 
-def check_resume_fits(resume: dict, local_sgd: bool, sparse_ckpt: bool, world_size: int) -> None:
-    """A local-SGD or sparse-checkpoint run resumes only from a checkpoint of the same kind:
-    its callbacks' state (round counters, sparse checkpoint count) must be in it."""
-    trainer_state = resume["objects"]["trainer_state.pt"]
-    saved = trainer_state.get("callbacks") or {}
-    path = resume["path"]
-    if sparse_ckpt and "sparse_checkpoints" not in saved:
-        raise ConfigError("trainer.sparse_checkpoints", f"{path} was written by a run without sparse checkpoints: its deltas would not start from this run's base (resume with trainer.sparse_checkpoints=false, or start over with trainer.resume=never)")
-    if local_sgd and "LocalSGDCallback" not in saved:
-        raise ConfigError("distributed.mode", f"{path} was not written by a distributed=local_sgd run (resume it as it was launched, or start over with trainer.resume=never)")
-    workers = trainer_state.get("workers")
+def check_resume_fits(resume: Resume, setup: CallbackSetup, world_size: int) -> None:
+    """A run resumes only from a checkpoint that holds its callbacks' state (a local-SGD run's
+    round counters, a sparse-checkpoint run's count: callbacks/__init__.py check_resume) and, at
+    a local-SGD round, one entry per worker of this launch."""
+    check_resume(setup, resume.trainer, resume.path)
+    workers = resume.trainer.workers
     if workers is not None and len(workers) != world_size:
-        raise ConfigError("trainer.resume", f"{path} holds the state of {len(workers)} local-SGD workers; resume it with torchrun --nproc_per_node={len(workers)}, not {world_size}")
+        raise ConfigError("trainer.resume", f"{resume.path} holds the state of {len(workers)} local-SGD workers; resume it with torchrun --nproc_per_node={len(workers)}, not {world_size}")
+
+
+MERGED_BLOCKS = ("storage",)  # summary.json blocks the job writes itself; a callback's block of that name is merged into it
 
 
 def stage_trainer_cfg(trainer_cfg, overrides: dict):
@@ -55,17 +55,17 @@ def train_job(rc: RunContext) -> float | None:
     dist_info, device = D.setup(cfg.trainer.device, float(cfg.trainer.get("dist_timeout_s", 300)))
     dist_cfg = cfg.get("distributed")
     local_sgd = dist_cfg is not None and dist_cfg.get("mode", "none") == "local_sgd"
-    sparse_ckpt = bool(cfg.trainer.get("sparse_checkpoints", False))
     resume_from = find_resume(cfg, run_dir)
     resume = None
+    callback_setup = CallbackSetup(trainer_cfg=cfg.trainer, distributed_cfg=dist_cfg, dist_info=dist_info, run_dir=run_dir,
+                                   checkpoint_dir=run_dir / "checkpoints", resumed=resume_from is not None)
     if resume_from is not None:
-        tensors, objects, info = read_checkpoint_dir(resume_from)  # verified before anything trains
-        resume = {"tensors": tensors, "objects": objects, "info": info, "path": str(resume_from)}
-        check_resume_fits(resume, local_sgd, sparse_ckpt, dist_info.world_size)
-        summary["resumed_from"] = {"path": str(resume_from), "step": info.get("step"), "stage": info.get("stage", 0)}
+        resume = read_resume(resume_from)  # verified before anything trains
+        check_resume_fits(resume, callback_setup, dist_info.world_size)
+        summary["resumed_from"] = {"path": str(resume_from), "step": resume.info.get("step"), "stage": resume.info.get("stage", 0)}
         if rc.resume is not None:  # what the pre-flight check found: settings that differ, forced or allowed
             summary["resume"] = {k: rc.resume[k] for k in ("forced", "differing", "allowed")}
-        writer.truncate_after(int(info.get("step", 0)), int(info.get("stage", 0)))
+        writer.truncate_after(resume.step, resume.stage)
     with rc.monitored(device) as telemetry, contextlib.ExitStack() as cleanup:
         seed_everything(cfg.seed)
         method = build_method(cfg.method)
@@ -108,31 +108,19 @@ def train_job(rc: RunContext) -> float | None:
         ctx = replace(ctx, bundle=bundle, loss=bundle.loss, per_example_loss=bundle.per_example_loss,
                       logits=bundle.logits if bundle.logits_fn is not None else None)
         if resume is not None:
-            bundle.module.load_state_dict(resume["tensors"]["model.safetensors"])
+            bundle.module.load_state_dict(resume.weights)
             # the method gets its saved state (masks, scores) before prepare, which then reuses it
-            method.load_state_dict(resume["objects"]["trainer_state.pt"]["method"])
+            method.load_state_dict(resume.trainer.method)
         method.prepare(bundle.module, ctx)
         trainable = method.trainable_count()
         log.info("trainable params: %d || all params: %d || trainable%%: %.4f", trainable, base_total, 100 * trainable / max(base_total, 1))
-        callbacks, checkpointer, local = [], None, None
-        if local_sgd:
-            from ..train.local_sgd import LocalSGDCallback
+        # local SGD, sparse checkpoints, the user's, the NaN check, periodic checkpoints, the best
+        # checkpoint, early stopping: each as its config enables it (train/callbacks/)
+        callbacks = build_callbacks(replace(callback_setup, module=bundle.module))
 
-            local = LocalSGDCallback(dist_cfg, dist_info, bundle.module)
-            callbacks.append(local)
-        if sparse_ckpt:  # on every rank (epoch ends stay collective); rank 0 writes
-            from ..artifacts.sparse_checkpoints import SparseCheckpointer
-
-            checkpointer = SparseCheckpointer(run_dir, bundle.module, dense_copies=bool(cfg.trainer.get("sparse_checkpoints_dense", False)),
-                                              write=dist_info.is_main)
-            if resume is None:  # a resumed run keeps its base; the trainer restores the count
-                checkpointer.write_base()
-            callbacks.append(checkpointer)
-        callbacks.extend(build_user_callbacks(cfg.trainer.get("callbacks")))
-
-        stages = method.stages()
-        start = int(resume["info"].get("stage", 0)) if resume is not None else 0
-        done: list[dict] = list((resume["objects"]["trainer_state.pt"].get("job") or {}).get("stages", [])) if resume is not None else []
+        stages = stages_of(method)
+        start = resume.stage if resume is not None else 0
+        done: list[dict] = resume.trainer.stages_done if resume is not None else []
         if start >= len(stages):
             raise ConfigError("trainer.resume", f"{resume_from}: checkpoint of stage {start}, but method {method.name} has {len(stages)} stage(s)")
         trainer = None
@@ -146,7 +134,7 @@ def train_job(rc: RunContext) -> float | None:
             stage_ctx = replace(ctx, total_steps=total_steps(stage_cfg, train_size, dist_info.world_size),
                                 steps_per_epoch=steps_per_epoch(stage_cfg, train_size, dist_info.world_size))
             resuming_here = resume is not None and index == start
-            if not resuming_here:
+            if not resuming_here and isinstance(method, Staged):
                 method.begin_stage(index, stage, stage_ctx)
             if len(stages) > 1:
                 log.info("stage %d/%d: %s (%d optimizer steps)", index + 1, len(stages), stage.name, stage_ctx.total_steps)
@@ -159,18 +147,23 @@ def train_job(rc: RunContext) -> float | None:
             state = trainer.fit()
             result = {"index": index, "name": stage.name, "steps": state.step, "epochs": state.epoch, "samples": state.samples,
                       "tokens": state.tokens, "best": {"step": state.best_step, "main": state.best_main, "metrics": state.best_metrics}}
-            method.end_stage(index, stage, result)
+            if isinstance(method, Staged):
+                method.end_stage(index, stage, result)
             done.append(result)
             for k in totals:
                 totals[k] += result[k]
-        if local is not None:
-            summary["communication"] = {**local.summary(), "per_worker_batch": int(cfg.trainer.batch_size), "total_batch": int(cfg.trainer.batch_size) * dist_info.world_size}
+        # the callbacks' summary.json blocks, as training left them: early_stopping
+        # (stopped_early_at_step: null = ran every step), communication (local SGD),
+        # storage.sparse_checkpoints (merged into the job's own storage block)
+        blocks: dict = {}
+        for cb in callbacks:
+            blocks.update(cb.summary_blocks(trainer))
         with telemetry.phase("eval"):
             final = trainer.evaluator.final_metrics()
         writer.log_metrics({"type": "final", "stage": len(stages) - 1, "step": state.step, **final})
         summary["metrics"] = final
         summary["best"] = dict(done[-1]["best"])
-        summary["early_stopping"] = trainer.early_stopping_summary()  # stopped_early_at_step: null = ran every step
+        summary.update({key: block for key, block in blocks.items() if key not in MERGED_BLOCKS})
         summary["optimizer"] = optimizer_block(trainer.optimizer)
         if len(stages) > 1:
             summary["stages"] = done
@@ -199,12 +192,11 @@ def train_job(rc: RunContext) -> float | None:
         summary["params"] = param_block(base_total, method.trainable_count(), updated, method.added_count())
         summary["params"].update(method.param_bases(base_total))  # e.g. trainable_fraction_mvp_basis (pruning)
         summary["storage"] = storage_block(run_dir, dense_bytes, method_storage)
-        if checkpointer is not None:
-            summary["storage"]["sparse_checkpoints"] = checkpointer.summary()
-        if local is not None:
-            from ..train.local_sgd import plot_accuracy_vs_communication
-
-            plot_accuracy_vs_communication(run_dir)
+        for key in MERGED_BLOCKS:
+            if key in blocks:
+                summary[key].update(blocks[key])
+        for cb in callbacks:
+            cb.finish(run_dir)
         summary["method_report"] = method.report()
         for key, block in method.summary_blocks().items():
             summary.setdefault(key, block)

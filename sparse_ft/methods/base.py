@@ -1,25 +1,33 @@
 """The method interface: everything method-specific lives behind these few calls.
 
-The train job calls, in order: `wrap(bundle, ctx)` once (a method may hand back a different
-bundle: a peft model, a side network over a frozen backbone), `prepare(module, ctx)` once, then for
-every stage of `stages()`: `begin_stage`, the trainer loop, `end_stage`. Inside the loop, per
-optimizer step, `after_backward` (gradients are in `.grad`, before clipping and the optimizer),
-`after_step` (after the optimizer) and `selection_changed(step)` (True when `param_groups()` now
-differs: scheduled sparsity, movement scores), then `on_epoch_end`; `finalize` once training is
-over and `export` for the weights in the base model's layout (final checkpoint, `params.updated`,
+`Method` holds what every method needs. The train job calls `wrap(bundle, ctx)` once (a method
+may hand back a different bundle: a peft model, a side network over a frozen backbone),
+`load_state_dict(saved)` when the run resumes (before `prepare`, which then reuses it),
+`prepare(module, ctx)` once, then the trainer loop(s); `finalize` once training is over and
+`export` for the weights in the base model's layout (final checkpoint, `params.updated`,
 storage). The trainer builds its optimizer over `param_groups()`, so a method decides what the
 optimizer sees (whole tensors, or a flat vector of selected entries) and how big its state is.
 
+Inside the loop a method receives the trainer's events (core/events.py) through the same declared
+`EventHandler` methods a trainer callback does, each a no-op by default; methods use
+`after_backward(trainer)` (gradients are in `.grad`, before clipping and the optimizer) and
+`after_step(trainer)` (after the optimizer), with `trainer.state.step` the steps done before this
+one. `extra_loss()` adds a term to the loss before backward.
+
+Opt-in capabilities (mixins the trainer and the job recognise with `isinstance`, never by name):
+- `Staged`: several training stages (`stages`, `begin_stage`, `end_stage`), each with its own
+  optimizer and schedule; without it a run has one stage;
+- `SelectionChanges`: what trains changes during the run (masked methods under a local-SGD
+  warm-up or a refresh schedule, a schedule asking after each step): `selection_changed(step)`,
+  `refresh_due(epoch)` / `refresh_mask()` (the trainer then rebuilds its optimizer, keeping the
+  scheduler position, and `carry_optimizer_state` moves over what still applies),
+  `mask_state()` / `load_mask_state()` (rank 0's selection to the other ranks) and
+  `sync_to_module()` (the optimizer's parameters were overwritten from outside: a local-SGD sync);
+- `Schedule`: not every evaluation may count as the best (`selectable(step)`), and method state
+  belongs with the best weights (`best_state` / `load_best_state`).
+
 Options are a typed dataclass (`Options`, see core/options.py): every key with its help text and
 range, checked before anything loads.
-
-Optional hooks for methods whose selection changes during training (masked methods under
-local-SGD warm-up or a mask refresh schedule); the defaults mean "nothing changes":
-`refresh_due(epoch)` asks whether to re-select after that epoch, `refresh_mask()` re-selects and
-returns True when `param_groups()` changed (the trainer then rebuilds its optimizer, keeping the
-scheduler position), `mask_state()` / `load_mask_state()` carry a selection from rank 0 to the
-other ranks, and `sync_to_module()` is called after the trainer overwrote the values of the
-optimizer's parameters (a local-SGD sync) so a method holding copies can write them back.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from typing import Any, Callable, ContextManager
 import torch
 from torch import nn
 
+from ..core.events import EventHandler
 from ..core.options import MethodOptions
 from .registry import parse_options
 
@@ -77,7 +86,7 @@ class Stage:
     overrides: dict = field(default_factory=dict)
 
 
-class Method:
+class Method(EventHandler):
     name = "base"
     kind = "trainer"  # "trainer": runs under job=train; "compressor": under job=compress
     Options: type[MethodOptions] = MethodOptions
@@ -113,16 +122,6 @@ class Method:
         """Parameters that did not exist in the pretrained model (LoRA's A/B, adapters, side nets)."""
         return 0
 
-    def stages(self) -> list[Stage]:
-        """The run's training stages, in order; each gets its own optimizer and schedule."""
-        return [Stage()]
-
-    def begin_stage(self, index: int, stage: Stage, ctx: MethodContext) -> None:
-        """Before stage `index` trains (not called again when a run resumes inside that stage)."""
-
-    def end_stage(self, index: int, stage: Stage, result: dict) -> None:
-        """After stage `index` trained and was evaluated (`result`: its step count and metrics)."""
-
     # --- training hooks --------------------------------------------------------------------
     def prepare(self, module: nn.Module, ctx: MethodContext) -> None:
         self.module = module
@@ -134,61 +133,10 @@ class Method:
         """A term added to the task loss before backward (e.g. an L0 penalty); None = none."""
         return None
 
-    def after_backward(self, step: int) -> None: ...
-
-    def after_step(self, step: int) -> None: ...
-
-    def carry_optimizer_state(self, old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> None:
-        """The trainer rebuilt its optimizer after a selection change: move over what still applies
-        (default: the state of tensors the new optimizer sees too; a method with flat vectors remaps)."""
-        for group in new.param_groups:
-            for p in group["params"]:
-                if p in old.state:
-                    new.state[p] = old.state[p]
-
-    def selection_changed(self, step: int) -> bool:
-        """Asked after every optimizer step: did what trains change (the trainer then compares the
-        new `param_groups()` with its optimizer's and rebuilds only if they differ)?"""
-        return False
-
-    def on_epoch_end(self, epoch: int) -> None: ...
-
-    def selectable(self, step: int) -> bool:
-        """May the evaluation after `step` optimizer steps count as the run's best (what
-        `trainer.select_best` restores and `summary.json → best` reports)? Default: every one;
-        gradual pruning: only those at the final sparsity."""
-        return True
-
-    def best_state(self) -> dict | None:
-        """Method state that belongs with the weights `trainer.select_best` keeps (None: the
-        module's own state is all there is); `load_best_state` gets it back with those weights."""
-        return None
-
-    def load_best_state(self, state: dict) -> None:
-        """The counterpart of `best_state`, called after the best weights were restored."""
-
     def param_bases(self, total: int) -> dict:
         """Extra `summary.json → params` entries (e.g. the trainable fraction on a paper's own
         basis); `total`: the pretrained model's parameter count."""
         return {}
-
-    def refresh_due(self, epoch: int) -> bool:
-        """After epoch `epoch` (0-based) ends: should `refresh_mask` run?"""
-        return False
-
-    def refresh_mask(self) -> bool:
-        """Re-select what trains from the current weights; True when `param_groups()` changed."""
-        return False
-
-    def mask_state(self) -> dict | None:
-        """The current selection, to broadcast from rank 0 (None: nothing to share)."""
-        return None
-
-    def load_mask_state(self, state: dict | None) -> None:
-        """Adopt rank 0's selection (the counterpart of `mask_state`)."""
-
-    def sync_to_module(self) -> None:
-        """The optimizer's parameters were overwritten from outside (local-SGD sync): propagate."""
 
     def finalize(self, module: nn.Module, run_dir: Path) -> dict:
         """Post-training work (materialise, write deltas); returns `storage` entries."""
@@ -210,6 +158,82 @@ class Method:
         """Top-level summary.json blocks the method measures (e.g. `sparsity` of the final
         weights); they never replace a block the job writes."""
         return {}
+
+
+# --- opt-in capabilities (mixins; see the module docstring) ------------------------------------
+
+
+class Staged:
+    """A method with several training stages, each with its own optimizer and schedule."""
+
+    def stages(self) -> list[Stage]:
+        """The run's training stages, in order; each gets its own optimizer and schedule."""
+        return [Stage()]
+
+    def begin_stage(self, index: int, stage: Stage, ctx: MethodContext) -> None:
+        """Before stage `index` trains (not called again when a run resumes inside that stage)."""
+
+    def end_stage(self, index: int, stage: Stage, result: dict) -> None:
+        """After stage `index` trained and was evaluated (`result`: its step count and metrics)."""
+
+
+def stages_of(method) -> list[Stage]:
+    """The method's stages: its own (`Staged`), else the one stage of every run."""
+    return method.stages() if isinstance(method, Staged) else [Stage()]
+
+
+class SelectionChanges:
+    """A method whose selection (what the optimizer trains) changes during the run."""
+
+    def selection_changed(self, step: int) -> bool:
+        """Asked after every optimizer step: did what trains change (the trainer then compares the
+        new `param_groups()` with its optimizer's and rebuilds only if they differ)?"""
+        return False
+
+    def refresh_due(self, epoch: int) -> bool:
+        """After epoch `epoch` (0-based) ends: should `refresh_mask` run?"""
+        return False
+
+    def refresh_mask(self) -> bool:
+        """Re-select what trains from the current weights; True when `param_groups()` changed."""
+        return False
+
+    def mask_state(self) -> dict | None:
+        """The current selection, to broadcast from rank 0 (None: nothing to share)."""
+        return None
+
+    def load_mask_state(self, state: dict | None) -> None:
+        """Adopt rank 0's selection (the counterpart of `mask_state`)."""
+
+    def carry_optimizer_state(self, old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> None:
+        """The trainer rebuilt its optimizer after a selection change: move over what still applies
+        (default: the state of tensors the new optimizer sees too; a method with flat vectors remaps)."""
+        for group in new.param_groups:
+            for p in group["params"]:
+                if p in old.state:
+                    new.state[p] = old.state[p]
+
+    def sync_to_module(self) -> None:
+        """The optimizer's parameters were overwritten from outside (local-SGD sync): propagate."""
+
+
+class Schedule:
+    """A method on a schedule: not every evaluation may be the best, and method state belongs with
+    the best weights."""
+
+    def selectable(self, step: int) -> bool:
+        """May the evaluation after `step` optimizer steps count as the run's best (what
+        `trainer.select_best` restores and `summary.json → best` reports)? Default: every one;
+        gradual pruning: only those at the final sparsity."""
+        return True
+
+    def best_state(self) -> dict | None:
+        """Method state that belongs with the weights `trainer.select_best` keeps (None: the
+        module's own state is all there is); `load_best_state` gets it back with those weights."""
+        return None
+
+    def load_best_state(self, state: dict) -> None:
+        """The counterpart of `best_state`, called after the best weights were restored."""
 
 
 def decay_groups(named_params, weight_decay: float) -> list[dict]:

@@ -1,5 +1,9 @@
 """Checkpoint files: safetensors for tensors, written atomically (core/io.py: temp file + rename).
 
+`checkpoints/last/` has one typed layout with one owner: `TrainerCheckpoint` (what
+`trainer_state.pt` holds) and `Resume` (a verified checkpoint folder as a run continues from it);
+the trainer writes through them, the train job and the trainer read through them.
+
 A write that fails because the disk (or quota) is full raises `StorageError` naming the file being
 written (`writing(path)`); a checkpoint that cannot be trusted raises `CheckpointError` naming its
 file: missing, truncated, a manifest without its file list, a file name that leaves the checkpoint
@@ -10,12 +14,14 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..core.io import default_mode, writing
+from .state import WORKER_KEYS
 
 # --- checkpoints/last: everything a resume needs ----------------------------------------------
 
@@ -150,3 +156,127 @@ def read_checkpoint_dir(path: Path) -> tuple[dict, dict, dict]:
             objects[name] = load_object(f)
     info = {k: v for k, v in manifest.items() if k != "files"}
     return tensors, objects, info
+
+
+# --- the typed layout of checkpoints/last -----------------------------------------------------
+
+TRAINER_STATE = "trainer_state.pt"
+MODEL_FILE = "model.safetensors"
+EARLY_STOPPING_START = {"evals_without_improvement": 0, "stopped_early_at_step": None}
+
+
+@dataclass
+class TrainerCheckpoint:
+    """`trainer_state.pt`: the loop's position and everything besides the weights a resume needs.
+    On disk it is a plain dict (keys in this order, `workers` only when present), loaded with
+    `weights_only=True`; the key strings never change, so old checkpoints still resume.
+
+    Callback state: `best_method` and `early_stopping` are top-level keys (where the trainer kept
+    them before they became callbacks); every other callback's state is under `callbacks` by its
+    `state_key` (`callback_state` / `with_callback_states` hide the difference)."""
+
+    state: dict  # TrainState as a dict
+    optimizer: dict
+    scheduler: dict
+    scaler: dict
+    method: dict  # Method.state_dict()
+    rng: dict
+    job: dict = field(default_factory=dict)  # what the job keeps besides the loop (finished stages)
+    best_method: dict | None = None
+    early_stopping: dict = field(default_factory=lambda: dict(EARLY_STOPPING_START))
+    callbacks: dict = field(default_factory=dict)
+    workers: list | None = None  # a local-SGD sync round: each rank's own WORKER_KEYS, one entry per rank
+
+    ORDER = ("state", "optimizer", "scheduler", "scaler", "method", "best_method", "rng", "job", "early_stopping", "callbacks", "workers")
+    TOP_LEVEL_CALLBACK_KEYS = ("best_method", "early_stopping")
+
+    def to_object(self) -> dict:
+        obj = {k: getattr(self, k) for k in self.ORDER}
+        if obj["workers"] is None:
+            del obj["workers"]
+        return obj
+
+    @classmethod
+    def from_object(cls, obj: dict, where: str = TRAINER_STATE) -> "TrainerCheckpoint":
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{where}: not a trainer state (a dict), got {type(obj).__name__}")
+        missing = [k for k in ("state", "optimizer", "scheduler", "scaler", "method", "rng") if k not in obj]
+        if missing:
+            raise CheckpointError(f"{where}: lacks {', '.join(missing)}; the checkpoint is damaged: start over with trainer.resume=never")
+        known = {k: obj[k] for k in cls.ORDER if obj.get(k) is not None}  # older checkpoints lack the later keys
+        return cls(**known)
+
+    def callback_state(self, key: str):
+        """The saved state of the callback whose `state_key` is `key` (None: not in this checkpoint)."""
+        if key in self.TOP_LEVEL_CALLBACK_KEYS:
+            return getattr(self, key)
+        return (self.callbacks or {}).get(key)
+
+    def has_callback_state(self, key: str) -> bool:
+        return key in self.TOP_LEVEL_CALLBACK_KEYS or key in (self.callbacks or {})
+
+    def with_callback_states(self, states: dict) -> "TrainerCheckpoint":
+        """This checkpoint with the callbacks' states (`state_key` -> state) put where they belong."""
+        for key, value in states.items():
+            if key in self.TOP_LEVEL_CALLBACK_KEYS:
+                setattr(self, key, value)
+            else:
+                self.callbacks[key] = value
+        return self
+
+    def worker_part(self) -> dict:
+        """What differs between the ranks of a local-SGD run between two syncs (WORKER_KEYS)."""
+        return {k: getattr(self, k) for k in WORKER_KEYS}
+
+    def own(self, rank: int) -> dict:
+        """This rank's loop state, optimizer and RNG (a local-SGD round keeps one per rank)."""
+        mine = self.worker_part()
+        return {**mine, **self.workers[rank]} if self.workers else mine
+
+    @property
+    def stages_done(self) -> list[dict]:
+        return list((self.job or {}).get("stages", []))
+
+
+@dataclass
+class Resume:
+    """A verified `checkpoints/last` a run continues from."""
+
+    path: str
+    weights: dict  # model.safetensors
+    trainer: TrainerCheckpoint
+    info: dict  # the manifest's entries besides its file list (step, epoch, stage, config)
+    tensors: dict = field(default_factory=dict)  # every safetensors file by name (best.safetensors, ...)
+
+    @property
+    def step(self) -> int:
+        return int(self.info.get("step", 0))
+
+    @property
+    def stage(self) -> int:
+        return int(self.info.get("stage", 0))
+
+
+def read_resume(path: Path) -> Resume:
+    """Verify and load `path` (a checkpoint folder) as a Resume; CheckpointError names what is wrong."""
+    tensors, objects, info = read_checkpoint_dir(path)
+    trainer = TrainerCheckpoint.from_object(objects[TRAINER_STATE], str(Path(path) / TRAINER_STATE))
+    return Resume(path=str(path), weights=tensors[MODEL_FILE], trainer=trainer, info=info, tensors=tensors)
+
+
+def write_last(target: Path, weights: dict, trainer: TrainerCheckpoint, extra_tensors: dict, info: dict) -> None:
+    """`checkpoints/last/` (atomic, with its manifest): the weights, the extra safetensors files
+    (`best.safetensors`) and `trainer_state.pt`."""
+    write_checkpoint_dir(target, {MODEL_FILE: weights, **extra_tensors}, {TRAINER_STATE: trainer.to_object()}, info)
+
+
+def kept_checkpoint(checkpoint_dir: Path | None) -> str:
+    """What a failed run leaves to resume from, for its error message."""
+    last = Path(checkpoint_dir) / "last" if checkpoint_dir is not None else None
+    if last is not None and (last / MANIFEST).is_file():
+        try:
+            step = json.loads((last / MANIFEST).read_text()).get("step")
+        except (OSError, ValueError, AttributeError):
+            step = None
+        return f"the last checkpoint{'' if step is None else f' (step {step})'} is kept in {last}"
+    return "no checkpoint was written before it (see trainer.checkpoint_every)"

@@ -314,7 +314,7 @@ class LocalSGDCallback(TrainerCallback):
         if self.resumed_active:  # resumed at a sync round after the warm-up: the mask came with the checkpoint
             self.resumed_active = False
             trainer.train_module = trainer.bundle.module
-            self.local.start(trainer._opt_params())
+            self.local.start(trainer.optimizer_params())
             log.info("local SGD: resumed at sync round %d (step %d)", self.local.rounds, trainer.state.step)
             self.point = trainer.position(copy=True)
         elif self._warmup_over(trainer):
@@ -330,7 +330,7 @@ class LocalSGDCallback(TrainerCallback):
         (unsynced) weights; None during the warm-up (DDP keeps the ranks identical)."""
         if not self.local.active or self.point is None:
             return None
-        step = self.point["trainer_state"]["state"]["step"]
+        step = self.point["trainer_state"].state["step"]
         if step != trainer.state.step:
             log.info("local SGD: the checkpoint holds the last sync round (step %d); a resume redoes steps %d-%d", step, step + 1, trainer.state.step)
         return self.point
@@ -348,13 +348,13 @@ class LocalSGDCallback(TrainerCallback):
 
     def on_step_end(self, trainer) -> None:
         if not self.local.active:
-            self.local.count_warmup_step(sum(p.numel() for p in trainer._opt_params()))
+            self.local.count_warmup_step(sum(p.numel() for p in trainer.optimizer_params()))
         elif self.local.after_step():
-            trainer.method.sync_to_module()
+            trainer.params_overwritten()
 
     def sync(self, trainer) -> None:
         if self.local.sync():
-            trainer.method.sync_to_module()
+            trainer.params_overwritten()
 
     def takes_selection(self, trainer) -> bool:
         if not self._warmup_over(trainer):
@@ -365,13 +365,13 @@ class LocalSGDCallback(TrainerCallback):
     def after_refresh(self, trainer, changed: bool) -> None:
         if changed:
             self.local.count_mask_broadcast(trainer.method.trainable_count())
-        self.local.start(trainer._opt_params())
+        self.local.start(trainer.optimizer_params())
 
     @contextlib.contextmanager
     def eval_view(self, trainer):
         if self.local.eval_at == "sync" or trainer.state.step >= trainer.total_steps():
             self.sync(trainer)  # finish the round: the final weights are the synced ones
-        with self.local.server_view(trainer.method.sync_to_module):  # else: the last sync's weights, no extra round
+        with self.local.server_view(trainer.params_overwritten):  # else: the last sync's weights, no extra round
             yield
 
     def eval_record(self) -> dict:
@@ -383,3 +383,10 @@ class LocalSGDCallback(TrainerCallback):
 
     def summary(self) -> dict:
         return self.local.summary()
+
+    def summary_blocks(self, trainer) -> dict:
+        batch = int(trainer.cfg.batch_size)
+        return {"communication": {**self.local.summary(), "per_worker_batch": batch, "total_batch": batch * trainer.dist.world_size}}
+
+    def finish(self, run_dir) -> None:
+        plot_accuracy_vs_communication(run_dir)

@@ -75,11 +75,6 @@ class TrainState:
 WORKER_KEYS = ("state", "optimizer", "rng")
 
 
-def callback_key(callback) -> str:
-    """The name a trainer callback's state has in a checkpoint (`state_key`, else its class)."""
-    return getattr(callback, "state_key", None) or type(callback).__name__
-
-
 def clone_tree(obj):
     """A copy of nested dicts/lists/tuples in which every tensor is a detached clone (optimizer
     and method state dicts hold the live tensors)."""

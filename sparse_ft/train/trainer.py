@@ -11,12 +11,11 @@ selection changes (`refresh_due` / `refresh_mask` at epoch ends, `selection_chan
 step) get their optimizer rebuilt mid-run, only when the parameters it sees really changed.
 One Trainer runs one stage of a run (its own optimizer and schedule); the train job loops over
 the method's stages and records the stage in every metrics record and checkpoint.
-With `trainer.early_stopping_patience=N` the loop stops after N evaluations in a row without a
-better validation main metric (the READ paper's protocol, with `select_best` restoring the best
-checkpoint before the final evaluation); the count is in the checkpoint, so a resumed run stops
-where an uninterrupted one would.
-An evaluation competes for the best (`select_best`, early stopping, `summary.json → best`) only
-when the method allows it (`Method.selectable`: gradual pruning only at its final sparsity).
+Events (core/events.py): the trainer fires each `Event` on the method, then on every callback
+in list order; it knows no method and no callback by name. Early stopping, best-checkpoint
+selection, periodic checkpoints, the NaN check, local SGD and sparse checkpoints are callbacks
+(train/callbacks/), chosen by config; a method's capabilities (`Staged`, `SelectionChanges`,
+`Schedule`: methods/base.py) are recognised by `isinstance`.
 """
 
 from __future__ import annotations
@@ -27,42 +26,30 @@ import logging
 import math
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..core.errors import ConfigError
-from ..methods.base import Method
+from ..core.events import Event, EvalOutcome, EventHandler
+from ..methods.base import Method, Schedule, SelectionChanges
 from ..models.bundle import ModelBundle, to_device
 from ..tasks.base import DataError, TaskData
 from . import distributed as D
-from .best import BestWeights, select_best_store
-from .callbacks import TrainerCallback
-from .checkpoint import write_checkpoint_dir
+from .callbacks import CallbackSetup, TrainerCallback, callback_key
+from .callbacks.registry import build_callbacks
+from .callbacks.builtin import TrainingDiverged, early_stopping_patience  # noqa: F401  (re-exported)
+from .checkpoint import Resume, TrainerCheckpoint, write_last
 from .evaluator import Evaluator
 from .optim import build_optimizer, build_scheduler, clip_sets
 from .preemption import Preempted, PreemptionWatcher, Terminated, critical
-from .state import WORKER_KEYS, TrainState, callback_key, clone_tree, epoch_order, parse_every, rng_state, set_rng_state, steps_per_epoch, total_steps  # noqa: F401  (re-exported)
+from .state import WORKER_KEYS, TrainState, clone_tree, epoch_order, parse_every, rng_state, set_rng_state, steps_per_epoch, total_steps  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the step."""
-
-
-def early_stopping_patience(cfg) -> int:
-    """`trainer.early_stopping_patience`: 0 = off; N = stop after N evaluations in a row without
-    a better validation main metric. Raises ConfigError naming the key for anything else."""
-    value = cfg.get("early_stopping_patience", 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError("trainer.early_stopping_patience", f"{value!r} must be an integer >= 0 (0 = off; N = stop after N evaluations without improvement)")
-    return value
 
 
 class _Phases:
@@ -95,8 +82,8 @@ class Trainer:
         phase: Callable[[str], contextlib.AbstractContextManager] = lambda name: contextlib.nullcontext(),
         checkpoint_dir: Path | None = None,
         dist_info: D.DistInfo = D.DistInfo(),
-        resume_state: dict | None = None,
-        callbacks: list | None = None,
+        resume_state: Resume | None = None,
+        callbacks: list[TrainerCallback] | None = None,
         stage: int = 0,
         job_state: Callable[[], dict] | None = None,
     ):
@@ -113,19 +100,16 @@ class Trainer:
         self.dist = dist_info
         self.resume_state = resume_state
         self.state = TrainState(stage=stage)
-        # objects with an optional on_epoch_end(epoch, step), called after each epoch's evaluation
-        self.callbacks = list(callbacks or [])
+        # the callbacks (train/callbacks/); None: the ones the trainer config enables (a bare Trainer)
+        if callbacks is None:
+            callbacks = build_callbacks(CallbackSetup(trainer_cfg=cfg, dist_info=dist_info, checkpoint_dir=checkpoint_dir), user=False)
+        self.callbacks = list(callbacks)
+        self.handlers = [method, *self.callbacks]  # who receives the events, in order
         self.job_state = job_state or dict  # what the job keeps in checkpoints besides the loop (finished stages)
-        # the best checkpoint's changed tensors only, on disk by default (train/best.py)
-        rank = dist_info.rank if dist_info.enabled else 0
-        self.best = BestWeights(select_best_store(cfg), checkpoint_dir / f".best.rank{rank}.pt" if checkpoint_dir is not None else None)
         self.checkpoint_info: dict = {}  # more manifest.json entries (the job's resolved config, which a resume compares)
-        self._best_method_state: dict | None = None  # Method.best_state() taken with the best weights
-        # early stopping: evaluations in a row without a better main metric, and where it stopped
-        self.patience = early_stopping_patience(cfg)
-        self.evals_without_improvement = 0
-        self.stopped_early_at_step: int | None = None
-        self.every_steps, self.every_seconds = parse_every(cfg.get("checkpoint_every", 0))
+        self.stop_requested = False  # a callback asked the loop to stop (early stopping)
+        self.preempting = False  # a signal arrived: this step's end checkpoints and exits
+        self.optimizer = self.scheduler = self.train_module = None  # built by fit()
         self.autocast_dtype = None
         if cfg.precision != "fp32":
             if device.type == "cuda":
@@ -154,28 +138,41 @@ class Trainer:
         return self.evaluator.autocast()
 
     # --- checkpoints ----------------------------------------------------------------------
+    def fire(self, event: Event, *args) -> None:
+        """`event` on the method, then on every callback in list order."""
+        for handler in self.handlers:
+            handler.run_event(event, self, *args)
+
+    def request_stop(self) -> None:
+        """Stop the loop after the current step (what early stopping calls)."""
+        self.stop_requested = True
+
+    def optimizer_params(self) -> list[torch.Tensor]:
+        """The tensors the optimizer trains, in its group order."""
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
     def position(self, copy: bool = False) -> dict:
         """Where this rank's run is now, as checkpoints/last holds it: weights, loop state,
-        optimizer, schedule, method and callback state, every RNG. `copy`: detached copies, so a
-        callback can keep it in memory (local SGD keeps the one of its last sync round)."""
-        trainer_state = {
-            "state": dataclasses.asdict(self.state),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "method": self.method.state_dict(),
-            "best_method": self._best_method_state,
-            "rng": rng_state(),
-            "job": self.job_state(),
-            "early_stopping": {"evals_without_improvement": self.evals_without_improvement, "stopped_early_at_step": self.stopped_early_at_step},
-            "callbacks": {callback_key(cb): cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
-        }
+        optimizer, schedule, method and callback state, every RNG (`trainer_state`: a
+        TrainerCheckpoint), and the callbacks' extra files (`files`: name -> tensors when written).
+        `copy`: detached copies, so a callback can keep it in memory (local SGD keeps the one of its
+        last sync round)."""
+        checkpoint = TrainerCheckpoint(
+            state=dataclasses.asdict(self.state),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            method=self.method.state_dict(),
+            rng=rng_state(),
+            job=self.job_state(),
+        )
+        checkpoint.with_callback_states({callback_key(cb): state for cb in self.callbacks if (state := cb.state_dict()) is not None})
         weights = self.bundle.module.state_dict()
         if copy:
-            trainer_state, weights = clone_tree(trainer_state), {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
-        # `best`: the BestWeights holder (read when a checkpoint is written; on disk it is the current best)
-        best = self.best if not copy or self.best.store == "disk" else self.best.tensors()
-        return {"weights": weights, "best": best, "trainer_state": trainer_state}
+            checkpoint = TrainerCheckpoint(**clone_tree(dataclasses.asdict(checkpoint)))
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+        files = {name: get for cb in self.callbacks for name, get in cb.checkpoint_files(self, copy).items()}
+        return {"weights": weights, "files": files, "trainer_state": checkpoint}
 
     def save_last(self) -> None:
         """checkpoints/last/, written atomically by rank 0. Usually the ranks hold identical
@@ -186,45 +183,34 @@ class Trainer:
             return
         point = None
         for cb in self.callbacks:
-            if hasattr(cb, "resume_point"):
-                point = cb.resume_point(self) or point
+            point = cb.resume_point(self) or point
         if point is None:
             self._sync()
             point = self.position() if self.dist.is_main else None
         else:
             mine = point["trainer_state"]
-            workers = D.gather_to_main({k: mine[k] for k in WORKER_KEYS})
+            workers = D.gather_to_main(mine.worker_part())
             if self.dist.is_main:
-                point = {**point, "trainer_state": {**mine, "workers": workers}}
+                point = {**point, "trainer_state": dataclasses.replace(mine, workers=workers)}
         if self.dist.is_main:
-            tensors = {"model.safetensors": point["weights"]}
-            best = point["best"].tensors() if isinstance(point["best"], BestWeights) else point["best"]
-            if best is not None:
-                tensors["best.safetensors"] = best
-            st = point["trainer_state"]["state"]
+            files = {name: tensors for name, get in point["files"].items() if (tensors := get()) is not None}
+            st = point["trainer_state"].state
             info = {"step": st["step"], "epoch": st["epoch"], "stage": st["stage"], **self.checkpoint_info}
-            write_checkpoint_dir(self.checkpoint_dir / "last", {**tensors}, {"trainer_state.pt": point["trainer_state"]}, info)
+            write_last(self.checkpoint_dir / "last", point["weights"], point["trainer_state"], files, info)
             log.info("checkpoint: %s (step %d)", self.checkpoint_dir / "last", info["step"])
         D.barrier()
-        self._last_checkpoint_time = time.monotonic()
 
-    def _restore(self, resume: dict) -> None:
-        trainer_state = resume["objects"]["trainer_state.pt"]
-        workers = trainer_state.get("workers")  # written at a local-SGD round: this rank's own part
-        own = {**trainer_state, **workers[self.dist.rank]} if workers else trainer_state
+    def _restore(self, resume: Resume) -> None:
+        saved = resume.trainer
+        own = saved.own(self.dist.rank)  # written at a local-SGD round: this rank's own part
         self.state = TrainState(**own["state"])
         self.optimizer.load_state_dict(own["optimizer"])
-        self.scheduler.load_state_dict(trainer_state["scheduler"])
-        self.scaler.load_state_dict(trainer_state["scaler"])
-        self.best.set(resume["tensors"].get("best.safetensors"))
-        self._best_method_state = trainer_state.get("best_method")
-        early = trainer_state.get("early_stopping") or {}
-        self.evals_without_improvement = int(early.get("evals_without_improvement", 0))
-        self.stopped_early_at_step = early.get("stopped_early_at_step")
-        saved = trainer_state.get("callbacks") or {}
+        self.scheduler.load_state_dict(saved.scheduler)
+        self.scaler.load_state_dict(saved.scaler)
         for cb in self.callbacks:
-            if hasattr(cb, "load_state_dict") and callback_key(cb) in saved:
-                cb.load_state_dict(saved[callback_key(cb)])
+            if saved.has_callback_state(callback_key(cb)):
+                cb.load_state_dict(saved.callback_state(callback_key(cb)))
+            cb.load_checkpoint_files(resume.tensors)
         set_rng_state(own["rng"])
         log.info("resumed at optimizer step %d (epoch %d, %d batches into it)", self.state.step, self.state.epoch, self.state.epoch_batches)
 
@@ -249,13 +235,8 @@ class Trainer:
         module = self.bundle.module
         if not self.dist.enabled:
             return module
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
-
-    def _opt_params(self) -> list[torch.Tensor]:
-        return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def _groups_differ(self, groups: list[dict]) -> bool:
         """Do these param groups hold other tensors (or other decay) than the optimizer's?"""
@@ -271,7 +252,8 @@ class Trainer:
         cfg = self.cfg
         old, old_optimizer = self.scheduler, self.optimizer
         self.optimizer = build_optimizer(cfg, self.method.param_groups(cfg.weight_decay))
-        self.method.carry_optimizer_state(old_optimizer, self.optimizer)
+        if isinstance(self.method, SelectionChanges):
+            self.method.carry_optimizer_state(old_optimizer, self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if isinstance(self.optimizer, torch.optim.SGD) and any(p in self.optimizer.state for p in params):
             # (fused) SGD wants a momentum buffer for all or none: a new tensor starts from zero,
@@ -286,8 +268,13 @@ class Trainer:
 
     def _sync(self) -> None:
         """Every rank must hold the same weights now (local SGD finishes its round)."""
-        for cb in self.callbacks:
-            cb.sync(self)
+        self.fire(Event.SYNC)
+
+    def params_overwritten(self) -> None:
+        """The optimizer's parameters were overwritten from outside (a local-SGD sync): a method
+        holding copies of them writes them back."""
+        if isinstance(self.method, SelectionChanges):
+            self.method.sync_to_module()
 
     def refresh_mask(self) -> None:
         """The method re-selects what trains (rank 0 computes, the other ranks adopt its
@@ -295,6 +282,9 @@ class Trainer:
         import torch.distributed as tdist
 
         self._sync()
+        if not isinstance(self.method, SelectionChanges):  # its selection never changes (the same on every rank)
+            self.fire(Event.AFTER_REFRESH, False)
+            return
         self.phases.to(None)
         changed = self.method.refresh_mask() if self.dist.is_main else False
         if tdist.is_initialized() and self.dist.world_size > 1:
@@ -306,10 +296,9 @@ class Trainer:
         self.phases.to("train")
         if changed:
             self.rebuild_optimizer()
-            if hasattr(self.train_module, "no_sync"):  # DDP: re-wrap over the parameters that now train
+            if isinstance(self.train_module, DistributedDataParallel):  # re-wrap over the parameters that now train
                 self.train_module = self._train_module()
-        for cb in self.callbacks:
-            cb.after_refresh(self, changed)
+        self.fire(Event.AFTER_REFRESH, changed)
 
     def fit(self) -> TrainState:
         cfg, module = self.cfg, self.bundle.module
@@ -322,19 +311,16 @@ class Trainer:
             self.resume_state = None
         st = self.state
         self.train_module = self._train_module()
-        self.best.begin(module)  # what holds its start value now needs no copy (train/best.py)
-        for cb in self.callbacks:
-            cb.on_fit_start(self)
+        self.stop_requested = self.preempting = False
+        self.fire(Event.FIT_START)
         log.info("training %d optimizer steps (%d examples, batch %d x accum %d x %d ranks)", total, self.train_size, cfg.batch_size, cfg.grad_accum, self.dist.world_size)
         bar = tqdm(total=total, initial=st.step, disable=not self._progress_enabled(), desc="train", dynamic_ncols=True)
-        bad_loss = False
-        self._last_checkpoint_time = time.monotonic()
         watcher = PreemptionWatcher(list(cfg.get("preempt_signals") or []))
         self.phases.to("train")
         loop_done = False
         try:
             with watcher:
-                while st.step < total and self.stopped_early_at_step is None:
+                while st.step < total and not self.stop_requested:
                     module.train()
                     loader = self.train_loader(st.epoch, st.epoch_batches)
                     n_micro = len(loader) + st.epoch_batches
@@ -346,7 +332,7 @@ class Trainer:
                         batch = to_device(batch, self.device)
                         train_module = self.train_module
                         boundary = (i + 1) % cfg.grad_accum == 0 or i + 1 == n_micro
-                        sync = contextlib.nullcontext() if boundary or not hasattr(train_module, "no_sync") else train_module.no_sync()
+                        sync = train_module.no_sync() if not boundary and isinstance(train_module, DistributedDataParallel) else contextlib.nullcontext()
                         with sync:
                             with self._autocast():
                                 loss = self.bundle.loss_fn(train_module, batch)
@@ -359,14 +345,11 @@ class Trainer:
                         st.tokens += self.bundle.num_tokens(batch) * self.dist.world_size
                         st.loss_sum += loss_value
                         st.loss_count += 1
-                        bad_loss = bad_loss or not math.isfinite(loss_value)
                         if not boundary:
                             continue
-                        # every rank reaches this point at the same steps: agree on stop / divergence
-                        stop, bad_loss = D.any_flag([watcher.received is not None, bad_loss], self.device)
-                        if bad_loss:
-                            raise TrainingDiverged(f"loss is not finite at optimizer step {st.step + 1} (epoch {st.epoch}); {self._kept_checkpoint()}")
-                        self.method.after_backward(st.step)
+                        # every rank reaches this point at the same steps: agree on a stop
+                        stop = D.any_flag([watcher.received is not None], self.device)[0]
+                        self.fire(Event.AFTER_BACKWARD)  # the NaN check fails the run here
                         if cfg.max_grad_norm > 0:
                             self.scaler.unscale_(self.optimizer)
                             for params in clip_sets(self.optimizer):  # one set unless a method tags groups apart
@@ -376,11 +359,11 @@ class Trainer:
                         self.scheduler.step()
                         self.optimizer.zero_grad(set_to_none=True)
                         module.zero_grad(set_to_none=True)
-                        self.method.after_step(st.step)
-                        if self.method.selection_changed(st.step) and self._groups_differ(self.method.param_groups(cfg.weight_decay)):
+                        self.fire(Event.AFTER_STEP)
+                        if (isinstance(self.method, SelectionChanges) and self.method.selection_changed(st.step)
+                                and self._groups_differ(self.method.param_groups(cfg.weight_decay))):
                             self.rebuild_optimizer()
-                        for cb in self.callbacks:
-                            cb.on_step_end(self)
+                        self.fire(Event.STEP_END)
                         st.step += 1
                         st.epoch_batches = i + 1
                         bar.update(1)
@@ -395,17 +378,14 @@ class Trainer:
                         epoch_done = i + 1 == n_micro
                         if epoch_done:
                             self._end_epoch()
-                        for cb in self.callbacks:  # the step is fully recorded: a resumable point
-                            if hasattr(cb, "on_step_recorded"):
-                                cb.on_step_recorded(self)
+                        self.preempting = stop
+                        self.fire(Event.STEP_RECORDED)  # the step is fully recorded: a resumable point (periodic checkpoints)
                         if stop:
                             self.save_last()
                             if watcher.received is not None:
                                 watcher.chain()  # e.g. submitit requeues here (and exits)
                             raise Preempted(watcher.received or signal.SIGTERM, st.step)
-                        if self._checkpoint_due() and st.step < total:
-                            self.save_last()
-                        if st.step >= total or epoch_done or self.stopped_early_at_step is not None:
+                        if st.step >= total or epoch_done or self.stop_requested:
                             break
                 # a signal after the last step's stop check: that step is done, checkpoint it
                 if D.any_flag([watcher.received is not None], self.device)[0]:
@@ -425,59 +405,25 @@ class Trainer:
         finally:
             self.phases.to(None)
             bar.close()
-        for cb in self.callbacks:
-            cb.on_fit_end(self)
-        if cfg.select_best and not self.best.empty and st.best_step != st.step:
-            log.info("restoring the best checkpoint (step %d, %s=%.4f)", st.best_step, self.task.main_metric, st.best_main)
-            self.best.restore(module)
-            if self._best_method_state is not None:
-                self.method.load_best_state(self._best_method_state)
-        self.best.clear()
-        self._best_method_state = None
+        self.fire(Event.FIT_END)  # the best checkpoint's weights are restored here (callbacks/builtin.py)
         return st
 
     def _end_epoch(self) -> None:
         st = self.state
         finished = st.epoch
-        self.method.on_epoch_end(st.epoch)
         st.epoch += 1
         st.epoch_batches = 0
         if st.last_eval_step != st.step:
             self._evaluate_and_select()
-        listeners = [cb for cb in self.callbacks if type(cb).on_epoch_end is not TrainerCallback.on_epoch_end]
-        if listeners:
+        if any(type(h).on_epoch_end is not EventHandler.on_epoch_end for h in self.handlers):
             self._sync()  # checkpoints see the weights every rank holds
-        for cb in listeners:
-            cb.on_epoch_end(self, finished, st.step)
+        self.fire(Event.EPOCH_END, finished, st.step)
         if st.step >= self.total_steps():
             return
         if any(cb.takes_selection(self) for cb in self.callbacks):
             return
-        if self.method.refresh_due(finished):
+        if isinstance(self.method, SelectionChanges) and self.method.refresh_due(finished):
             self.refresh_mask()
-
-    def _kept_checkpoint(self) -> str:
-        """What a failed run leaves to resume from, for its error message."""
-        last = self.checkpoint_dir / "last" if self.checkpoint_dir is not None else None
-        if last is not None and (last / "manifest.json").is_file():
-            import json
-
-            try:
-                step = json.loads((last / "manifest.json").read_text()).get("step")
-            except (OSError, ValueError, AttributeError):
-                step = None
-            return f"the last checkpoint{'' if step is None else f' (step {step})'} is kept in {last}"
-        return "no checkpoint was written before it (see trainer.checkpoint_every)"
-
-    def _checkpoint_due(self) -> bool:
-        if self.checkpoint_dir is None:
-            return False
-        if self.every_steps and self.state.step % self.every_steps == 0:
-            return True
-        if self.every_seconds:
-            due = time.monotonic() - self._last_checkpoint_time >= self.every_seconds
-            return D.any_flag([due], self.device)[0]  # ranks must agree: the save has a barrier
-        return False
 
     def _evaluate_and_select(self) -> None:
         with contextlib.ExitStack() as views:
@@ -497,47 +443,31 @@ class Trainer:
             self.log_metrics({"type": "eval", "stage": st.stage, "step": st.step, "epoch": st.epoch, "split": split, **metrics, **comm})
             log.info("eval step %d  %s  %s", st.step, split, "  ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in metrics.items()))
         selection = results.get(self.task.eval_splits[0])
-        if selection is None:
-            return
-        if not self.method.selectable(st.step):  # e.g. gradual pruning before the final sparsity
-            return
-        main = selection["main"]
-        if st.best_step < 0 or (math.isfinite(main) and main > st.best_main):
-            st.best_main, st.best_step, st.best_metrics = main, st.step, results
-            self.evals_without_improvement = 0
-            if self.cfg.select_best:  # its own telemetry phase: the copy is not training memory
-                self.phases.to("select_best")
-                self.best.keep(self.bundle.module)
-                self._best_method_state = self.method.best_state()
-                self.phases.to("train")
-        else:
-            self.evals_without_improvement += 1
-        if self.patience and self.evals_without_improvement >= self.patience and self.stopped_early_at_step is None:
-            self.stopped_early_at_step = st.step
-            self.log_metrics({"type": "early_stop", "stage": st.stage, "step": st.step, "epoch": st.epoch, "patience": self.patience,
-                              "best_step": st.best_step, "best_main": st.best_main})
-            log.info("early stopping at step %d: %d evaluations without a better %s (best %.4f at step %d)",
-                     st.step, self.evals_without_improvement, self.task.main_metric, st.best_main, st.best_step)
+        # an evaluation competes for the best only on the selection split, and only when the
+        # method allows it (Schedule.selectable: e.g. gradual pruning before the final sparsity)
+        competed = selection is not None and (not isinstance(self.method, Schedule) or self.method.selectable(st.step))
+        improved = False
+        if competed:
+            main = selection["main"]
+            improved = st.best_step < 0 or (math.isfinite(main) and main > st.best_main)
+            if improved:
+                st.best_main, st.best_step, st.best_metrics = main, st.step, results
+        self.fire(Event.EVAL_END, EvalOutcome(results, competed, improved))
 
     def release_training_state(self) -> None:
         """Before inference is measured: the optimizer's state, the gradients, the DDP wrapper
         and the scheduler go, and freed memory is handed back, so that the inference figures hold
-        the model and its inference buffers only, not training's leftovers (dense's AdamW
+        the model and its inference buffers only, not training's leftovers (a dense fine-tuning's AdamW
         moments were 2/3 of its "inference" peak). The trainer cannot train afterwards."""
         from ..telemetry.resources import release_freed_memory
 
-        if getattr(self, "optimizer", None) is not None:
+        if self.optimizer is not None:
             self.optimizer.state.clear()
             self.optimizer.zero_grad(set_to_none=True)
         self.bundle.module.zero_grad(set_to_none=True)
         self.optimizer = self.scheduler = None
         self.train_module = None
         release_freed_memory(self.device)
-
-    def early_stopping_summary(self) -> dict:
-        """summary.json `early_stopping`: the patience and the step training stopped at (null: ran to the end)."""
-        return {"patience": self.patience, "stopped_early_at_step": self.stopped_early_at_step,
-                "evals_without_improvement": self.evals_without_improvement, "best_step": self.state.best_step}
 
     # --- evaluation (the shared Evaluator) ------------------------------------------------
     def predictions(self, split: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -287,12 +287,10 @@ def test_diverged_run_without_checkpoint_does_not_claim_one_is_kept(tmp_path):
 
 
 def test_diverged_run_with_a_checkpoint_names_it(tmp_path):
-    from types import SimpleNamespace
-
-    from sparse_ft.train.trainer import Trainer
+    from sparse_ft.train.checkpoint import kept_checkpoint
 
     write_last(tmp_path / "checkpoints" / "last")
-    said = Trainer._kept_checkpoint(SimpleNamespace(checkpoint_dir=tmp_path / "checkpoints"))
+    said = kept_checkpoint(tmp_path / "checkpoints")
     assert said == f"the last checkpoint (step 1) is kept in {tmp_path / 'checkpoints' / 'last'}"
 
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import refused_inprocess, run_cli, run_inprocess
 from sparse_ft.core.options import MethodOptions, option
-from sparse_ft.methods.base import Method, Stage
+from sparse_ft.methods.base import Method, SelectionChanges, Stage, Staged
 from sparse_ft.methods.compress.base import CompressResult, Compressor
 from sparse_ft.methods.registry import register
 
@@ -28,7 +28,7 @@ class TwoStageOptions(MethodOptions):
 
 
 @register("toy_two_stage")
-class TwoStage(Method):
+class TwoStage(Staged, Method):
     """Stage 0 trains everything; stage 1 freezes the embeddings and trains on at a lower lr.
     Its state (how many stages began) must survive a resume inside stage 1."""
 
@@ -252,14 +252,14 @@ def test_lora_merged_checkpoint_is_the_base_layout_and_scores_like_the_run(model
 
 
 @register("toy_schedule")
-class Schedule(Method):
+class Schedule(SelectionChanges, Method):
     """Asks after every step whether its selection changed; only at step 3 does it really change
     (the embeddings stop training), so the trainer must rebuild its optimizer exactly once."""
 
     name = "toy_schedule"
 
-    def after_step(self, step):
-        if step == 2:
+    def after_step(self, trainer):
+        if trainer.state.step == 2:
             for name, p in self.module.named_parameters():
                 if "embeddings" in name:
                     p.requires_grad_(False)

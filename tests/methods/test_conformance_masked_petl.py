@@ -168,7 +168,7 @@ def test_diff_pruning_gradients_are_those_of_theta0_plus_gated_w(tmp_path, monke
     upstream = [torch.randn(p.shape, generator=gen) for p in params]
     for p, c in zip(params, upstream):
         p.grad = c.clone()
-    m.after_backward(0)
+    m.after_backward(at_step(0))
 
     def gate(alpha, u):
         return (torch.sigmoid((u.log() - (1 - u).log() + alpha) / BETA) * (R - L) + L).clamp(0, 1)
@@ -431,14 +431,21 @@ def test_prompt_tuning_prepends_soft_tokens_to_the_input_embeddings():
 # --- the masked methods: one optimizer step as the trainer takes it ------------------------------
 
 
+def at_step(step: int):
+    """What a method's per-step event hooks read from the trainer: `trainer.state.step`."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(state=SimpleNamespace(step=step))
+
+
 def train_steps(m, bundle, feats, steps: int = 2, lr: float = 1e-2):
     opt = torch.optim.AdamW(m.param_groups(0.0), lr=lr)
     bundle.module.train()
     for step in range(steps):
         bundle.loss(bundle.collate(feats[4 * step : 4 * step + 4])).backward()
-        m.after_backward(step)
+        m.after_backward(at_step(step))
         opt.step()
-        m.after_step(step)
+        m.after_step(at_step(step))
         opt.zero_grad(set_to_none=True)
         bundle.module.zero_grad(set_to_none=True)
 

@@ -49,7 +49,7 @@ from torch import nn
 
 from ...core.options import option
 from ...models.heads import head_names
-from ..base import Method, MethodContext, Stage, decay_groups
+from ..base import Method, MethodContext, SelectionChanges, Stage, Staged, decay_groups
 from .masking import MASK_FILE, MaskedOptions, SparseUpdate, SparseDelta, bits_differ, budget, named_params, save_mask, topk_mask
 from ..registry import register
 
@@ -74,7 +74,7 @@ class DiffPruningOptions(MaskedOptions):
 
 
 @register("diff_pruning")
-class DiffPruning(Method):
+class DiffPruning(Staged, SelectionChanges, Method):
     name = "diff_pruning"
 
     Options = DiffPruningOptions
@@ -224,7 +224,7 @@ class DiffPruning(Method):
             return None
         return self.lam * sum(self._l0_terms(self.cfg.get("group_penalty", "sum")))
 
-    def after_backward(self, step: int) -> None:
+    def after_backward(self, trainer) -> None:
         if self.update is not None:
             self.update.gather_grads()
             return
@@ -250,7 +250,7 @@ class DiffPruning(Method):
                     b = self.group_alpha[i]
                     b.grad = gg if b.grad is None else b.grad.add_(gg)
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, trainer) -> None:
         if self.update is not None:
             self.update.scatter()
             return

@@ -16,7 +16,7 @@ from torch import nn
 
 from ...core.options import MethodOptions, option
 from ...models.heads import head_names
-from ..base import Method, MethodContext, decay_groups
+from ..base import Method, MethodContext, SelectionChanges, decay_groups
 from .delta import SparseDelta, bits_differ, fingerprint, head_info, persistent_buffers  # noqa: F401
 from .selection import (  # noqa: F401
     BASE_FILE, DELTA_FILE, DELTA_FORMAT, MASK_FILE, MASK_FORMAT, budget, full_mask, load_mask, mask_by_type, mask_size,
@@ -50,7 +50,7 @@ class BudgetOptions(MaskedOptions):
     mask_refresh_epochs: int | Literal["never"] | None = option("never", "re-select the mask after every n epochs (FISH §4.3), or never", low=1)
 
 
-class MaskedMethod(Method):
+class MaskedMethod(SelectionChanges, Method):
     Options = MaskedOptions
     """A mask chosen in `prepare` (subclasses implement `select`), exact sparse training.
 
@@ -176,11 +176,11 @@ class MaskedMethod(Method):
             return decay_groups(self.module.named_parameters(), weight_decay)
         return self.update.param_groups(weight_decay)
 
-    def after_backward(self, step: int) -> None:
+    def after_backward(self, trainer) -> None:
         if self.update is not None:
             self.update.gather_grads()
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, trainer) -> None:
         if self.update is not None:
             self.update.scatter()
 

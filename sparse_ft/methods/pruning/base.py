@@ -26,7 +26,7 @@ from torch import nn
 
 from ...core.errors import ConfigError
 from ...core.options import MethodOptions, option
-from ..base import Method, MethodContext, Stage
+from ..base import Method, MethodContext, Schedule, Stage, Staged
 from .masks import COMPACT_FILE, MASK_FILE, measure, pack_state, pruned_count, save_compact, save_masks, select, unpack_state
 from .schedule import cubic_sparsity, ramp_bounds
 from .targets import group_name, prunable
@@ -130,12 +130,12 @@ class PruningMethod(Method):
         return pruned_count(self.keep)
 
     # --- hooks ------------------------------------------------------------------------------------
-    def after_backward(self, step: int) -> None:
+    def after_backward(self, trainer) -> None:
         for n, p in self.params.items():
             if p.grad is not None:
                 p.grad.masked_fill_(~self.keep[n], 0.0)
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, trainer) -> None:
         self.apply_masks()
 
     def trainable_count(self) -> int:
@@ -225,7 +225,7 @@ class PruningMethod(Method):
         }
 
 
-class ScheduledPruning(PruningMethod):
+class ScheduledPruning(Staged, Schedule, PruningMethod):
     """Gradual pruning on the cubic schedule: the mask is re-chosen after optimizer steps from
     `scores()`; the final sparsity is reached exactly at step t1 = T − round(cooldown_frac·T).
 
@@ -299,9 +299,9 @@ class ScheduledPruning(PruningMethod):
         zeroed, but which entries are pruned changes during the run)."""
         return Method.trainable_count(self)
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, trainer) -> None:
         self.apply_masks()
-        t = self.due(step + 1)
+        t = self.due(trainer.state.step + 1)
         if t is not None:
             self.reprune(t)
 

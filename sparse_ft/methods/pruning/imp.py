@@ -31,7 +31,7 @@ import torch
 
 from ...core.options import MethodOptions, option
 from ...core.io import atomic_write_text
-from ..base import MethodContext, Stage
+from ..base import MethodContext, Stage, Staged
 from ..registry import register
 from .base import PruningMethod, normalise_modules
 from .masks import cosine, save_masks, select
@@ -54,7 +54,7 @@ class ImpOptions(MethodOptions):
 
 
 @register("imp")
-class IterativeMagnitude(PruningMethod):
+class IterativeMagnitude(Staged, PruningMethod):
     """Iterative magnitude pruning with rewinding to the pretrained weights (lottery ticket), one stage per round."""
 
     name = "imp"

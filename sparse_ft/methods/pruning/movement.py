@@ -97,7 +97,7 @@ class MovementPruning(ScheduledPruning):
         return sum(s.numel() for s in self.score_params.values())
 
     @torch.no_grad()
-    def after_backward(self, step: int) -> None:
+    def after_backward(self, trainer) -> None:
         for n, p in self.params.items():
             g = p.grad
             if g is None:

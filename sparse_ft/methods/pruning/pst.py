@@ -185,7 +185,7 @@ class ParameterEfficientSparseTraining(ScheduledPruning):
         return decay_groups(((n, p) for n, p in self.module.named_parameters() if not (n.endswith(".pst_R") or n.endswith(".pst_C"))), weight_decay)
 
     @torch.no_grad()
-    def after_backward(self, step: int) -> None:
+    def after_backward(self, trainer) -> None:
         if self.opts.rc_update == "optimizer":
             return
         for layer in self.layers.values():
@@ -197,8 +197,8 @@ class ParameterEfficientSparseTraining(ScheduledPruning):
     def apply_masks(self) -> None:
         """Nothing to write: the mask multiplies W0 + UV inside the layer."""
 
-    def after_step(self, step: int) -> None:
-        t = self.due(step + 1)
+    def after_step(self, trainer) -> None:
+        t = self.due(trainer.state.step + 1)
         if t is not None:
             self.reprune(t)
 

@@ -81,14 +81,21 @@ def top_v(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     return keep.view_as(score)
 
 
+def at_step(step: int):
+    """What a method's per-step event hooks read from the trainer: `trainer.state.step`."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(state=SimpleNamespace(step=step))
+
+
 def one_step(module, method, x, y, step: int = 0):
     module.train()
     opt = torch.optim.SGD(method.param_groups(0.0), lr=LR_W)
     F.cross_entropy(module(x), y).backward()
-    method.after_backward(step)
+    method.after_backward(at_step(step))
     opt.step()
     opt.zero_grad(set_to_none=True)
-    method.after_step(step)
+    method.after_step(at_step(step))
 
 
 # --- PST -------------------------------------------------------------------------------------------

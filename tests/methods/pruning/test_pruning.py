@@ -29,6 +29,13 @@ TINY = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=64", "t
 PRUNING = ("omp", "magnitude", "movement", "pst", "imp")
 
 
+def at_step(step: int):
+    """What a method's per-step event hooks read from the trainer: `trainer.state.step`."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(state=SimpleNamespace(step=step))
+
+
 def bits_zero(t: torch.Tensor) -> torch.Tensor:
     """Element-wise: is the entry +0.0 bit for bit (not −0.0)?"""
     return t.contiguous().view(torch.int32) == 0
@@ -374,7 +381,7 @@ def test_pst_r_and_c_train_in_the_optimizer_or_accumulate_as_eq4(tmp_path):
     module.train()
     setup.bundle.loss(setup.batch()).backward()
     before = layer.pst_R.detach().clone()
-    method.after_backward(0)  # nothing outside the optimizer
+    method.after_backward(at_step(0))  # nothing outside the optimizer
     assert torch.equal(layer.pst_R.detach(), before) and layer.pst_R.grad is not None
 
     setup2 = Setup(tmp_path / "eq4")
@@ -388,7 +395,7 @@ def test_pst_r_and_c_train_in_the_optimizer_or_accumulate_as_eq4(tmp_path):
     module2.train()
     setup2.bundle.loss(setup2.batch()).backward()
     grad = layer2.pst_R.grad.clone()
-    lit.after_backward(0)  # eq. 4: R ← R − rowsum(∂L/∂W ⊙ W) (unit weight in the straight-through product)
+    lit.after_backward(at_step(0))  # eq. 4: R ← R − rowsum(∂L/∂W ⊙ W) (unit weight in the straight-through product)
     assert torch.equal(layer2.pst_R.detach(), -grad) and layer2.pst_R.grad is None
 
 
@@ -496,7 +503,7 @@ def test_movement_scores_learn_straight_through_and_pruned_weights_return_with_t
     module.train()
     setup.bundle.loss(setup.batch()).backward()
     g = p.grad.clone()
-    method.after_backward(0)
+    method.after_backward(at_step(0))
     dense = torch.where(keep, p.detach(), method.hidden[name])
     assert torch.equal(s.grad, g * dense)  # ∂L/∂S = ∂L/∂(W⊙M) ⊙ W, pruned entries included
     assert (p.grad[~keep] == 0).all()
