@@ -169,7 +169,7 @@ class Trainer:
         checkpoint.with_callback_states({callback_key(cb): state for cb in self.callbacks if (state := cb.state_dict()) is not None})
         weights = self.bundle.module.state_dict()
         if copy:
-            checkpoint = TrainerCheckpoint(**clone_tree(dataclasses.asdict(checkpoint)))
+            checkpoint = TrainerCheckpoint(**clone_tree(vars(checkpoint)))  # (asdict would deep-copy every tensor once more)
             weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
         files = {name: get for cb in self.callbacks for name, get in cb.checkpoint_files(self, copy).items()}
         return {"weights": weights, "files": files, "trainer_state": checkpoint}
