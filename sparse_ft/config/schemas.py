@@ -189,7 +189,8 @@ class TrainerSchema(GroupSchema):
         False, "after training: latency and peak memory at batch size 1 (READ's Table 3) → summary.json inference")
     inference_examples: int = option(64, "examples of the selection split timed one by one", low=1)
     callbacks: list | None = option(
-        [], "extra trainer callbacks: a list of {_target_: module.Class, ...} (sparse_ft.train.callbacks.TrainerCallback hooks)")
+        [], "extra trainer callbacks: a list of {_target_: module.Class, ...} (sparse_ft.train.callbacks.TrainerCallback: "
+            "one method per sparse_ft.core.events.Event); the built-in ones are enabled by their own keys (sparse_ft/train/callbacks/registry.py)")
 
     def check(self) -> None:
         if self.max_steps == 0 and self.epochs == 0:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import run_inprocess
-from sparse_ft.methods.base import Method, MethodContext, Stage
+from sparse_ft.methods.base import Method, MethodContext, Stage, Staged
 from sparse_ft.methods.registry import register
 
 TINY = ["model=tiny_bert", "task=synthetic_nli", "task.max_train_samples=64", "task.max_eval_samples=16",
@@ -35,7 +35,7 @@ SEEN: list[tuple] = []
 
 
 @register("toy_context_probe")
-class ContextProbe(Method):
+class ContextProbe(Staged, Method):
     """Two stages (the second with its own max_steps); records the contexts it is handed."""
 
     name = "toy_context_probe"
