@@ -13,7 +13,7 @@ each with the keys that enable it) plus the user's own list, `trainer.callbacks`
 
     name                 enabled by                          does
     local_sgd            distributed.mode=local_sgd          FISH §4.2 sync rounds (train/local_sgd.py)
-    sparse_checkpoints   trainer.sparse_checkpoints=true     FISH §4.3 base + deltas (artifacts/sparse_checkpoints.py)
+    sparse_checkpoints   trainer.sparse_checkpoints=true     FISH §4.3 base + deltas (callbacks/sparse_checkpoints.py)
     (user)               trainer.callbacks=[{_target_: ...}] anything (Hydra instantiate)
     nan_check            always                              a non-finite loss fails the run (TrainingDiverged)
     periodic_checkpoint  trainer.checkpoint_every != 0       checkpoints/last every N steps or minutes

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ...artifacts.sparse_checkpoints import SparseCheckpointer
+from .sparse_checkpoints import SparseCheckpointer
 from ..local_sgd import LocalSGDCallback
 from ..state import parse_every
 from . import CallbackSetup, TrainerCallback, build_user_callbacks, builtin
