@@ -9,6 +9,7 @@ import inspect
 import re
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from conftest import run_inprocess
@@ -51,6 +52,7 @@ def test_the_trainer_source_names_no_callback_no_method_and_finds_no_hook_by_has
     assert not words & method_words, words & method_words
 
 
+@pytest.mark.slow  # a real (tiny) training run: 20 s on the shared 2-core machine
 def test_a_user_callback_receives_every_event(tmp_path):
     Recorder.seen = []
     target = f"{__name__}.Recorder"
