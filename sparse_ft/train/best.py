@@ -102,6 +102,33 @@ class BestWeights:
             self._tensors = {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
         return size
 
+    def add_unwritten(self, module: nn.Module) -> int:
+        """What trains was re-selected (a mask refresh): tensors the kept best left out as unchanged
+        may be written from now on, and `restore` could no longer rebuild them. Nothing has written
+        them since the best was kept (or, for a best read back from a checkpoint, since this
+        process's stage began), so they still hold their best values: they join the kept tensors
+        now (one copy of what was left out, at each refresh after a best exists). Returns the bytes added."""
+        kept = self.tensors()
+        if kept is None:
+            return 0
+        kept = dict(kept)
+        state = module.state_dict(keep_vars=True)
+        storages = {_storage_key(state[k]) for k in kept if k in state}
+        reference = self._kept_at or self._baseline
+        added = {}
+        for k, t in state.items():
+            key = _storage_key(t)
+            if k in kept or key in storages or reference.get(k) != (id(t), t._version):
+                continue
+            storages.add(key)
+            added[k] = t.detach()
+        if not added:
+            return 0
+        kept_at = self._kept_at
+        self.set({**kept, **added})
+        self._kept_at = kept_at
+        return sum(t.numel() * t.element_size() for t in added.values())
+
     def tensors(self) -> dict[str, torch.Tensor] | None:
         """The kept tensors (read back from disk in `disk` mode), None when nothing was kept."""
         if self._on_disk:

@@ -123,6 +123,40 @@ def test_best_weights_refuse_a_frozen_tensor_first_written_after_the_best(tmp_pa
         best.restore(net)
 
 
+def test_best_weights_keep_what_a_reselection_may_write_and_restore_it_bit_identical(tmp_path):
+    """A mask refresh after the best was kept (`method.mask_refresh_epochs` under select_best): the
+    tensors the best left out as unchanged join it before the new selection writes them, so the
+    restore rebuilds every tensor (it raised before: test above). Also from a best read back from a
+    checkpoint (a resumed run: no `keep` in this process)."""
+    from sparse_ft.train.best import BestWeights
+
+    for store, resumed in (("disk", False), ("memory", False), ("memory", True)):
+        net = _frozen_net()
+        start = {k: v.clone() for k, v in net.state_dict().items()}
+        best = BestWeights(store, tmp_path / f"{store}{resumed}" / ".best.pt")
+        best.begin(net)
+        with torch.no_grad():
+            net.frozen.bias[0] = 5.0  # the first selection writes this tensor
+        best.keep(net)
+        at_best = {k: v.clone() for k, v in net.state_dict().items()}
+        if resumed:  # a new process: its stage begins at the checkpoint, the best comes from the file
+            saved = best.tensors()
+            best = BestWeights(store)
+            best.begin(net)
+            best.set(saved)
+        left_out = net.frozen.weight.numel() + net.emb.weight.numel()  # head/norm: kept as trainable; out: tied to emb
+        assert best.add_unwritten(net) == left_out * 4
+        assert best.add_unwritten(net) == 0  # nothing left out any more
+        with torch.no_grad():
+            net.frozen.weight.add_(1.0)  # the new selection writes what was left out
+            net.frozen.bias.zero_()
+            net.head.weight.mul_(3.0)
+        best.restore(net)
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, at_best[k]), k
+        assert torch.equal(net.state_dict()["frozen.weight"], start["frozen.weight"])
+
+
 def test_initial_weights_stay_on_disk_and_count_updated_exactly(tmp_path):
     from sparse_ft.core.accounting import InitialWeights
 

@@ -102,6 +102,12 @@ class BestCheckpoint(TrainerCallback):
         self.method_state = trainer.method.best_state() if isinstance(trainer.method, Schedule) else None
         trainer.phases.to("train")
 
+    def after_refresh(self, trainer, changed: bool) -> None:
+        if changed and not self.best.empty:  # tensors left out as unchanged may train now: keep them first
+            trainer.phases.to("select_best")
+            self.best.add_unwritten(trainer.bundle.module)
+            trainer.phases.to("train")
+
     def on_fit_end(self, trainer) -> None:
         st = trainer.state
         if not self.best.empty and st.best_step != st.step:
