@@ -31,10 +31,10 @@ def run_stamp() -> str:
 
 def run_name(job, source, task, method, model) -> str:
     """`<task>_<method>_<model>` of the run directory; evaluate/compress jobs are named after
-    their source run (sparse_ft/jobs/source.py: run_label)."""
+    their source run (sparse_ft/config/source.py: run_label)."""
     if job not in ("evaluate", "compress"):
         return f"{task}_{method}_{model}"
-    from ..jobs.source import run_label
+    from .source import run_label
 
     return run_label(str(job), source, str(task), str(method), str(model))
 

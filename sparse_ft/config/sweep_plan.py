@@ -200,7 +200,7 @@ def job_config(planner: "Planner", overrides: list[str]):
 def check_job(cfg) -> None:
     """What `run.py` checks before a job starts (sparse_ft.jobs.entry.run): raises its error."""
     from .validation import validate
-    from ..jobs import effective_config
+    from .effective import effective_config
 
     effective_config(cfg)
     validate(cfg)

@@ -1,6 +1,6 @@
 """Reading a finished run directory: its `config.yaml`, `summary.json` and final weights. The one
 reader for every consumer of a finished run: `source=` of job=evaluate / job=compress
-(jobs/source.py) and a method that starts from one (`method.init_from`, methods/start.py).
+(config/source.py) and a method that starts from one (`method.init_from`, methods/start.py).
 Checks and error messages stay with the callers (they name their own config key)."""
 
 from __future__ import annotations

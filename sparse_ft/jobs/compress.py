@@ -23,7 +23,7 @@ from ..train.evaluator import Evaluator
 from .context import RunContext, seed_everything
 from .data import build_setup
 from .evaluate import load_weights_into
-from .source import source_summary, weights_of
+from ..config.source import source_summary, weights_of
 
 log = logging.getLogger("sparse_ft.jobs.entry")
 

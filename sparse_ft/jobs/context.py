@@ -203,7 +203,7 @@ class RunContext:
             if self.preflight_error is not None:  # a multirun job's new directory records its error like any failure
                 raise self.preflight_error
             summary.update(task=cfg.task.name, method=cfg.method.name, model=cfg.model.name, seed=cfg.seed)  # a source run may have set them
-            from ..train.threads import configure_threads
+            from ..core.threads import configure_threads
 
             summary["num_threads"] = configure_threads(cfg)  # before any tensor work: one thread per job under parallel launchers
             log.info("CPU threads: %d (trainer.num_threads=%s)", summary["num_threads"], cfg.trainer.get("num_threads", "auto"))

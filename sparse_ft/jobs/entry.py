@@ -17,7 +17,8 @@ from .context import RunContext, seed_everything  # noqa: F401  (seed_everything
 def run(cfg: DictConfig) -> float | None:
     """Run one job; returns the main validation metric (what a Hydra sweeper optimises)."""
     from ..config.validation import validate
-    from . import effective_config, job_body
+    from ..config.effective import effective_config
+    from . import job_body
 
     rc = RunContext(cfg)
 

@@ -1,5 +1,5 @@
 """`job=evaluate source=<run dir | model.safetensors>`: score saved weights on a task, no training.
-With a run directory the task, model, method and trainer settings are the run's (jobs/source.py), so
+With a run directory the task, model, method and trainer settings are the run's (config/source.py), so
 the figures equal that run's final metrics and summary.json names the source's method (a weights
 file: `method: null`)."""
 
@@ -16,7 +16,7 @@ from ..train import distributed as D
 from ..train.evaluator import Evaluator
 from .context import RunContext, seed_everything
 from .data import build_setup
-from .source import source_method, source_run_dir, weights_of
+from ..config.source import source_method, source_run_dir, weights_of
 
 log = logging.getLogger("sparse_ft.jobs.entry")
 

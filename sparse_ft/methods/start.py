@@ -67,7 +67,7 @@ def load_start(module: nn.Module, path, model_name: str | None = None) -> Start:
     from safetensors.torch import load_file
 
     run = check_start(path)
-    src_model = run_setting(run, "model.name")  # the reader jobs/source.py uses for `source=` runs
+    src_model = run_setting(run, "model.name")  # the reader config/source.py uses for `source=` runs
     if model_name is not None and src_model is not None and src_model != model_name:
         raise ConfigError(KEY, f"{run} trained model {src_model!r}, this run builds {model_name!r}")
     weights = load_file(str(final_weights(run)))

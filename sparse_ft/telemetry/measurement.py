@@ -54,7 +54,7 @@ def launcher_name() -> str | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from ..train.threads import hydra_launcher
+    from ..core.threads import hydra_launcher
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None  # a single run: no launcher
@@ -71,7 +71,7 @@ def check_alone(cfg) -> None:
         raise ConfigError("measurement.alone", f"this process already ran {_jobs_started_in_process} job(s): its memory and time "
                           "figures would not compare with a fresh process's. Run each job in its own process: "
                           "python -m sparse_ft.jobs.each_process <the same arguments as run.py -m>")
-    from ..train.threads import hydra_launcher, is_parallel_launcher
+    from ..core.threads import hydra_launcher, is_parallel_launcher
 
     launcher = hydra_launcher()
     if is_parallel_launcher(launcher):
@@ -147,7 +147,7 @@ class JobRegistry:
             self.file.unlink(missing_ok=True)
 
     def block(self) -> dict:
-        from ..train.threads import available_cpus
+        from ..core.threads import available_cpus
 
         process = "own" if self.jobs_before == 0 else "shared"
         why = []

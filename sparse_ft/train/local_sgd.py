@@ -49,30 +49,6 @@ REDUCES = ("sum", "mean")
 EVAL_AT = ("server", "sync")
 
 
-def validate_distributed(cfg) -> None:
-    """Checks of `distributed.*` (called from config.validate)."""
-    from ..core.errors import ConfigError
-
-    if cfg is None:
-        return
-    mode = cfg.get("mode", "none")
-    if mode not in MODES:
-        raise ConfigError("distributed.mode", f"{mode!r} is not one of {', '.join(MODES)}")
-    if mode == "none":
-        return
-    for key, low in (("local_steps", 1), ("warmup_epochs", 0)):
-        v = cfg.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ConfigError(f"distributed.{key}", f"{v!r} must be an integer >= {low}")
-    if cfg.get("reduce", "sum") not in REDUCES:
-        raise ConfigError("distributed.reduce", f"{cfg.get('reduce')!r} is not one of {', '.join(REDUCES)}")
-    if cfg.get("eval_at", "server") not in EVAL_AT:
-        raise ConfigError("distributed.eval_at", f"{cfg.get('eval_at')!r} is not one of {', '.join(EVAL_AT)}")
-    tb = cfg.get("total_batch_size")
-    if tb is not None and (isinstance(tb, bool) or not isinstance(tb, int) or tb < 1):
-        raise ConfigError("distributed.total_batch_size", f"{tb!r} must be a positive integer or null")
-
-
 def is_local_sgd(cfg) -> bool:
     return cfg is not None and cfg.get("mode", "none") == "local_sgd"
 

@@ -25,7 +25,6 @@ import dataclasses
 import logging
 import math
 import signal
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -33,9 +32,9 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..core.events import Event, EvalOutcome, EventHandler
+from ..core.progress import progress_bar
 from ..methods.base import Method, Schedule, SelectionChanges
 from ..models.bundle import ModelBundle, to_device
 from ..tasks.base import DataError, TaskData
@@ -129,10 +128,6 @@ class Trainer:
 
     def total_steps(self) -> int:
         return total_steps(self.cfg, self.train_size, self.dist.world_size)
-
-    def _progress_enabled(self) -> bool:
-        setting = self.cfg.progress
-        return self.dist.is_main and (sys.stderr.isatty() if setting == "auto" else bool(setting))
 
     def _autocast(self):
         return self.evaluator.autocast()
@@ -314,7 +309,7 @@ class Trainer:
         self.stop_requested = self.preempting = False
         self.fire(Event.FIT_START)
         log.info("training %d optimizer steps (%d examples, batch %d x accum %d x %d ranks)", total, self.train_size, cfg.batch_size, cfg.grad_accum, self.dist.world_size)
-        bar = tqdm(total=total, initial=st.step, disable=not self._progress_enabled(), desc="train", dynamic_ncols=True)
+        bar = progress_bar(total=total, initial=st.step, enabled=self.dist.is_main and self.cfg.progress, desc="train")
         watcher = PreemptionWatcher(list(cfg.get("preempt_signals") or []))
         self.phases.to("train")
         loop_done = False

@@ -257,7 +257,7 @@ def test_plain_checkpoint_names_still_load(tmp_path):
 @pytest.mark.parametrize("job,expected", [("evaluate", "no such run directory or .safetensors file"), ("compress", "no such run directory")])
 def test_missing_source_message(tmp_path, job, expected):
     from sparse_ft.core.errors import ConfigError
-    from sparse_ft.jobs.source import source_run_dir
+    from sparse_ft.config.source import source_run_dir
 
     with pytest.raises(ConfigError) as err:
         source_run_dir(OmegaConf.create({"job": job, "source": str(tmp_path / "nowhere")}))

@@ -43,15 +43,7 @@ FLOORS: dict[str, int] = {
 }
 
 # (importing file under sparse_ft/, imported FLOORS entry): why the code has it today
-KNOWN_UPWARD: dict[tuple[str, str], str] = {
-    ("telemetry/measurement.py", "train"):
-        "train/threads.py (hydra_launcher, available_cpus) is a process-level helper that lives in "
-        "train/, while train/trainer.py imports telemetry.resources: the thread helpers belong lower",
-    ("config/resolvers.py", "jobs"):
-        "the run-name resolver calls jobs.source.run_label (a source run's label) lazily",
-    ("config/sweep_plan.py", "jobs"):
-        "sweep_plan checks each job as run.py does through jobs.effective_config (lazily)",
-}
+KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 
 
 def _modules(root: Path) -> dict[str, Path]:

@@ -256,7 +256,7 @@ SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalL
 
 
 def test_thread_count_decision():
-    from sparse_ft.train.threads import decide_threads
+    from sparse_ft.core.threads import decide_threads
 
     assert decide_threads("auto", 16, None) is None  # alone: torch's default
     assert decide_threads("auto", 16, "hydra._internal.core_plugins.basic_launcher.BasicLauncher") is None
@@ -277,7 +277,7 @@ def test_num_threads_is_validated_and_applied():
     from hydra.core.hydra_config import HydraConfig
 
     from sparse_ft.config.validation import ConfigError, validate
-    from sparse_ft.train.threads import configure_threads
+    from sparse_ft.core.threads import configure_threads
 
     assert compose([]).trainer.num_threads == "auto"
     for bad in ("0", "lots", "-2"):

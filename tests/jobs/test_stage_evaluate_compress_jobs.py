@@ -171,9 +171,9 @@ def test_output_fidelity_is_argmax_agreement_and_the_mean_kl():
 def test_bad_job_input_names_the_key(args, key, finished, tmp_path, monkeypatch):
     args = [a.format(finished=finished) for a in args]
     if "model=tiny_t5" in args:  # what a command line says: the model was asked for explicitly
-        monkeypatch.setattr("sparse_ft.jobs.source.command_line_groups", lambda: {"model", "job", "source"})
+        monkeypatch.setattr("sparse_ft.config.source.command_line_groups", lambda: {"model", "job", "source"})
     if "method=fish" in args:
-        monkeypatch.setattr("sparse_ft.jobs.source.command_line_groups", lambda: {"method", "job", "source"})
+        monkeypatch.setattr("sparse_ft.config.source.command_line_groups", lambda: {"method", "job", "source"})
     error = refused_inprocess(tmp_path / "r", [*TINY, *args])  # refused before it starts: no summary, no run directory
     assert error.split(": ", 2)[1] == key, error
     assert not (tmp_path / "r").exists()

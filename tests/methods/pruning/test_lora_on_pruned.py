@@ -116,9 +116,9 @@ def test_init_from_bad_input_names_the_key(tmp_path):
 
 def test_a_finished_run_is_read_by_one_reader_for_init_from_and_source(tmp_path):
     """core/runs.py reads a run directory for both `method.init_from` (methods/start.py) and
-    `source=` (jobs/source.py): a setting when readable, None when the config is not."""
+    `source=` (config/source.py): a setting when readable, None when the config is not."""
     from sparse_ft.core.runs import final_weights, run_setting
-    from sparse_ft.jobs.source import WEIGHTS, source_method
+    from sparse_ft.config.source import WEIGHTS, source_method
     from sparse_ft.methods.start import check_start
 
     run = tmp_path / "run"
