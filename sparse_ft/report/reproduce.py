@@ -85,8 +85,9 @@ def render(runs: Sequence[Run], sections: Sequence[Section], paths: Sequence[Pat
     parts = [
         "# Reproduction report", "",
         "Each paper's claims beside what this project measures on the machine that ran the sweeps. "
-        "On a CPU the models are proxies (the bundled pretrained MiniLM on the real GLUE MRPC files and a generated "
-        "NLI task; random-init real-size shapes for memory), so a verdict says whether the claim holds **on this "
+        "On a CPU the models are proxies (the bundled pretrained MiniLM on the real GLUE files: SST-2 as the main "
+        "proxy, MRPC where a claim needs sentence pairs; the generated NLI task only for quick looks and costs; "
+        "random-init real-size shapes for memory; each section names its model × task), so a verdict says whether the claim holds **on this "
         "proxy**, not whether the paper is right. Where a claim cannot be measured here (GPU energy, paper-size "
         "models), the table says so.", "",
         "How much a proxy can show: a score claim is only decided where the dense reference clears the "
