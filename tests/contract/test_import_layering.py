@@ -172,3 +172,11 @@ def test_the_checks_see_a_violation_and_a_cycle(tmp_path):
     (pkg / "core" / "io.py").write_text("from ..jobs import codec\n")
     assert upward(pkg, floors) == {("core/io.py", "jobs"): [1]}
     assert upward(pkg, {"core": 1, "jobs": 2, "jobs/codec.py": 0}) == {}
+
+
+def test_every_package_folder_has_an_init_so_a_wheel_ships_it():
+    """pyproject's `packages.find` (not find_namespace) skips a folder without __init__.py: a
+    non-editable install would then lack it (sparse_ft/train had none)."""
+    missing = [str(d.relative_to(PACKAGE.parent)) for d in [PACKAGE, *PACKAGE.rglob("*")]
+               if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py")) and not (d / "__init__.py").is_file()]
+    assert not missing, missing
