@@ -35,7 +35,7 @@ def stop_in_phase(tmp_path: Path, run: Path, args: list[str], delay: str, signum
     """Start `run.py`, wait until the hook sleeps in phase `delay`, send `signum`; returns the
     finished process."""
     cmd = [sys.executable, str(REPO / "run.py"), f"output_root={tmp_path}", f"hydra.run.dir={run}", *args]
-    env = {**os.environ, "SPARSE_FT_TEST_PHASE_DELAY": delay}
+    env = {**os.environ, "SPARSE_FT_TEST_PHASE_DELAY": delay, "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     log = run / "run.log"
     deadline = time.monotonic() + 300
@@ -45,7 +45,12 @@ def stop_in_phase(tmp_path: Path, run: Path, args: list[str], delay: str, signum
         time.sleep(0.05)
     assert proc.poll() is None, f"the run ended before the hook held it in {delay}: {proc.communicate()[1][-3000:]}"
     proc.send_signal(signum)
-    out, err = proc.communicate(timeout=150)  # the hook would hold it for 300 s: stopping must cut that short
+    try:
+        out, err = proc.communicate(timeout=150)  # the hook would hold it for 300 s: stopping must cut that short
+    except subprocess.TimeoutExpired:  # say where it hangs: faulthandler prints every thread's stack on SIGABRT
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"run.py did not stop within 150 s of {signal.Signals(signum).name}; its threads at SIGABRT:\n{err[-6000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
