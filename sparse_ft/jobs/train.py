@@ -109,9 +109,8 @@ def train_job(rc: RunContext) -> float | None:
                       logits=bundle.logits if bundle.logits_fn is not None else None)
         if resume is not None:
             bundle.module.load_state_dict(resume.weights)
-            # the method gets its saved state (masks, scores) before prepare, which then reuses it
-            method.load_state_dict(resume.trainer.method)
-        method.prepare(bundle.module, ctx)
+        # a resumed run hands prepare the method's saved state (masks, scores), which it reuses
+        method.prepare(bundle.module, ctx, resumed=resume.trainer.method if resume is not None else None)
         trainable = method.trainable_count()
         log.info("trainable params: %d || all params: %d || trainable%%: %.4f", trainable, base_total, 100 * trainable / max(base_total, 1))
         # local SGD, sparse checkpoints, the user's, the NaN check, periodic checkpoints, the best

@@ -2,8 +2,9 @@
 
 `Method` holds what every method needs. The train job calls `wrap(bundle, ctx)` once (a method
 may hand back a different bundle: a peft model, a side network over a frozen backbone),
-`load_state_dict(saved)` when the run resumes (before `prepare`, which then reuses it),
-`prepare(module, ctx)` once, then the trainer loop(s); `finalize` once training is over and
+`prepare(module, ctx, resumed)` once (`resumed`: what `state_dict()` wrote into the checkpoint the
+run resumes from, the module already holding that checkpoint's weights; None on a fresh run),
+then the trainer loop(s); `finalize` once training is over and
 `export` for the weights in the base model's layout (final checkpoint, `params.updated`,
 storage). The trainer builds its optimizer over `param_groups()`, so a method decides what the
 optimizer sees (whole tensors, or a flat vector of selected entries) and how big its state is.
@@ -123,7 +124,10 @@ class Method(EventHandler):
         return 0
 
     # --- training hooks --------------------------------------------------------------------
-    def prepare(self, module: nn.Module, ctx: MethodContext) -> None:
+    def prepare(self, module: nn.Module, ctx: MethodContext, resumed: dict | None = None) -> None:
+        """Set up training on `module`. `resumed`: the method's `state_dict()` from the checkpoint
+        a resumed run starts from (`module` already holds its weights): reuse it (masks, scores,
+        initial values) instead of computing it again from the trained weights; None: a fresh run."""
         self.module = module
 
     def param_groups(self, weight_decay: float) -> list[dict]:
@@ -147,9 +151,8 @@ class Method(EventHandler):
         return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
 
     def state_dict(self) -> dict:
+        """What a resume needs besides the module's weights; `prepare` gets it back as `resumed`."""
         return {}
-
-    def load_state_dict(self, state: dict) -> None: ...
 
     def report(self) -> dict:
         return {}

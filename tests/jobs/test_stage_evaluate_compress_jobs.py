@@ -49,17 +49,16 @@ class TwoStage(Staged, Method):
                 if "embeddings" in name:
                     p.requires_grad_(False)
 
-    def prepare(self, module, ctx):
-        super().prepare(module, ctx)
+    def prepare(self, module, ctx, resumed=None):
+        super().prepare(module, ctx, resumed)
+        if resumed is not None:
+            self.began = list(resumed["began"])
         if 1 in self.began:  # resumed inside stage 1: the freeze is part of the state
             self.begin_stage(1, None, ctx)
             self.began.pop()
 
     def state_dict(self):
         return {"began": list(self.began)}
-
-    def load_state_dict(self, state):
-        self.began = list(state["began"])
 
     def report(self):
         return {"began": self.began}
@@ -276,9 +275,9 @@ def test_the_trainer_asks_every_step_and_rebuilds_only_on_a_real_change(tmp_path
     monkeypatch.setattr(Trainer, "rebuild_optimizer", lambda self: (rebuilds.append(self.state.step), original(self))[1])
     original_prepare = Schedule.prepare
 
-    def prepare(self, module, ctx):
+    def prepare(self, module, ctx, resumed=None):
         context.update(total=ctx.total_steps, per_epoch=ctx.steps_per_epoch, model=ctx.model_cfg.name, bundle=ctx.bundle is not None)
-        original_prepare(self, module, ctx)
+        original_prepare(self, module, ctx, resumed)
 
     monkeypatch.setattr(Schedule, "prepare", prepare)
     s = run_inprocess(tmp_path, [*TINY, "method.name=toy_schedule", "trainer.max_steps=5"])

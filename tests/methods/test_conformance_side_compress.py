@@ -508,11 +508,10 @@ def test_lst_fisher_init_is_not_redone_on_resume():
     from sparse_ft.methods.base import MethodContext
 
     m, w, batch, feats, bundle = build("tiny_bert", "lst", "method.init=fisher", "method.fisher_samples=4")
-    m.load_state_dict(m.state_dict())  # what the train job does on resume
     block = m.model.side.encoder.blocks["0"].attention.self.query.weight
     randomize(m.model.side, 7)
     before = block.detach().clone()
     ctx = MethodContext(run_dir=None, device=torch.device("cpu"), seed=0, train_features=[feats[i] for i in range(8)],
                         collate=bundle.collate, loss=None)
-    m.prepare(w.module, ctx)
+    m.prepare(w.module, ctx, resumed=m.state_dict())  # what the train job does on resume
     assert torch.equal(block, before)

@@ -49,8 +49,8 @@ class ContextProbe(Staged, Method):
         SEEN.append(("wrap", ctx, ctx.bundle, ctx.total_steps))
         return self.wrapped
 
-    def prepare(self, module, ctx):
-        super().prepare(module, ctx)
+    def prepare(self, module, ctx, resumed=None):
+        super().prepare(module, ctx, resumed)
         SEEN.append(("prepare", ctx, ctx.bundle, ctx.total_steps))
 
     def begin_stage(self, index, stage, ctx):

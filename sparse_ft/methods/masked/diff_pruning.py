@@ -84,7 +84,6 @@ class DiffPruning(Staged, SelectionChanges, Method):
         self.l, self.r = float(cfg.stretch_left), float(cfg.stretch_right)
         self.beta = float(cfg.temperature)
         self.lam = float(cfg.l0_lambda)
-        self._resume = None
         self.state = "train"  # which weights the module holds: "train" (θ0 + z⊙w) or "eval" (projected)
         self._cache_key = None
         self._projection: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -94,7 +93,7 @@ class DiffPruning(Staged, SelectionChanges, Method):
         self.update: SparseUpdate | None = None  # the second stage: exact sparse updates over the projection
 
     # --- set-up ----------------------------------------------------------------------------
-    def prepare(self, module: nn.Module, ctx: MethodContext) -> None:
+    def prepare(self, module: nn.Module, ctx: MethodContext, resumed: dict | None = None) -> None:
         self.module = module
         params = named_params(module)
         self.head = head_names(module) if self.cfg.get("classifier_in_mask", True) else []
@@ -104,8 +103,7 @@ class DiffPruning(Staged, SelectionChanges, Method):
         self.k = budget(total, float(self.cfg.density))
         self.k_body = max(0, self.k - head_size)
         self.stats = {"total_params": total, "head_params": head_size, "target_k": self.k}
-        resumed, self._resume = self._resume, None
-        if resumed is not None:
+        if resumed is not None:  # θ0, w and α (and the gate sample) come from the checkpoint
             self.theta0 = [t.to(params[n].device) for n, t in zip(self.body, resumed["theta0"])]
             self.w = [nn.Parameter(t.to(params[n].device)) for n, t in zip(self.body, resumed["w"])]
             self.log_alpha = [nn.Parameter(t.to(params[n].device)) for n, t in zip(self.body, resumed["log_alpha"])]
@@ -370,21 +368,6 @@ class DiffPruning(Staged, SelectionChanges, Method):
             "delta": self.delta.state_dict(),
             "finetune_mask": getattr(self, "finetune_mask", None),
         }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Before `prepare` (a resume): `prepare` restores θ0, w and α from here."""
-        if self.module is None:
-            self._resume = state
-            return
-        with torch.no_grad():
-            for t, w, a, ts, ws, as_ in zip(self.theta0, self.w, self.log_alpha, state["theta0"], state["w"], state["log_alpha"]):
-                t.copy_(ts)
-                w.copy_(ws)
-                a.copy_(as_)
-            for g, gs in zip(self.group_alpha, state.get("group_alpha") or []):
-                g.copy_(gs)
-        self._version += 1
-        self.state = "stale"
 
     def report(self) -> dict:
         body = sum(w.numel() for w in getattr(self, "w", []))

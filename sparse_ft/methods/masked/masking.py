@@ -70,7 +70,6 @@ class MaskedMethod(SelectionChanges, Method):
         self.delta: SparseDelta | None = None
         self.mask: dict[str, torch.Tensor] = {}
         self.stats: dict = {"refreshes": 0}
-        self._resume: dict | None = None
         self.mask_bytes: int | None = None
         self.ctx: MethodContext | None = None
 
@@ -133,11 +132,10 @@ class MaskedMethod(SelectionChanges, Method):
             self.mask_bytes = save_mask(Path(self.ctx.run_dir) / MASK_FILE, self.module, self.mask, {"method": self.name, "k": self.stats["k"], **self.mask_info()})
 
     # --- hooks -----------------------------------------------------------------------------------
-    def prepare(self, module: nn.Module, ctx: MethodContext) -> None:
+    def prepare(self, module: nn.Module, ctx: MethodContext, resumed: dict | None = None) -> None:
         self.module, self.ctx = module, ctx
         params = named_params(module)
         head = head_names(module)
-        resumed, self._resume = self._resume, None
         if resumed is not None:  # the mask and the initial values come from the checkpoint
             self.stats = dict(resumed.get("stats", {})) or {"refreshes": 0}
             self.delta = SparseDelta.from_state(resumed["delta"])
@@ -239,26 +237,13 @@ class MaskedMethod(SelectionChanges, Method):
 
     def state_dict(self) -> dict:
         """What a resume needs: the mask and the delta's record of the initial weights (the
-        masked values themselves live in the module's weights)."""
+        masked values themselves live in the module's weights). `prepare(..., resumed=)` reuses
+        this mask instead of selecting one from the (already trained) weights."""
         return {
             "mask": {n: i.to(torch.int32).cpu() for n, i in self.mask.items() if i.numel()} if self.update is not None else None,
             "delta": self.delta.state_dict() if self.delta is not None else None,
             "stats": {k: v for k, v in self.stats.items() if isinstance(v, (int, float, str, type(None)))},
         }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Called before `prepare` on a resume: `prepare` then reuses this mask instead of
-        selecting one from the (already trained) weights. Called after `prepare`, it swaps the
-        mask in (before the optimizer is built); the values are read from the module."""
-        if self.module is None:
-            self._resume = state
-            return
-        if state.get("delta") is not None:
-            self.delta = SparseDelta.from_state(state["delta"])
-        if state.get("mask") is None:
-            self._go_dense(named_params(self.module))
-        else:
-            self._adopt({n: t.long() for n, t in state["mask"].items()}, save=False)
 
     def report(self) -> dict:
         k, total = self.stats.get("k", 0), self.stats.get("total_params", 0)

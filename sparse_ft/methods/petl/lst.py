@@ -122,14 +122,12 @@ class Lst(SideMethod):
     def state_dict(self) -> dict:
         return {"init_report": dict(self.init_report)}
 
-    def load_state_dict(self, state: dict) -> None:
-        # a resumed run: its side weights come from the checkpoint, loaded before prepare
-        self.init_report = dict(state.get("init_report", self.init_report))
-        self._resumed = True
-
-    def prepare(self, module, ctx):
+    def prepare(self, module, ctx, resumed: dict | None = None):
         super().prepare(module, ctx)
-        if self.opts.init != "fisher" or getattr(self, "_resumed", False):
+        if resumed is not None:  # its side weights came from the checkpoint, loaded before prepare
+            self.init_report = dict(resumed.get("init_report", self.init_report))
+            return
+        if self.opts.init != "fisher":
             return
         if ctx is None or getattr(ctx, "train_features", None) is None:
             raise ConfigError("method.init", "init=fisher needs the training data (use magnitude or random without it)")

@@ -88,7 +88,6 @@ class PruningMethod(Method):
         self.level = 0.0  # the sparsity the current masks were chosen for
         self.stats: dict = {}
         self.sparsity_block: dict | None = None
-        self._resume: dict | None = None
 
     # --- targets and masks ---------------------------------------------------------------------
     def find_targets(self, module: nn.Module, kinds=None) -> None:
@@ -147,23 +146,14 @@ class PruningMethod(Method):
     def state_dict(self) -> dict:
         return {"keep": pack_state(self.keep), "level": self.level, "stats": dict(self.stats)}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Before `prepare` (a resume): kept for `prepare`, which then reuses the saved masks."""
-        if self.module is None:
-            self._resume = state
-            return
-        self.adopt_state(state)
-
     def adopt_state(self, state: dict) -> None:
+        """Take over a saved `state_dict()` (a resume's, in `prepare`; the best weights', in
+        `load_best_state`): the masks are reused, not chosen again from the trained weights."""
         device = next(iter(self.params.values())).device if self.params else None
         self.keep = unpack_state(state["keep"], device)
         self.level = float(state.get("level", 0.0))
         self.stats.update(state.get("stats") or {})
         self.apply_masks()
-
-    def take_resume(self) -> dict | None:
-        state, self._resume = self._resume, None
-        return state
 
     # --- the end of the run -----------------------------------------------------------------------
     def final_keep(self) -> dict[str, torch.Tensor]:
@@ -280,16 +270,15 @@ class ScheduledPruning(Staged, Schedule, PruningMethod):
         self.apply_masks()
         self.stats["mask_updates"] = self.stats.get("mask_updates", 0) + 1
 
-    def prepare(self, module: nn.Module, ctx: MethodContext) -> None:
+    def prepare(self, module: nn.Module, ctx: MethodContext, resumed: dict | None = None) -> None:
         super().prepare(module, ctx)
         self.ctx = ctx
         self.total_steps = int(ctx.total_steps)
         self.find_targets(module)
         self.keep = self.all_kept()
         self.init_state()
-        state = self.take_resume()
-        if state is not None:
-            self.adopt_state(state)
+        if resumed is not None:
+            self.adopt_state(resumed)
 
     def init_state(self) -> None:
         """Method-specific state created in `prepare`, before a resumed state is adopted."""

@@ -77,19 +77,18 @@ class IterativeMagnitude(Staged, PruningMethod):
     def stages(self) -> list[Stage]:
         return [Stage(f"round_{i}") for i in range(int(self.opts.rounds))]
 
-    def prepare(self, module, ctx: MethodContext) -> None:
+    def prepare(self, module, ctx: MethodContext, resumed: dict | None = None) -> None:
         super().prepare(module, ctx)
         self.ctx = ctx
         self.run_dir = Path(ctx.run_dir) if ctx.run_dir is not None else None
         self.find_targets(module)
         self.keep = self.all_kept()
-        state = self.take_resume()
-        if state is not None:  # the module holds trained weights: θp and the masks come from the checkpoint
-            self.adopt_state(state)
-            self.round = int(state["round"])
-            self.rounds_info = list(state.get("rounds_info") or [])
+        if resumed is not None:  # the module holds trained weights: θp and the masks come from the checkpoint
+            self.adopt_state(resumed)
+            self.round = int(resumed["round"])
+            self.rounds_info = list(resumed.get("rounds_info") or [])
             params = dict(module.named_parameters())
-            rewind = state.get("rewind")
+            rewind = resumed.get("rewind")
             self.rewind = {n: t.to(params[n].device) for n, t in rewind.items()} if rewind else None
             return
         self.rewind = {n: p.detach().clone() for n, p in module.named_parameters()}

@@ -82,7 +82,7 @@ class OneShotMagnitude(PruningMethod):
         nm = self.nm()
         return 1.0 - nm[0] / nm[1] if nm else float(self.opts.sparsity)
 
-    def prepare(self, module, ctx: MethodContext) -> None:
+    def prepare(self, module, ctx: MethodContext, resumed: dict | None = None) -> None:
         super().prepare(module, ctx)
         self.ctx = ctx
         self.find_targets(module)
@@ -91,9 +91,8 @@ class OneShotMagnitude(PruningMethod):
             check_nm({n: tuple(p.shape) for n, p in self.params.items()}, nm, self.opts.pattern)
             if abs(float(self.opts.sparsity) - self.target_sparsity()) > 1e-12:
                 log.warning("omp: pattern %s fixes the sparsity at %.4f; method.sparsity=%g is not used", self.opts.pattern, self.target_sparsity(), self.opts.sparsity)
-        state = self.take_resume()
-        if state is not None:  # the masks chosen on the pretrained weights, from the checkpoint
-            self.adopt_state(state)
+        if resumed is not None:  # the masks chosen on the pretrained weights, from the checkpoint
+            self.adopt_state(resumed)
             return
         started = time.perf_counter()
         with ctx.phase("mask") if ctx.phase is not None else contextlib.nullcontext():

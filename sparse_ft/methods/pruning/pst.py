@@ -168,16 +168,15 @@ class ParameterEfficientSparseTraining(ScheduledPruning):
         return [n for n, _ in module.named_parameters() if TAG not in n]
 
     # --- hooks --------------------------------------------------------------------------------
-    def prepare(self, module: nn.Module, ctx: MethodContext) -> None:
+    def prepare(self, module: nn.Module, ctx: MethodContext, resumed: dict | None = None) -> None:
         Method.prepare(self, module, ctx)
         self.ctx = ctx
         self.total_steps = int(ctx.total_steps)
         self.params = {n: layer.weight for n, layer in self.layers.items()}
         self.targets = {n: (n.rsplit(".", 1)[0], layer) for n, layer in self.layers.items()}
-        state = self.take_resume()  # the masks, R and C were restored with the module's weights
-        if state is not None:
-            self.level = float(state.get("level", 0.0))
-            self.stats.update(state.get("stats") or {})
+        if resumed is not None:  # the masks, R and C were restored with the module's weights
+            self.level = float(resumed.get("level", 0.0))
+            self.stats.update(resumed.get("stats") or {})
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         if self.opts.rc_update == "optimizer":  # the authors' code: R and C are ordinary parameters
