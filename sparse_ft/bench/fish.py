@@ -56,8 +56,8 @@ class _NaiveMask(EventHandler):
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def prepare(self, module, ctx):
-        self.inner.prepare(module, ctx)
+    def prepare(self, module, ctx, resumed=None):
+        self.inner.prepare(module, ctx, resumed)
         params = dict(module.named_parameters())
         self.masks = []
         for n, p in params.items():
