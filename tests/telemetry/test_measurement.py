@@ -215,7 +215,7 @@ def test_measurement_alone_refuses_a_used_process_and_a_parallel_launcher(tmp_pa
     from conftest import compose
     from sparse_ft.config.validation import ConfigError, validate
     from sparse_ft.telemetry import measurement
-    from sparse_ft.train import threads
+    from sparse_ft.core import threads
 
     cfg = compose([*TINY, "measurement.alone=true"])
     validate(cfg)
