@@ -31,12 +31,21 @@ def records(run: Path) -> list[dict]:
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
 
 
+def _default_stop_signals() -> None:
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def stop_in_phase(tmp_path: Path, run: Path, args: list[str], delay: str, signum: int = signal.SIGTERM) -> subprocess.CompletedProcess:
     """Start `run.py`, wait until the hook sleeps in phase `delay`, send `signum`; returns the
     finished process."""
     cmd = [sys.executable, str(REPO / "run.py"), f"output_root={tmp_path}", f"hydra.run.dir={run}", *args]
     env = {**os.environ, "SPARSE_FT_TEST_PHASE_DELAY": delay, "PYTHONFAULTHANDLER": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # the job starts with the stop signals at their defaults: a suite launched in the background by a
+    # shell without job control (`setsid nohup pytest … &`) inherits SIGINT ignored, and the job keeps
+    # an ignored signal ignored on purpose (train/preemption.py), so the run would sleep on
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_default_stop_signals)
     log = run / "run.log"
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
