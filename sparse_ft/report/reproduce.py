@@ -37,6 +37,19 @@ class Reproduction:
     files: list[Path]
 
 
+def covered_seconds(spans: Sequence[tuple[int, int]]) -> int:
+    """Seconds covered by the union of ``(start, end)`` spans: invocations that overlap count once."""
+    total, end_so_far = 0, None
+    for start, end in sorted(spans):
+        if end_so_far is None or start > end_so_far:
+            total += max(0, end - start)
+            end_so_far = end
+        elif end > end_so_far:
+            total += end - end_so_far
+            end_so_far = end
+    return total
+
+
 def _provenance(runs: Sequence[Run], paths: Sequence[Path], out_dir: Path) -> list[str]:
     done = [r for r in runs if r.completed]
     commits = Counter(str((r.summary or {}).get("git_commit") or "unknown")[:10] for r in done)
@@ -63,10 +76,10 @@ def _provenance(runs: Sequence[Run], paths: Sequence[Path], out_dir: Path) -> li
             for line in f.read_text().splitlines():
                 parts = line.split()
                 if len(parts) == 2 and all(x.isdigit() for x in parts):
-                    spans.append(int(parts[1]) - int(parts[0]))
+                    spans.append((int(parts[0]), int(parts[1])))
     if spans:
-        lines.append(f"- Reproduction wall time: {sum(spans) / 3600:.2f} h over {len(spans)} invocation(s) of the script "
-                     f"(`{WALL_FILE}`).")
+        lines.append(f"- Reproduction wall time: {covered_seconds(spans) / 3600:.2f} h over {len(spans)} invocation(s) of the "
+                     f"script (`{WALL_FILE}`; invocations that ran side by side, e.g. `ONLY=` lanes, count once).")
     return lines
 
 

@@ -16,7 +16,7 @@ from sparse_ft.report import main as report_main  # noqa: E402
 from sparse_ft.report.collect import load_runs  # noqa: E402
 from sparse_ft.report.costs import HEADER, cost_rows, cost_table  # noqa: E402
 from sparse_ft.report.papers import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE, UNDECIDABLE, fish  # noqa: E402
-from sparse_ft.report.reproduce import write_reproduction  # noqa: E402
+from sparse_ft.report.reproduce import covered_seconds, write_reproduction  # noqa: E402
 
 MiB = 1 << 20
 
@@ -160,7 +160,7 @@ def test_reproduction_report_from_run_dirs_and_the_cli(tmp_path, capsys):
         for s, main in ((0.0, 0.90), (0.5, 0.895), (0.9, 0.70)):
             _run(runs, f"omp{s}_{seed}", "omp", main + (seed - 2) / 1000, seed,
                  {"sparsity": s, "scope": "global", "pattern": "unstructured", "score": "magnitude"}, extra={"sparsity": {"overall": s}})
-    (runs / "reproduce_wall.txt").write_text("1000 4600\n5000 8600\n")  # two invocations of the script
+    (runs / "reproduce_wall.txt").write_text("1000 4600\n5000 8600\n6000 8000\n")  # 3 invocations, the last beside the 2nd
     out = tmp_path / "docs"
     rep = write_reproduction([runs], out)
     text = rep.path.read_text()
@@ -170,7 +170,7 @@ def test_reproduction_report_from_run_dirs_and_the_cli(tmp_path, capsys):
     ess = next(c for c in rep.claims if c.paper == "ESS" and c.claim.startswith("OMP sparsity"))
     assert "| ESS | OMP sparsity" in text and ess.verdict == HOLDS  # ES 50% ≥ 30%, 3 seeds, outside seed noise
     assert "undecidable on this proxy" in text and "Welch t-interval" in text  # the rules are stated
-    assert "Reproduction wall time: 2.00 h over 2 invocation(s)" in text
+    assert "Reproduction wall time: 2.00 h over 3 invocation(s)" in text  # an overlapping lane counts once
     # the CLI modes
     assert report_main([str(runs), "--costs", "--out", str(tmp_path / "c"), "-q"]) == 0
     assert (tmp_path / "c" / "costs.md").read_text().startswith("# Costs of every method")
@@ -180,3 +180,10 @@ def test_reproduction_report_from_run_dirs_and_the_cli(tmp_path, capsys):
     assert (tmp_path / "r" / "README.md").read_text() == text.replace(str(out), str(tmp_path / "r"))
     assert report_main([str(tmp_path / "nothing"), "--reproduce", "-q"]) == 2
     capsys.readouterr()
+
+
+def test_covered_seconds_counts_overlapping_invocations_once():
+    assert covered_seconds([]) == 0
+    assert covered_seconds([(0, 10), (20, 30)]) == 20
+    assert covered_seconds([(0, 10), (5, 15), (6, 8)]) == 15  # side-by-side lanes
+    assert covered_seconds([(20, 30), (0, 10), (10, 20)]) == 30  # order and touching ends

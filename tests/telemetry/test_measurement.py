@@ -295,14 +295,16 @@ def test_the_cost_table_and_the_read_section_mark_figures_not_measured_alone(tmp
     _cost_run(tmp_path, "read", "read", shared)
     _cost_run(tmp_path, "lora", "lora", None)  # an old run: not recorded
     table = cost_table(load_runs([tmp_path]))
+    assert "jobs before" not in table
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("|")}
-    assert "no: its process ran 2 job(s) before it" in rows["read"] and "1431 †" in rows["read"]  # 1.5e9 B = 1430.5 MiB
+    assert "no: 1 of 1 run(s) shared their process (2 job(s) before)" in rows["read"] and "1431 †" in rows["read"]  # 1.5e9 B = 1430.5 MiB
     assert rows["dense"].rstrip(" |").endswith("yes") and "†" not in rows["dense"]
     assert "unknown: not recorded" in rows["lora"]
     cells = R.collect_cells(load_runs([tmp_path]))
     ratios_md, ratios = R.ratio_table(cells)
     assert "read" not in ratios.get(("t5_base_shapes", "mrpc"), {}) and "n/a: not comparable (its process ran 2 job(s)" in ratios_md
     assert "lora" in ratios[("t5_base_shapes", "mrpc")]  # not recorded: kept
+
     claim = R.memory_claim(cells)
     assert claim.verdict == NOT_MEASURABLE and "not measured alone" in claim.ours
 
@@ -443,3 +445,16 @@ def test_the_read_bench_builds_every_method_it_measures(glue_dir):
         assert opt is not None and any(p.requires_grad for p in wrapped.module.parameters()), name
     method, wrapped, _ = setup.method("lst", meta=True)  # the parameter counts
     assert sum(p.numel() for p in wrapped.module.parameters() if p.requires_grad) > 0
+
+
+def test_the_measured_alone_cell_counts_reasons_over_a_rows_runs_instead_of_repeating_them(tmp_path):
+    from sparse_ft.report.collect import load_runs
+    from sparse_ft.report.costs import cost_table
+
+    for i, (before, beside) in enumerate([(0, 2), (3, 2), (5, 1)]):
+        _cost_run(tmp_path, f"read{i}", "read", {"process": "shared" if before else "own", "jobs_before_in_process": before,
+                                                  "concurrent_jobs": beside, "comparable": False, "why_not": f"seed {i}'s own words"})
+    _cost_run(tmp_path, "dense", "dense", {"process": "own", "concurrent_jobs": 1, "comparable": False, "why_not": "a reason of its own"})
+    rows = {line.split("|")[1].strip(): line for line in cost_table(load_runs([tmp_path])).splitlines() if line.startswith("|")}
+    assert "no: 2 of 3 run(s) shared their process (3–5 job(s) before); 2 of 3 ran beside 1 other sparse-ft job(s) |" in rows["read"]
+    assert "own words" not in rows["read"] and "no: a reason of its own" in rows["dense"]
