@@ -222,7 +222,9 @@ def cost_table(runs: Sequence[Run]) -> str:
 
 
 NOTES = [
-    "score: the task's main validation metric, mean ± sample std over seeds (×100 for fractions).",
+    "score: the task's main metric on the validation split, mean ± sample std over seeds (×100 for fractions), one row "
+    "per lr of the grid. With `task.split_scheme=read` that split is carved from the training data and only selects "
+    "the lr; the sections above report the official dev set's score of the selected lr.",
     "trainable: entries the optimizer may change; updated %: entries whose bits differ from the pretrained "
     "weights at the end; added: parameters that did not exist in the pretrained model. None of them is a sparsity.",
     "optimizer state MiB: the optimizer's state tensors at the end of training (AdamW: two fp32 moments per "
