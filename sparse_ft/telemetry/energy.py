@@ -15,7 +15,8 @@ RAPL) and ``off``. Whenever RAPL is readable, ``cpu_kwh`` is reported as well (r
 stop, phase boundaries and polled from the sampler so counter wraps are seen).
 
 The kWh figures (counter, power integral, READ's utilisation estimate) and their integration
-live in :mod:`sparse_ft.telemetry.kwh`; the `energy` options in :mod:`sparse_ft.telemetry.energy_config`.
+live in :mod:`sparse_ft.telemetry.kwh`, the summary block built from the samples in
+:mod:`sparse_ft.telemetry.energy_summary`; the `energy` options in :mod:`sparse_ft.telemetry.energy_config`.
 """
 
 from __future__ import annotations
@@ -32,19 +33,16 @@ from array import array
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from .energy_config import energy_options, selected_gpus
 from .energy_nvml import NvmlRow, NvmlSampler
 from .energy_smi import SmiRow, SmiSampler, probe_smi
-from .kwh import UJ_PER_KWH, counter_delta, counter_kwh, interval_seconds, merge_intervals, power_kwh, util_kwh
+from .energy_summary import Series, empty_summary, energy_summary
 from .rapl import RaplReader
 
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ["t_s", "gpu", "name", "util_pct", "power_w", "mem_used_mib", "energy_counter_mj", "phase"]
 FLUSH_EVERY_S = 5.0
-PHASE_KEYS = ("seconds", "kwh_counter", "kwh_power_integral", "kwh_util_estimate", "cpu_kwh")
 
 
 def _fmt(v: float | int | str | None, nd: int = 3) -> str:
@@ -60,29 +58,8 @@ def _fmt(v: float | int | str | None, nd: int = 3) -> str:
     return f"{v:.{nd}f}".rstrip("0").rstrip(".")
 
 
-class _Series:
-    """One GPU's samples (compact arrays; NaN = field unavailable)."""
-
-    __slots__ = ("index", "name", "power_limit_w", "t", "util", "power", "counter")
-
-    def __init__(self, index: int):
-        self.index = index
-        self.name = ""
-        self.power_limit_w: float | None = None
-        self.t, self.util, self.power, self.counter = (array("d") for _ in range(4))
-
-    def n_finite(self, ys) -> int:
-        return int(np.isfinite(np.asarray(ys, dtype=float)).sum())
-
-
 def _nan(v: float | None) -> float:
     return float("nan") if v is None else float(v)
-
-
-def _sum_or_none(values: list[float | None]) -> float | None:
-    if not values or any(v is None for v in values):
-        return None
-    return float(sum(values))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +90,7 @@ class EnergyMonitor:
         self._smi_exe = smi_exe
         self._t0: float | None = None
         self._lock = threading.RLock()
-        self._series: dict[int, _Series] = {}
+        self._series: dict[int, Series] = {}
         self._cpu_t = array("d")
         self._cpu_uj = array("d")
         self._cpu_last_poll = -math.inf
@@ -314,10 +291,10 @@ class EnergyMonitor:
             return ""
 
     # -- sinks (called from sampler threads) -----------------------------------------------------
-    def _get_series(self, index: int) -> _Series:
+    def _get_series(self, index: int) -> Series:
         s = self._series.get(index)
         if s is None:
-            s = self._series[index] = _Series(index)
+            s = self._series[index] = Series(index)
         return s
 
     def _add(self, t: float, gpu: int, name: str, util, power, mem, counter, limit) -> None:
@@ -416,71 +393,11 @@ class EnergyMonitor:
 
     # -- summary --------------------------------------------------------------------------------
     def _empty_summary(self, reason: str | None) -> dict:
-        return {
-            "available": False, "reason": reason, "backend": None, "interval_s": self.interval_s,
-            "gpus": [], "p0_kw": self.p0_kw, "samples": 0, "garbage_lines": 0,
-            "kwh_counter": None, "kwh_power_integral": None, "kwh_util_estimate": None, "cpu_kwh": None,
-            "phases": {},
-        }
+        return empty_summary(reason, self.interval_s, self.p0_kw)
 
     def _build_summary(self) -> dict:
-        if self.backend_requested == "off":
-            out = self._empty_summary("energy.backend=off")
-            out["phases"] = {name: dict.fromkeys(PHASE_KEYS) | {"seconds": interval_seconds(ivs)}
-                             for name, ivs in self._intervals.items()}
-            return out
-        reasons = list(self._reasons)
-        gpu_backend = self.backend in ("nvml", "nvidia_smi")
-        series = [self._series[i] for i in sorted(self._series)] if gpu_backend else []
-        arrays = []
-        for s in series:
-            t = np.asarray(s.t, dtype=float)
-            arrays.append((s, t, np.asarray(s.util, dtype=float), np.asarray(s.power, dtype=float),
-                           np.asarray(s.counter, dtype=float)))
-        cpu_ok = self._rapl is not None and len(self._cpu_t) >= 2
-        cpu_t = np.asarray(self._cpu_t, dtype=float)
-        cpu_uj = np.asarray(self._cpu_uj, dtype=float)
-
-        available = self.backend == "rapl" or (gpu_backend and self._samples > 0)
-        if gpu_backend and self._samples == 0:
-            reasons.append(f"no samples received from {self.backend}")
-        elif gpu_backend and not any(s.n_finite(t) >= 2 for s, t, *_ in arrays):
-            reasons.append("fewer than 2 samples per GPU: run shorter than energy.interval_s?")
-        if gpu_backend:
-            no_counter = [s.index for s, *_, c in arrays if s.n_finite(c) < 2]
-            if no_counter and len(no_counter) < len(arrays):
-                reasons.append(f"GPU(s) {no_counter} have no energy counter: kwh_counter is None")
-
-        def p0(s: _Series) -> float | None:
-            if self.p0_kw is not None:
-                return self.p0_kw
-            return s.power_limit_w / 1000.0 if s.power_limit_w else None
-
-        def figures(intervals) -> dict:
-            counter, power, util = [], [], []
-            for s, t, u, p, c in arrays:
-                counter.append(counter_kwh(t, c, intervals) if s.n_finite(c) >= 2 else None)
-                power.append(power_kwh(t, p, intervals) if s.n_finite(p) >= 2 else None)
-                p0_s = p0(s)
-                util.append(util_kwh(t, u, p0_s, intervals) if p0_s and s.n_finite(u) >= 2 else None)
-            cpu = counter_delta(cpu_t, cpu_uj, intervals) / UJ_PER_KWH if cpu_ok else None
-            return {"kwh_counter": _sum_or_none(counter), "kwh_power_integral": _sum_or_none(power),
-                    "kwh_util_estimate": _sum_or_none(util), "cpu_kwh": cpu}
-
-        phases = {}
-        for name, ivs in self._intervals.items():
-            merged = merge_intervals(ivs)
-            phases[name] = {"seconds": interval_seconds(merged)} | figures(merged)
-        totals = figures(None)
-        return {
-            "available": bool(available),
-            "reason": "; ".join(dict.fromkeys(r for r in reasons if r)) or None,
-            "backend": self.backend,
-            "interval_s": self.interval_s,
-            "gpus": [{"index": s.index, "name": s.name, "power_limit_w": s.power_limit_w} for s in series],
-            "p0_kw": self.p0_kw,
-            "samples": int(self._samples),
-            "garbage_lines": int(self._garbage_lines),
-            **totals,
-            "phases": phases,
-        }
+        return energy_summary(
+            requested=self.backend_requested, backend=self.backend, interval_s=self.interval_s, p0_kw=self.p0_kw,
+            series=self._series, samples=self._samples, garbage_lines=self._garbage_lines, intervals=self._intervals,
+            cpu=(self._cpu_t, self._cpu_uj) if self._rapl is not None else None, reasons=self._reasons,
+        )

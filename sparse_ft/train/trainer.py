@@ -21,7 +21,6 @@ selection, periodic checkpoints, the NaN check, local SGD and sparse checkpoints
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import signal
@@ -39,10 +38,11 @@ from ..methods.base import Method, Schedule, SelectionChanges
 from ..models.bundle import ModelBundle, to_device
 from ..tasks.base import DataError, TaskData
 from . import distributed as D
-from .callbacks import CallbackSetup, TrainerCallback, callback_key
+from . import resume_point
+from .callbacks import CallbackSetup, TrainerCallback
 from .callbacks.registry import build_callbacks
 from .callbacks.builtin import TrainingDiverged, early_stopping_patience  # noqa: F401  (re-exported)
-from .checkpoint import Resume, TrainerCheckpoint, write_last
+from .checkpoint import Resume
 from .evaluator import Evaluator
 from .optim import build_optimizer, build_scheduler, clip_sets
 from .preemption import Preempted, PreemptionWatcher, Terminated, critical
@@ -147,67 +147,12 @@ class Trainer:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def position(self, copy: bool = False) -> dict:
-        """Where this rank's run is now, as checkpoints/last holds it: weights, loop state,
-        optimizer, schedule, method and callback state, every RNG (`trainer_state`: a
-        TrainerCheckpoint), and the callbacks' extra files (`files`: name -> tensors when written).
-        `copy`: detached copies, so a callback can keep it in memory (local SGD keeps the one of its
-        last sync round)."""
-        checkpoint = TrainerCheckpoint(
-            state=dataclasses.asdict(self.state),
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict(),
-            method=self.method.state_dict(),
-            rng=rng_state(),
-            job=self.job_state(),
-        )
-        checkpoint.with_callback_states({callback_key(cb): state for cb in self.callbacks if (state := cb.state_dict()) is not None})
-        weights = self.bundle.module.state_dict()
-        if copy:
-            checkpoint = TrainerCheckpoint(**clone_tree(vars(checkpoint)))  # (asdict would deep-copy every tensor once more)
-            weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
-        files = {name: get for cb in self.callbacks for name, get in cb.checkpoint_files(self, copy).items()}
-        return {"weights": weights, "files": files, "trainer_state": checkpoint}
+        """Where this rank's run is now, as checkpoints/last holds it (train/resume_point.py)."""
+        return resume_point.position(self, copy)
 
     def save_last(self) -> None:
-        """checkpoints/last/, written atomically by rank 0. Usually the ranks hold identical
-        weights now; a callback may instead offer an earlier `resume_point` where they did (local
-        SGD: its last sync round), and then every rank's own optimizer, RNG and loop state go into
-        the checkpoint too (`workers`, one entry per rank)."""
-        if self.checkpoint_dir is None:
-            return
-        point = None
-        for cb in self.callbacks:
-            point = cb.resume_point(self) or point
-        if point is None:
-            self._sync()
-            point = self.position() if self.dist.is_main else None
-        else:
-            mine = point["trainer_state"]
-            workers = D.gather_to_main(mine.worker_part())
-            if self.dist.is_main:
-                point = {**point, "trainer_state": dataclasses.replace(mine, workers=workers)}
-        if self.dist.is_main:
-            files = {name: tensors for name, get in point["files"].items() if (tensors := get()) is not None}
-            st = point["trainer_state"].state
-            info = {"step": st["step"], "epoch": st["epoch"], "stage": st["stage"], **self.checkpoint_info}
-            write_last(self.checkpoint_dir / "last", point["weights"], point["trainer_state"], files, info)
-            log.info("checkpoint: %s (step %d)", self.checkpoint_dir / "last", info["step"])
-        D.barrier()
-
-    def _restore(self, resume: Resume) -> None:
-        saved = resume.trainer
-        own = saved.own(self.dist.rank)  # written at a local-SGD round: this rank's own part
-        self.state = TrainState(**own["state"])
-        self.optimizer.load_state_dict(own["optimizer"])
-        self.scheduler.load_state_dict(saved.scheduler)
-        self.scaler.load_state_dict(saved.scaler)
-        for cb in self.callbacks:
-            if saved.has_callback_state(callback_key(cb)):
-                cb.load_state_dict(saved.callback_state(callback_key(cb)))
-            cb.load_checkpoint_files(resume.tensors)
-        set_rng_state(own["rng"])
-        log.info("resumed at optimizer step %d (epoch %d, %d batches into it)", self.state.step, self.state.epoch, self.state.epoch_batches)
+        """checkpoints/last/, written atomically by rank 0 (train/resume_point.py)."""
+        resume_point.save_last(self)
 
     # --- training -------------------------------------------------------------------------
     def train_loader(self, epoch: int, skip_batches: int = 0) -> DataLoader:
@@ -261,7 +206,7 @@ class Trainer:
             group["lr"] = base * fn(old.last_epoch)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
-    def _sync(self) -> None:
+    def sync_ranks(self) -> None:
         """Every rank must hold the same weights now (local SGD finishes its round)."""
         self.fire(Event.SYNC)
 
@@ -276,7 +221,7 @@ class Trainer:
         selection), and the optimizer is rebuilt when the parameters it sees changed."""
         import torch.distributed as tdist
 
-        self._sync()
+        self.sync_ranks()
         if not isinstance(self.method, SelectionChanges):  # its selection never changes (the same on every rank)
             self.fire(Event.AFTER_REFRESH, False)
             return
@@ -302,7 +247,7 @@ class Trainer:
         total = self.total_steps()
         self.scheduler = build_scheduler(cfg, self.optimizer, total)
         if self.resume_state is not None:
-            self._restore(self.resume_state)
+            resume_point.restore(self, self.resume_state)
             self.resume_state = None
         st = self.state
         self.train_module = self._train_module()
@@ -411,7 +356,7 @@ class Trainer:
         if st.last_eval_step != st.step:
             self._evaluate_and_select()
         if any(type(h).on_epoch_end is not EventHandler.on_epoch_end for h in self.handlers):
-            self._sync()  # checkpoints see the weights every rank holds
+            self.sync_ranks()  # checkpoints see the weights every rank holds
         self.fire(Event.EPOCH_END, finished, st.step)
         if st.step >= self.total_steps():
             return
