@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from .aggregate import canon, mean_std, method_sort, setting_keys, setting_label, task_sort, varying_config_keys
 from .collect import ENERGY_SOURCES, Run
 from .render import fmt_num, md_table
-from .verdicts import measured_alone
+from .verdicts import not_alone_summary
 
 MiB = float(1 << 20)
 _TRAINER_SETTING = ("trainer.lr", "trainer.epochs", "trainer.max_steps", "trainer.batch_size")
@@ -162,29 +162,13 @@ HEADER = ["method", "model", "task", "setting", "seeds", "score (×100)", "train
 NOT_ALONE = " †"  # beside a memory or time figure taken where the run shared its process or the machine
 
 
-def _span(values: Sequence[int]) -> str:
-    lo, hi = min(values), max(values)
-    return str(lo) if lo == hi else f"{lo}–{hi}"
-
-
 def _alone_cell(runs: Sequence[Run]) -> tuple[str, str]:
     """("measured alone" column, the mark for memory/time cells): one line per reason, counted over
     the row's runs (a row of seeds would otherwise repeat each seed's own wording)."""
-    found = [(measured_alone(r), (r.summary or {}).get("measurement") or {}) for r in runs]
-    shared = [m for (ok, _), m in found if ok is False]
-    if shared:
-        n, parts, other = len(runs), [], set()
-        before = [int(m["jobs_before_in_process"]) for m in shared if m.get("jobs_before_in_process")]
-        beside = [int(m["concurrent_jobs"]) - 1 for m in shared if int(m.get("concurrent_jobs") or 1) > 1]
-        if before:
-            parts.append(f"{len(before)} of {n} run(s) shared their process ({_span(before)} job(s) before)")
-        if beside:
-            parts.append(f"{len(beside)} of {n} ran beside {_span(beside)} other sparse-ft job(s)")
-        for (ok, why), m in found:
-            if ok is False and not m.get("jobs_before_in_process") and int(m.get("concurrent_jobs") or 1) <= 1:
-                other.add(why)
-        return "no: " + "; ".join(parts + sorted(other)), NOT_ALONE
-    if any(ok is None for (ok, _), _m in found):
+    ok, why = not_alone_summary(runs)
+    if ok is False:
+        return "no: " + why, NOT_ALONE
+    if ok is None:
         return "unknown: not recorded", ""
     return "yes", ""
 

@@ -12,7 +12,10 @@ a point of LoRA") gets "holds" or "does not hold on this proxy" only when the pr
 3. the difference the claim is about is larger than the seed noise: the claim "mean(a) − mean(b)
    > threshold" holds when the whole two-sided ``CONFIDENCE`` Welch t-interval of the difference
    of the two means lies above the threshold, does not hold when it lies below it, and is
-   undecidable when the interval contains it ("difference within seed noise").
+   undecidable when the interval contains it ("difference within seed noise"), or when both sides
+   sit at the majority-class score (within ``AT_FLOOR`` points: two collapsed runs). Paired figures
+   (a compressed model's drop against its own source run, one per source seed) use the
+   one-sample t-interval of their mean instead (`decide_mean`).
 
 Otherwise the verdict is ``UNDECIDABLE`` and the text says why ("dense only 1.7 points above the
 majority class (74.8)", "fewer than 3 seeds (FISH 1, dense 3)", "difference within seed noise").
@@ -46,6 +49,7 @@ MIN_POINTS_ABOVE_MAJORITY = 10.0  # the reference must clear the majority-class 
 MAX_REFERENCE = 98.0  # points: a reference at or above this is at the ceiling (a saturated proxy cannot rank methods)
 MIN_SEEDS = 3  # per side of a score comparison
 CONFIDENCE = 0.95  # two-sided Welch t-interval of the difference of two means
+AT_FLOOR = 1.0  # points: two sides both within this of the majority-class score (or below) are not ranked
 
 RULES = (
     f"**Verdict rules** (`sparse_ft/report/verdicts.py`): a score claim gets *{HOLDS}* or *{DOES_NOT_HOLD}* "
@@ -54,7 +58,7 @@ RULES = (
     f"prediction under the task's main metric) and below {MAX_REFERENCE:g} (a saturated proxy cannot rank "
     f"methods), (2) every side has ≥ {MIN_SEEDS} seeds, and (3) the "
     f"{100 * CONFIDENCE:g}% Welch t-interval of the difference of the two means lies wholly on one side of the "
-    f"claim's threshold; otherwise *{UNDECIDABLE}*, with the reason. Figures are mean ± sample std over seeds. "
+    f"claim's threshold, and not both sides sit at the majority-class score (a compressed model against its own source: the one-sample t-interval of the per-seed drop); otherwise *{UNDECIDABLE}*, with the reason. Figures are mean ± sample std over seeds. "
     f"Memory and time claims use only runs measured alone (`measurement.comparable`: own process, no "
     f"concurrent job); runs that do not record this are not comparable."
 )
@@ -135,6 +139,8 @@ def decide_difference(a: Sequence[float], b: Sequence[float], threshold: float =
         reasons.append(why)
     if min(sa.n, sb.n) < MIN_SEEDS:
         reasons.append(f"fewer than {MIN_SEEDS} seeds ({names[0]} {sa.n}, {names[1]} {sb.n})")
+    if majority is not None and max(sa.mean, sb.mean) <= majority + AT_FLOOR:
+        reasons.append(f"both at the majority-class score ({majority:.2f}): a floor cannot rank them")
     if reasons:
         return Decision(UNDECIDABLE, f"{text}; undecidable: {'; '.join(reasons)}")
     lo, hi = welch_interval(sa, sb)
@@ -144,6 +150,40 @@ def decide_difference(a: Sequence[float], b: Sequence[float], threshold: float =
     if hi < threshold:
         return Decision(DOES_NOT_HOLD, text)
     return Decision(UNDECIDABLE, f"{text}; undecidable: difference within seed noise")
+
+
+def t_interval(s: Stats, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Two-sided one-sample t-interval of the mean (needs n ≥ 2)."""
+    from scipy.stats import t as student_t
+
+    se = s.std / math.sqrt(s.n)
+    if se == 0.0:
+        return s.mean, s.mean
+    half = float(student_t.ppf(0.5 + confidence / 2, s.n - 1)) * se
+    return s.mean - half, s.mean + half
+
+
+def decide_mean(values: Sequence[float | None], threshold: float, *, below: bool = False,
+                name: str = "mean") -> Decision:
+    """Is the mean of paired values (one per seed, e.g. a compressed model's drop against its own
+    source run) above `threshold` (or, with `below`, at most it)? Decided when there are
+    ≥ ``MIN_SEEDS`` values and the one-sample ``CONFIDENCE`` t-interval of their mean lies wholly on
+    one side of the threshold; otherwise undecidable, with the reason. The reference gate is the
+    caller's (`reference_gate`)."""
+    s = stats(values)
+    if s is None:
+        return Decision(UNDECIDABLE, f"no {name}")
+    side = "≤" if below else ">"
+    text = f"{name} {s}"
+    if s.n < MIN_SEEDS:
+        return Decision(UNDECIDABLE, f"{text}; undecidable: fewer than {MIN_SEEDS} seeds ({s.n})")
+    lo, hi = t_interval(s)
+    text += f" ({100 * CONFIDENCE:g}% CI [{lo:+.2f}, {hi:+.2f}], claim {side} {threshold:g})"
+    if (hi <= threshold) if below else (lo > threshold):
+        return Decision(HOLDS, text)
+    if (lo > threshold) if below else (hi <= threshold):
+        return Decision(DOES_NOT_HOLD, text)
+    return Decision(UNDECIDABLE, f"{text}; undecidable: within seed noise")
 
 
 def combine(decisions: Sequence[Decision]) -> str:
@@ -277,3 +317,33 @@ def measured_alone(run: Any) -> tuple[bool | None, str]:
     if m["comparable"]:
         return True, "measured alone"
     return False, str(m.get("why_not") or "shared its process or the machine")
+
+
+def _span(values: Sequence[int]) -> str:
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def not_alone_summary(runs: Sequence[Any]) -> tuple[bool | None, str]:
+    """`measured_alone` over a row of runs (the seeds of one setting), its reasons counted instead
+    of repeated per seed: (True, "") when every run was measured alone; (False, "3 of 3 run(s)
+    shared their process (12–14 job(s) before); 3 of 3 ran beside 2 other sparse-ft job(s)");
+    (None, why) when some run does not record it."""
+    found = [(measured_alone(r), (getattr(r, "summary", None) or {}).get("measurement") or {}) for r in runs]
+    shared = [m for (ok, _), m in found if ok is False]
+    if shared:
+        n, parts, other = len(found), [], set()
+        before = [int(m["jobs_before_in_process"]) for m in shared if m.get("jobs_before_in_process")]
+        beside = [int(m["concurrent_jobs"]) - 1 for m in shared if int(m.get("concurrent_jobs") or 1) > 1]
+        if before:
+            parts.append(f"{len(before)} of {n} run(s) shared their process ({_span(before)} job(s) before)")
+        if beside:
+            parts.append(f"{len(beside)} of {n} ran beside {_span(beside)} other sparse-ft job(s)")
+        for (ok, why), m in found:
+            if ok is False and not m.get("jobs_before_in_process") and int(m.get("concurrent_jobs") or 1) <= 1:
+                other.add(why)
+        return False, "; ".join(parts + sorted(other))
+    unknown = sorted({why for (ok, why), _m in found if ok is None})
+    if unknown:
+        return None, "; ".join(unknown)
+    return True, ""

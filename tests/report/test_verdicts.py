@@ -71,6 +71,31 @@ def test_fewer_than_three_seeds_is_undecidable():
     assert d.verdict == V.UNDECIDABLE and "fewer than 3 seeds (FISH 2, random 3)" in d.text
 
 
+def test_two_sides_both_at_the_majority_class_are_undecidable_even_with_no_spread():
+    floor = [50.92, 50.92, 50.92]
+    d = V.decide_difference(floor, floor, 0.0, reference=DENSE, majority=50.92, names=("MvP", "MaP"))
+    assert d.verdict == V.UNDECIDABLE and "both at the majority-class score (50.92)" in d.text
+    d = V.decide_difference([75.0, 75.5, 74.8], floor, 0.0, reference=DENSE, majority=50.92, names=("PST", "MvP"))
+    assert d.verdict == V.HOLDS  # one side off the floor: decided as usual
+
+
+def test_paired_drops_are_decided_on_the_one_sample_t_interval_of_their_mean():
+    from scipy.stats import t
+
+    drops = [0.2, 0.3, 0.25]
+    m, sd = 0.25, 0.05
+    h = t.ppf(0.975, 2) * sd / math.sqrt(3)  # written from the textbook formula
+    assert V.t_interval(V.stats(drops)) == pytest.approx((m - h, m + h))
+    d = V.decide_mean(drops, 1.0, below=True, name="drop")
+    assert d.verdict == V.HOLDS and f"CI [{m - h:+.2f}, {m + h:+.2f}], claim ≤ 1" in d.text
+    assert V.decide_mean([3.0, 2.8, 3.3], 1.0, below=True).verdict == V.DOES_NOT_HOLD
+    assert V.decide_mean([3.0, 2.8, 3.3], 1.0).verdict == V.HOLDS  # "mean > 1"
+    noisy = V.decide_mean([-0.5, 2.0, 0.0], 1.0, below=True)  # mean 0.5: within 1 on average, not beyond noise
+    assert noisy.verdict == V.UNDECIDABLE and "within seed noise" in noisy.text
+    one = V.decide_mean([0.1], 1.0, below=True)
+    assert one.verdict == V.UNDECIDABLE and "fewer than 3 seeds (1)" in one.text
+
+
 def test_combine():
     h, n, u = (V.Decision(v, "") for v in (V.HOLDS, V.DOES_NOT_HOLD, V.UNDECIDABLE))
     assert V.combine([h, h]) == V.HOLDS and V.combine([h, u]) == V.UNDECIDABLE

@@ -302,7 +302,7 @@ def test_the_cost_table_and_the_read_section_mark_figures_not_measured_alone(tmp
     assert "unknown: not recorded" in rows["lora"]
     cells = R.collect_cells(load_runs([tmp_path]))
     ratios_md, ratios = R.ratio_table(cells)
-    assert "read" not in ratios.get(("t5_base_shapes", "mrpc"), {}) and "n/a: not comparable (its process ran 2 job(s)" in ratios_md
+    assert "read" not in ratios.get(("t5_base_shapes", "mrpc"), {}) and "n/a: not comparable (READ: 1 of 1 run(s) shared their process (2 job(s) before))" in ratios_md
     assert "lora" in ratios[("t5_base_shapes", "mrpc")]  # not recorded: kept
 
     claim = R.memory_claim(cells)

@@ -1,6 +1,8 @@
 """ERE's section, its measured data: one `Point` per compress run (its score beside the source
 run's, the artifact's storage and the compressor's options), read from the compress runs and
-their source runs. The analysis, claims, tables, figure and the section are in `ere.py`."""
+their source runs, and one `Setting` per compressor setting over its source runs (one point per
+source seed: mean ± std, and whether its drop is within 1 point beyond the seed noise). The
+analysis, claims, tables, figure and the section are in `ere.py`."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from typing import Any, Sequence
 
 from ..collect import Run, as_number, load_run, run_at
 from ..render import fmt_num
+from ..verdicts import Decision, Stats, decide_mean, stats
 
 METHODS = ("ere", "bitq", "lra")
+LABELS = {"ere": "ERE", "bitq": "BITQ", "lra": "LRA"}
 TOLERANCE = 1.0  # points: "within 1 point of the uncompressed score"
 
 
@@ -197,3 +201,101 @@ def collect_points(runs: Sequence[Run]) -> list[Point]:
     points.sort(key=lambda p: (p.group, order[p.method], math.inf if p.storage_pct is None else p.storage_pct,
                                p.setting))
     return points
+
+
+# ----------------------------------------------------------------------------- settings over sources
+@dataclass
+class Setting:
+    """One compressor setting of one model/task over its source runs (one `Point` per source, e.g.
+    the dense fine-tunes of seeds 1, 2, 3). Figures are means over the sources; the drop is paired
+    (each compressed model against its own source)."""
+
+    points: list[Point]
+
+    @property
+    def first(self) -> Point:
+        return self.points[0]
+
+    method = property(lambda self: self.first.method)
+    group = property(lambda self: self.first.group)
+    setting = property(lambda self: self.first.setting)
+    rank = property(lambda self: self.first.rank)
+    bits = property(lambda self: self.first.bits)
+    budget_fraction = property(lambda self: self.first.budget_fraction)
+    extra = property(lambda self: self.first.extra)
+
+    @property
+    def n(self) -> int:
+        return len(self.points)
+
+    def _mean(self, attr: str) -> float | None:
+        st = stats(getattr(p, attr) for p in self.points)
+        return None if st is None else st.mean
+
+    storage_pct = property(lambda self: self._mean("storage_pct"))
+    artifact_bytes = property(lambda self: self._mean("artifact_bytes"))
+    score = property(lambda self: self._mean("score"))
+    source_score = property(lambda self: self._mean("source_score"))
+    f1 = property(lambda self: self._mean("f1"))
+    source_f1 = property(lambda self: self._mean("source_f1"))
+    agreement = property(lambda self: self._mean("agreement"))
+    kl = property(lambda self: self._mean("kl"))
+    seconds = property(lambda self: self._mean("seconds"))
+    n_eval = property(lambda self: self._mean("n_eval"))
+    majority = property(lambda self: self._mean("majority"))
+
+    def values(self, attr: str) -> list[float]:
+        return [v for v in (getattr(p, attr) for p in self.points) if v is not None]
+
+    def spread(self, attr: str) -> Stats | None:
+        return stats(self.values(attr))
+
+    @property
+    def drop(self) -> float | None:
+        st = self.spread("drop")
+        return None if st is None else st.mean
+
+    @property
+    def f1_drop(self) -> float | None:
+        st = self.spread("f1_drop")
+        return None if st is None else st.mean
+
+    @property
+    def worst_drop(self) -> float | None:
+        """The mean over sources of each source's larger drop (main or F1)."""
+        st = self.spread("worst_drop")
+        return None if st is None else st.mean
+
+    @property
+    def within(self) -> bool:
+        """Within 1 point on the mean (the tables' point estimate; the verdicts use `decision`)."""
+        return self.worst_drop is not None and self.worst_drop <= TOLERANCE + 1e-9
+
+    @property
+    def decision(self) -> Decision:
+        """Is the drop (worse of main and F1, paired per source) at most 1 point beyond the seed
+        noise? report.verdicts.decide_mean: ≥ 3 sources and the t-interval of the mean drop wholly
+        at or below 1 (holds) or above it (does not hold)."""
+        return decide_mean(self.values("worst_drop"), TOLERANCE, below=True, name="drop")
+
+
+def collect_settings(points: Sequence[Point]) -> list[Setting]:
+    """The points grouped by model/task, method and setting, in the points' order (storage)."""
+    groups: dict[tuple, list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.group, p.method, p.setting), []).append(p)
+    out = [Setting(ps) for ps in groups.values()]
+    order = {m: i for i, m in enumerate(METHODS)}
+    out.sort(key=lambda st: (st.group, order[st.method], math.inf if st.storage_pct is None else st.storage_pct,
+                             st.setting))
+    return out
+
+
+def by(items: Sequence, *, method: str | None = None, group: tuple | None = None) -> list:
+    """The points or settings of one method and/or one model/task."""
+    return [p for p in items if (method is None or p.method == method) and (group is None or p.group == group)]
+
+
+def groups_of(items: Sequence) -> list[tuple]:
+    """The (model, task) groups, in order of appearance."""
+    return list(dict.fromkeys(p.group for p in items))

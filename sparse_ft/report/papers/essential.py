@@ -241,7 +241,8 @@ def _cosine_claim(points: Sequence[CosinePoint], curves: Sequence[Curve]) -> Cla
         if inside:
             used, where = inside, f"rounds ≤ ES {_pct(es)}"
         else:
-            used, where = mine, ("every round: none within ES " + _pct(es)) if es is not None else "every round: ES not measured"
+            used, where = mine, (f"no pruned round at or below ES {_pct(es)}, so every round, all beyond it: stricter than "
+                                 "the claim") if es is not None else "every round: ES not measured"
         low = min(used, key=lambda p: p.cosine)
         worst.append(low.cosine)
         items.append(f"min {100 * low.cosine:.1f}% at {_pct(low.sparsity)} on {model}/{task} "

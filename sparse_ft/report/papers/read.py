@@ -289,7 +289,9 @@ def section(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> Section |
                      "peak RSS above the RSS at job start):\n\n" + sizes_md)
     multi = [c for c in cells if c.settings > 1]
     body = [
-        "Table 1 / Table 3 columns, one row per model × task × method (the best setting on validation, mean ± std over its seeds). "
+        "Table 1 / Table 3 columns, one row per model × task × method (the best setting on validation, mean ± std over its seeds; "
+        "two scores: the validation split the setting is selected on, carved from train under `task.split_scheme=read`, and "
+        "the held-out official dev set the claims read). "
         "Peak memory on CPU is the process's peak resident set (Python, libraries, data and weights included), so ratios to dense "
         "are closer to 1 than the paper's GPU allocator peaks. Random-init rows have real-size shapes: their memory, time and "
         "energy count, their scores do not. A peak marked † comes from a run that did not have its own fresh process and the "

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from ..collect import ENERGY_SOURCES, Run
 from ..render import fmt_num, md_table
-from ..verdicts import measured_alone
+from ..verdicts import not_alone_summary
 
 METHODS = ("dense", "head_only", "bitfit", "prompt_tuning", "ia3", "adapter", "lora", "lst", "read", "read_large")
 PETL = ("prompt_tuning", "ia3", "adapter", "lora", "lst", "read", "read_large")
@@ -97,8 +97,8 @@ class Cell:
     def not_alone(self) -> str | None:
         """Why this cell's memory/time figures do not compare (a run shared its process or the
         machine: summary.json `measurement`); None when they do or it was not recorded."""
-        why = sorted({w for ok, w in (measured_alone(r) for r in self.runs) if ok is False})
-        return "; ".join(why) if why else None
+        ok, why = not_alone_summary(self.runs)
+        return why if ok is False else None
 
     @property
     def random_init(self) -> bool:
@@ -138,10 +138,12 @@ def _scale(cells: Sequence[Cell]) -> float:
     return 100.0 if scores and all(abs(s) <= 1.0 for s in scores) else 1.0
 
 
-def _score_cell(c: Cell, scale: float) -> str:
-    s = c.scores
+def _score_cell(c: Cell, scale: float, held_out: bool = False) -> str:
+    """Mean ± std over the seeds of the validation score (the split the setting is selected on), or
+    with `held_out` of the held-out test split's (the official dev set under task.split_scheme=read)."""
+    s = [r.test_main for r in c.runs if r.test_main is not None] if held_out else c.scores
     if not s:
-        return "n/a: no score"
+        return "n/a: no held-out split" if held_out else "n/a: no score"
     if len(s) == 1:
         return fmt_num(s[0] * scale, 1)
     return f"{fmt_num(statistics.fmean(s) * scale, 1)} ± {fmt_num(statistics.stdev(s) * scale, 1)}"
@@ -173,7 +175,9 @@ def _trainable(c: Cell) -> str:
 
 
 def table_1(cells: Sequence[Cell], scale: float) -> str:
-    header = ["model", "task", "method", "runs", f"score{' (×100)' if scale == 100 else ''}", "trainable params",
+    x100 = " ×100" if scale == 100 else ""
+    header = ["model", "task", "method", "runs", f"score (validation{x100}, selects the setting)",
+              f"score (held-out: official dev{x100})", "trainable params",
               "train energy (kWh, estimator)", "peak train memory (GB)", "memory measured on",
               "inference peak memory, batch 1 (GB)", "inference latency, batch 1 (ms, median)"]
     rows = []
@@ -183,9 +187,10 @@ def table_1(cells: Sequence[Cell], scale: float) -> str:
         if c.peak is not None and c.not_alone:
             peak += " † (not alone: " + c.not_alone + ")"
         model = c.model + (" (random init)" if c.random_init else "")
-        rows.append([model, c.task, LABELS[c.method], str(len(c.runs)), _score_cell(c, scale), _trainable(c), _energy_cell(c), peak,
+        rows.append([model, c.task, LABELS[c.method], str(len(c.runs)), _score_cell(c, scale),
+                     _score_cell(c, scale, held_out=True), _trainable(c), _energy_cell(c), peak,
                      c.device(), inf_mem, inf_lat])
-    return md_table(header, rows, "lllrrrrrlrr")
+    return md_table(header, rows, "lllrrrrrrlrr")
 
 
 def _pairs(cells: Sequence[Cell]) -> dict[tuple, dict[str, Cell]]:
@@ -208,7 +213,9 @@ def ratio_table(cells: Sequence[Cell]) -> tuple[str, dict[tuple, dict[str, float
             shared = c.not_alone or dense.not_alone
             if shared:  # left out: a process that ran other jobs first, or jobs side by side, do not compare
                 rows.append([model, task, LABELS[method], fmt_num(c.peak / GB, 2), fmt_num(dense.peak / GB, 2),
-                             f"n/a: not comparable ({'dense: ' if dense.not_alone else ''}{shared})", "", "", c.device()])
+                             "n/a: not comparable (" + "; ".join(
+                                 f"{who}: {why}" for who, why in ((LABELS[method], c.not_alone), ("dense", dense.not_alone))
+                                 if why) + ")", "", "", c.device()])
                 continue
             r = c.peak / dense.peak
             ratios.setdefault((model, task), {})[method] = r
