@@ -2,7 +2,8 @@
 
 Phases may repeat (evaluation runs many times): seconds add up, peaks take the maximum.
 CPU peak memory is the process's peak resident set size, reset at each phase start through
-/proc/self/clear_refs where the kernel allows it (else the peak since process start, flagged).
+/proc/self/clear_refs where the kernel allows it (else the peak since process start, flagged),
+after freed heap pages are handed back (`release_freed_memory`: glibc keeps them resident).
 GPU peak memory is `torch.cuda.max_memory_allocated`, reset at each phase start — which also
 keeps multirun jobs, which share one process, from seeing each other's peaks.
 On CPU, `peak_bytes_above_start` is each phase's peak RSS minus the RSS when the job started (the
@@ -77,7 +78,10 @@ class ResourceMonitor:
         self.peak_rss_bytes: dict[str, int] = {}
         self.rss_reset_works = True
         # what the process holds before the job builds anything (Python, torch, libraries): on
-        # CPU a peak RSS includes it, a GPU allocator's peak does not
+        # CPU a peak RSS includes it, a GPU allocator's peak does not; read, like every phase's
+        # start, after freed heap pages are handed back (else a phase could start below it)
+        if device.type != "cuda":
+            release_freed_memory()
         self.rss_at_start = _rss_bytes()
 
     @contextlib.contextmanager
@@ -88,6 +92,9 @@ class ResourceMonitor:
         if cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+        else:  # the peak RSS restarts from what is live: heap pages an earlier phase freed (LST's Fisher
+            # pass over the whole backbone) would otherwise stay resident and count in this phase's peak
+            release_freed_memory()
         self.rss_reset_works &= _reset_peak_rss()
         start = time.perf_counter()
         try:
