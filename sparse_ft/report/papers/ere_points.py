@@ -250,21 +250,10 @@ class Setting:
     def spread(self, attr: str) -> Stats | None:
         return stats(self.values(attr))
 
-    @property
-    def drop(self) -> float | None:
-        st = self.spread("drop")
-        return None if st is None else st.mean
-
-    @property
-    def f1_drop(self) -> float | None:
-        st = self.spread("f1_drop")
-        return None if st is None else st.mean
-
-    @property
-    def worst_drop(self) -> float | None:
-        """The mean over sources of each source's larger drop (main or F1)."""
-        st = self.spread("worst_drop")
-        return None if st is None else st.mean
+    drop = property(lambda self: self._mean("drop"))
+    f1_drop = property(lambda self: self._mean("f1_drop"))
+    worst_drop = property(lambda self: self._mean("worst_drop"),
+                          doc="The mean over sources of each source's larger drop (main or F1).")
 
     @property
     def within(self) -> bool:
